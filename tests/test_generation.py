@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from agents import generate, score_completions
+from agents.generation import completion_mask, encode_prompts
+
+PROMPTS = [
+    [{"role": "user", "content": "Explain photosynthesis to a ten-year-old."}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Why did the Roman Empire fall, in one sentence?"}],
+]
+
+
+def test_prompts_are_left_padded_chat_renderings(tiny):
+    ids, mask = encode_prompts(tiny.tokenizer, PROMPTS)
+    assert ids.shape == mask.shape and ids.shape[0] == 3
+    assert mask[:, -1].all() and not mask[1, 0]  # every prompt ends at the right edge
+    text = tiny.tokenizer.decode(ids[1][mask[1].bool()])
+    assert "Hi" in text and text.rstrip().endswith("assistant")
+
+
+def test_completion_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 9, 2, 9]])
+    assert completion_mask(ids, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tiny_policy):
+    policy, tok = tiny_policy
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(policy, tok, PROMPTS, head=1, max_new_tokens=12, seed=7)
+    after = torch.rand(1)
+    b = generate(policy, tok, PROMPTS, head=1, max_new_tokens=12, seed=7)
+    c = generate(policy, tok, PROMPTS, head=1, max_new_tokens=12, seed=8)
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+    assert torch.equal(after, expected_next)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [dict(head=0), dict(head="c"), dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]),
+     dict(weights=[0.6, 0.2, 0.2]), dict()],
+    ids=["head0", "head-name", "per-sample", "shared-mixture", "equal-blend"],
+)
+def test_generation_logprobs_match_teacher_forcing(tiny_policy, selection):
+    policy, tok = tiny_policy
+    out = generate(policy, tok, PROMPTS, max_new_tokens=16, seed=0, temperature=1.0, **selection)
+    assert out.completion_ids.shape == out.logprobs.shape == out.completion_mask.shape
+    assert (out.logprobs <= 0).all() and (out.logprobs[out.completion_mask.bool()] < 0).any()
+    scored = score_completions(policy, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
+                               **selection)
+    torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)
+
+
+def test_chunked_generation_matches_teacher_forcing_and_pads_consistently(tiny_policy):
+    policy, tok = tiny_policy
+    w = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    out = generate(policy, tok, PROMPTS, weights=w, max_new_tokens=10, seed=0, batch_size=2)
+    assert out.prompt_ids.shape[0] == 3 and out.prompt_mask[:, -1].all()
+    scored = score_completions(policy, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
+                               weights=w)
+    torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)
+
+
+def test_greedy_decoding_follows_the_argmax_of_the_head(tiny_policy):
+    policy, tok = tiny_policy
+    out = generate(policy, tok, PROMPTS[:1], head=2, max_new_tokens=1, temperature=0)
+    logits = policy(out.prompt_ids, out.prompt_mask, head=2, logits_to_keep=1).logits[:, -1]
+    assert out.completion_ids[0, 0] == logits.argmax(-1)[0]
+
+
+def test_eos_stops_a_sequence_and_masks_the_rest(tiny_policy):
+    policy, tok = tiny_policy
+    first = generate(policy, tok, PROMPTS, head=0, max_new_tokens=4, temperature=0)
+    assert first.completion_mask.sum(1).tolist() == [4, 4, 4]
+    # Declare each row's first greedy token an end-of-sequence token: every row now stops at once.
+    policy.model.generation_config.eos_token_id = first.completion_ids[:, 0].tolist()
+    out = generate(policy, tok, PROMPTS, head=0, max_new_tokens=4, temperature=0)
+    assert out.completion_mask.sum(1).tolist() == [1, 1, 1]
+    assert torch.equal(out.completion_ids[:, 0], first.completion_ids[:, 0])
+    assert (out.logprobs[:, 1:] == 0).all() and (out.logprobs[:, 0] < 0).all()
+
+
+def test_bad_generation_arguments_are_rejected(tiny_policy, tiny):
+    policy, tok = tiny_policy
+    with pytest.raises(ValueError, match="rows of head weights for 3 prompts"):
+        generate(policy, tok, PROMPTS, weights=torch.ones(2, 3) / 3)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(policy, tok, PROMPTS, top_p=0)
+    with pytest.raises(ValueError, match="need a MultiHeadPolicy"):
+        generate(tiny.model, tok, PROMPTS, head=0)
+
+
+def test_plain_model_generation_works(tiny):
+    out = generate(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=5, seed=0)
+    scored = score_completions(tiny.model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from agents import Router, RouterFeatures
+
+
+def test_router_shapes_defaults_and_softmax():
+    router = Router(input_dim=64, num_heads=2)
+    linears = [m for m in router.mlp if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [512, 512, 2]
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in router.mlp) == 2
+    out = router.eval()(torch.randn(5, 64))
+    assert out.weights.shape == (5, 2)
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(5))
+    assert (out.entropy >= 0).all() and (out.entropy <= torch.log(torch.tensor(2.0)) + 1e-6).all()
+
+
+def test_router_parameter_count_matches_paper_scale():
+    # 3-layer MLP of width 512 over a 3072-wide backbone has about 1.8M parameters.
+    router = Router(input_dim=3072, num_heads=2)
+    assert 1.7e6 < sum(p.numel() for p in router.parameters()) < 1.9e6
+
+
+def test_router_rejects_wrong_feature_width():
+    with pytest.raises(ValueError, match=r"expects \(B, 64\) features"):
+        Router(64, 2)(torch.randn(3, 32))
+
+
+def test_router_save_load_round_trip(tmp_path):
+    router = Router(16, 3, hidden_dim=8, num_layers=2).eval()
+    x = torch.randn(4, 16)
+    router.save_pretrained(tmp_path)
+    loaded = Router.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(x).logits, router(x).logits)
+    assert loaded.hparams == router.hparams
+
+
+def test_features_are_last_token_states_and_cached(tiny_policy, tmp_path):
+    policy, tok = tiny_policy
+    prompts = [[{"role": "user", "content": "teach me about atoms"}], "a raw prompt", "a raw prompt"]
+    features = RouterFeatures(policy, tok, batch_size=2, cache_dir=tmp_path)
+    feats = features(prompts)
+    assert feats.shape == (3, policy.config.hidden_size) and len(features) == 2
+    assert torch.equal(feats[1], feats[2])
+    # Same as a direct single-prompt pass (padding in the batch does not change the state).
+    ids = tok(["a raw prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    direct = policy.last_token_hidden(ids)[0]
+    torch.testing.assert_close(feats[1], direct, atol=1e-5, rtol=0)
+    # A second instance reads the disk cache: no forward pass needed.
+    calls = []
+    original = policy.last_token_hidden
+    policy.last_token_hidden = lambda *a, **k: calls.append(1) or original(*a, **k)
+    again = RouterFeatures(policy, tok, cache_dir=tmp_path)(prompts)
+    assert torch.equal(again, feats) and calls == []
+
+
+def test_feature_cache_is_keyed_by_backbone_weights(tiny_policy, tmp_path):
+    policy, tok = tiny_policy
+    RouterFeatures(policy, tok, cache_dir=tmp_path)(["hello"])
+    with torch.no_grad():
+        policy.model.get_input_embeddings().weight.mul_(2.0)
+    assert len(RouterFeatures(policy, tok, cache_dir=tmp_path)) == 0
+    assert len(list(tmp_path.glob("features-*.safetensors"))) == 1
