@@ -113,7 +113,9 @@ def _rows(weights: Weights, start: int, stop: int):
 
 
 @torch.no_grad()
-def _generate_chunk(policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, temperature, top_p):
+def _generate_chunk(
+    policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, min_new_tokens, temperature, top_p
+):
     model = _hf_model(policy)
     eos = _eos_ids(tokenizer, model)
     sampling = temperature > 0
@@ -123,6 +125,7 @@ def _generate_chunk(policy, tokenizer, input_ids, attention_mask, head, weights,
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
             return_dict_in_generate=True,
@@ -155,6 +158,7 @@ def generate(
     head: HeadRef = None,
     weights: Weights = None,
     max_new_tokens: int = 128,
+    min_new_tokens: int = 0,
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
@@ -170,6 +174,7 @@ def generate(
         weights: ``(K,)`` or ``(B, K)`` head weights: sample from the logit-space mixture.
             With neither head nor weights, a MultiHeadPolicy samples from the equal blend.
         max_new_tokens: Length limit of each completion.
+        min_new_tokens: EOS is suppressed before this many tokens (benchmarks use it for fixed lengths).
         temperature: Sampling temperature; 0 means greedy decoding.
         top_p: Nucleus sampling threshold (1 keeps the whole distribution).
         seed: Makes sampling reproducible without touching the global random state.
@@ -206,7 +211,7 @@ def generate(
             ids, mask = ids[:, -keep:], mask[:, -keep:]
             comp, comp_mask, logprobs = _generate_chunk(
                 policy, tokenizer, ids, mask, head, _rows(weights, start, stop),
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
             )
             chunks.append((ids, mask, comp, comp_mask, logprobs))
     pad = tokenizer.pad_token_id

@@ -5,7 +5,8 @@ wrapped model's head has a bias). A forward pass selects one of:
 
 - a single head (``head=d``, an index or a head name),
 - a weight vector over heads, shared (``(K,)``) or per sample (``(B, K)``): the logit-space mixture
-  ``sum_d w_d W_d h``, computed as one projection through ``W_mix = sum_d w_d W_d``,
+  ``sum_d w_d W_d h``, computed either through the mixed projection ``W_mix = sum_d w_d W_d`` (one
+  per distinct weight row) or by mixing the heads' logits, whichever reads fewer matrices,
 - the equal blend (neither given): ``W_eq = mean_d W_d``.
 
 The heads replace the wrapped model's output layer (``model.lm_head``), so everything built on
@@ -102,7 +103,7 @@ class MultiHeadLMHead(nn.Module):
         self.weights = nn.ParameterList([perturbed(weight) for _ in range(num_heads)])
         self.biases = None if bias is None else nn.ParameterList([perturbed(bias) for _ in range(num_heads)])
         self.selection = HeadSelection()
-        self._mix_cache: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        self._mix_cache: tuple[str, object] | None = None
 
     @property
     def num_heads(self) -> int:
@@ -118,13 +119,20 @@ class MultiHeadLMHead(nn.Module):
         bias = None if self.biases is None else sum(w[d] * self.biases[d] for d in range(self.num_heads))
         return weight, bias
 
-    def _mixtures(self, weights: torch.Tensor):
-        """Distinct weight rows, their mixed projections ``(U, V, H)`` and each sample's row index."""
+    def _plan(self, weights: torch.Tensor):
+        """Chooses the cheaper way to apply ``(B, K)`` per-sample weights.
+
+        With fewer distinct weight rows U than heads, each distinct mixture gets one projection
+        ``W_mix`` (U matrices read per token); otherwise every head projects the whole batch once and
+        the logits are mixed (K matrices read per token). Returns ``(kind, payload)``.
+        """
         rows, inverse = torch.unique(weights, dim=0, return_inverse=True)  # (U, K), (B,)
-        mixed = [self.mixed_weight(row) for row in rows]
-        weight = torch.stack([m[0] for m in mixed])
-        bias = None if self.biases is None else torch.stack([m[1] for m in mixed])
-        return weight, bias, inverse
+        if rows.shape[0] < self.num_heads or weights.shape[0] == 1:
+            mixed = [self.mixed_weight(row) for row in rows]
+            weight = torch.stack([m[0] for m in mixed])  # (U, V, H)
+            bias = None if self.biases is None else torch.stack([m[1] for m in mixed])
+            return "grouped", (weight, bias, inverse)
+        return "per_head", weights
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projects ``(B, T, H)`` hidden states to ``(B, T, V)`` logits under the current selection."""
@@ -143,14 +151,17 @@ class MultiHeadLMHead(nn.Module):
                 f"Per-sample head weights have {weights.shape[0]} rows but the batch has {hidden.shape[0]} "
                 "sequences; pass one row per sequence or a single (K,) vector."
             )
-        # Generation calls this once per new token with unchanged weights: reuse the mixed
-        # projections (only outside autograd, where nothing needs a fresh graph).
+        # Generation calls this once per new token with unchanged weights: reuse the plan and its
+        # mixed projections (only outside autograd, where nothing needs a fresh graph).
         if self._mix_cache is not None and not torch.is_grad_enabled():
-            weight, bias, inverse = self._mix_cache
+            kind, payload = self._mix_cache
         else:
-            weight, bias, inverse = self._mixtures(weights)
+            kind, payload = self._plan(weights)
             if not torch.is_grad_enabled():
-                self._mix_cache = (weight, bias, inverse)
+                self._mix_cache = (kind, payload)
+        if kind == "per_head":
+            return self._mix_head_logits(hidden, payload)
+        weight, bias, inverse = payload
         if weight.shape[0] == 1:
             return nn.functional.linear(hidden, weight[0], None if bias is None else bias[0])
         if inverse.shape[0] != hidden.shape[0]:
@@ -159,6 +170,22 @@ class MultiHeadLMHead(nn.Module):
         for u in range(weight.shape[0]):
             rows = (inverse == u).nonzero(as_tuple=True)[0]
             out[rows] = nn.functional.linear(hidden[rows], weight[u], None if bias is None else bias[u])
+        return out
+
+    def _mix_head_logits(self, hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_d w[:, d] * (W_d h + b_d)`` over the heads with any non-zero weight; ``(B, T, V)``."""
+        if weights.shape[0] != hidden.shape[0]:
+            raise ValueError(f"Head weights were set for {weights.shape[0]} sequences, got {hidden.shape[0]}.")
+        out = None
+        for d in range(self.num_heads):
+            w = weights[:, d]
+            if not torch.any(w):
+                continue
+            bias = None if self.biases is None else self.biases[d]
+            term = nn.functional.linear(hidden, self.weights[d], bias) * w.view(-1, *[1] * (hidden.dim() - 1))
+            out = term if out is None else out + term
+        if out is None:  # all weights zero
+            out = hidden.new_zeros(*hidden.shape[:-1], self.weights[0].shape[0])
         return out
 
 

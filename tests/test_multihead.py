@@ -149,3 +149,17 @@ def test_exported_head_and_mixture_reproduce_policy_logits(tiny_policy, batch, t
 def test_from_pretrained_rejects_a_folder_that_is_not_a_policy(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved MultiHeadPolicy"):
         MultiHeadPolicy.from_pretrained(tmp_path)
+
+
+def test_many_distinct_mixtures_mix_head_logits(tiny):
+    # With at least as many distinct weight rows as heads, the heads' logits are mixed directly.
+    policy = MultiHeadPolicy(tiny.model, num_heads=2, seed=1)
+    enc = tiny.tokenizer(["one", "two words", "three more words", "four"], return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    w = torch.tensor([[0.1, 0.9], [0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])
+    per_head = torch.stack([policy(ids, mask, head=d).logits for d in range(2)])  # (K, B, T, V)
+    expected = torch.einsum("bk,kbtv->btv", w, per_head)
+    for grad in (True, False):  # with autograd, and under no_grad where the plan is cached
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(policy(ids, mask, weights=w).logits, expected, atol=1e-5, rtol=0)
+    assert torch.equal(policy(ids, mask, weights=w).logits[2], per_head[0, 2])
