@@ -1,0 +1,15 @@
+"""Gymnasium environments for learning from persona-specific feedback.
+
+Importing ``envs`` registers every environment id under the ``pluralgym/`` namespace.
+"""
+
+import gymnasium
+
+_ENVS = [
+    # (id, entry point, max_episode_steps)
+    ("pluralgym/Tutoring-v0", "envs.tutoring:TutoringEnv", 6),
+]
+
+for _id, _entry_point, _steps in _ENVS:
+    if _id not in gymnasium.registry:
+        gymnasium.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)

@@ -1,0 +1,319 @@
+"""TutoringEnv: Gymnasium compliance, seeding, hidden labels, action validation, batching, configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the ids)
+from envs.judges import HeuristicSatisfactionJudge
+from envs.students import ScriptedStudent, classify_teacher_turn
+from envs.tutoring import SEED_TURNS_ASK, SEED_TURNS_EXPLAIN, TutoringBatch, TutoringEnv
+
+ENV_ID = "pluralgym/Tutoring-v0"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+HIDDEN = re.compile(r"\b(direct|interactive|frustrated|rude|anxious)\b|learning style|prefer", re.IGNORECASE)
+
+ACTIONS = [
+    "Photosynthesis happens in the chloroplasts, where light energy is turned into sugar. Make sense?",
+    "What do you think would happen to a plant left in a dark cupboard for a month?",
+    "Great.",
+    "Try explaining to me why the leaves of most plants are green.",
+    "The Calvin cycle uses ATP and NADPH to fix carbon dioxide into sugar, and it runs in the stroma.",
+    "Which part of the plant do you think takes in water, and how could we test that?",
+]
+
+
+def _pluralgym_ids() -> list[str]:
+    return sorted(env_id for env_id in gymnasium.registry if env_id.startswith("pluralgym/"))
+
+
+def _rollout(seed: int, actions=ACTIONS, **make_kwargs):
+    env = gymnasium.make(ENV_ID, **make_kwargs)
+    obs, info = env.reset(seed=seed)
+    steps = [(obs, info)]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps.append((obs, reward, terminated, truncated, info))
+        if terminated or truncated:
+            break
+    return steps
+
+
+# --- gymnasium compliance --------------------------------------------------------------------
+
+
+def test_tutoring_is_registered():
+    assert ENV_ID in _pluralgym_ids()
+    assert gymnasium.spec(ENV_ID).max_episode_steps == 6
+
+
+@pytest.mark.parametrize("env_id", _pluralgym_ids())
+def test_check_env_passes_for_every_registered_id(env_id, capsys):
+    env = gymnasium.make(env_id)
+    check_env(env.unwrapped)
+    env.close()
+
+
+def test_spaces_accept_observations_and_reject_non_messages():
+    env = TutoringEnv()
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    assert [m["role"] for m in obs] == ["system", "teacher", "student"]
+    assert "not a list" not in env.observation_space
+    assert [{"role": "teacher"}] not in env.observation_space
+    assert "Hello there" in env.action_space
+    assert "" not in env.action_space
+    assert env.action_space.sample().strip()
+
+
+# --- seeding ---------------------------------------------------------------------------------
+
+
+def test_same_seed_same_opening_and_different_seeds_differ():
+    env = TutoringEnv()
+    first, info1 = env.reset(seed=7)
+    env.reset(seed=8)
+    again, info2 = env.reset(seed=7)
+    assert first == again and info1 == info2
+    openings = {json.dumps(TutoringEnv().reset(seed=s)[0]) for s in range(20)}
+    assert len(openings) > 15
+
+
+def test_full_seeded_rollout_is_identical():
+    a, b = _rollout(123), _rollout(123)
+    assert a == b
+    assert len(a) == 1 + 6
+    assert a[-1][3] is True  # truncated by the TimeLimit after six teacher turns
+    assert all(step[2] is False for step in a[1:])  # never a natural end
+
+
+def test_dialogue_structure_and_info():
+    steps = _rollout(5)
+    obs, reward, terminated, truncated, info = steps[2]
+    assert [m["role"] for m in obs] == ["system"] + ["teacher", "student"] * 3
+    assert obs[-2]["content"] == ACTIONS[1]
+    assert info["feedback"] == obs[-1]["content"]
+    assert set(info["label"]) == {"student_type", "reaction"}
+    assert reward in (-1.0, 0.0, 1.0)
+    assert info["satisfaction"] in ("good", "neutral", "bad")
+    assert info["truncated_action"] is False and info["turn"] == 2
+    assert steps[0][0][0]["role"] == "system" and steps[0][1]["topic"] in steps[0][0][0]["content"]
+
+
+def test_hidden_label_never_appears_in_observations():
+    env = TutoringEnv()
+    seen = set()
+    for seed in range(150):
+        obs, info = env.reset(seed=seed)
+        seen.add((info["label"]["student_type"], info["label"]["reaction"]))
+        texts = [m["content"] for m in obs]
+        for k in range(3):
+            obs, _, _, _, info = env.step(ACTIONS[(seed + k) % len(ACTIONS)])
+            texts += [m["content"] for m in obs]
+        for text in texts:
+            if text in ACTIONS:
+                continue
+            assert not HIDDEN.search(text), f"hidden label leaked (seed {seed}): {text!r}"
+    assert len(seen) == 6  # every (type, reaction) pair gets drawn
+
+
+def test_options_override_draws_and_leave_the_rest():
+    env = TutoringEnv()
+    _, base = env.reset(seed=3)
+    obs, info = env.reset(
+        seed=3, options={"topic": "Volcanoes", "student_type": "interactive", "reaction": "anxious", "seed_turn": "Hi!"}
+    )
+    assert info["label"] == {"student_type": "interactive", "reaction": "anxious"}
+    assert obs[1] == {"role": "teacher", "content": "Hi!"}
+    assert "Volcanoes" in obs[0]["content"]
+    _, info = env.reset(seed=3, options={"reaction": "rude"})
+    assert info["topic"] == base["topic"] and info["label"]["student_type"] == base["label"]["student_type"]
+    with pytest.raises(ValueError, match="unknown reset option"):
+        env.reset(seed=3, options={"style": "x"})
+    with pytest.raises(ValueError, match="student_type"):
+        env.reset(seed=3, options={"student_type": "visual"})
+
+
+def test_fixed_type_and_topics_kwargs():
+    env = TutoringEnv(student_type="direct", reaction="rude", topics=["Tides"])
+    for seed in range(10):
+        _, info = env.reset(seed=seed)
+        assert info["label"] == {"student_type": "direct", "reaction": "rude"} and info["topic"] == "Tides"
+    with pytest.raises(ValueError):
+        TutoringEnv(student_type="visual")
+
+
+def test_seed_turn_templates_cover_both_moves_and_never_leak():
+    for template in SEED_TURNS_EXPLAIN:
+        assert classify_teacher_turn(template.format(topic="Magnetism")) == "explain", template
+    for template in SEED_TURNS_ASK:
+        assert classify_teacher_turn(template.format(topic="Magnetism")) == "ask", template
+    for template in SEED_TURNS_EXPLAIN + SEED_TURNS_ASK:
+        assert not HIDDEN.search(template)
+
+
+def test_contexts_from_education_dialogue_files(tmp_path):
+    from envs.data import load_education_dialogue, load_tutoring_topics
+
+    records = [
+        {"background_info": {"topic": "Tides"}, "conversation": [{"role": "Teacher", "text": "The Moon pulls on the oceans."}]},
+        {"background_info": {"topic": "Volcanoes"}, "conversation": [{"role": "Student", "text": "hi"}]},
+    ]
+    path = tmp_path / "ed.json"
+    path.write_text(json.dumps(records))
+    contexts = load_education_dialogue(path)
+    assert contexts == [{"topic": "Tides", "seed_turn": "The Moon pulls on the oceans."}]
+    obs, info = TutoringEnv(contexts=contexts).reset(seed=0)
+    assert obs[1]["content"] == "The Moon pulls on the oceans." and info["topic"] == "Tides"
+    assert len(load_tutoring_topics()) == 78
+
+
+# --- action validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [None, 42, ["a list"], b"bytes"])
+def test_non_string_action_raises_clear_error(bad):
+    env = TutoringEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"non-empty str; got " + type(bad).__name__):
+        env.step(bad)
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\n\t"])
+def test_blank_action_raises_clear_error(blank):
+    env = TutoringEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="non-empty teacher turn"):
+        env.step(blank)
+
+
+def test_long_action_is_truncated_and_flagged():
+    env = TutoringEnv(max_action_chars=100)
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step("Atoms are small. " * 50)
+    assert info["truncated_action"] is True
+    assert len(obs[-2]["content"]) == 100
+    assert obs in env.observation_space
+    _, _, _, _, info = env.step("Short turn about atoms.")
+    assert info["truncated_action"] is False
+
+
+def test_step_before_reset_raises():
+    with pytest.raises(RuntimeError, match="reset"):
+        TutoringEnv().step("Hello")
+
+
+# --- batched path ----------------------------------------------------------------------------
+
+
+class CountingStudent(ScriptedStudent):
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def reply_batch(self, dialogues):
+        self.batch_sizes.append(len(dialogues))
+        return super().reply_batch(dialogues)
+
+
+class CountingJudge(HeuristicSatisfactionJudge):
+    def __init__(self):
+        self.batch_sizes = []
+
+    def judge_batch(self, dialogues):
+        self.batch_sizes.append(len(dialogues))
+        return super().judge_batch(dialogues)
+
+
+def test_batch_matches_single_envs_and_batches_calls():
+    n, seed = 5, 40
+    student, judge = CountingStudent(), CountingJudge()
+    batch = TutoringBatch(n, student=student, satisfaction_judge=judge)
+    obs_b, infos_b = batch.reset(seed=seed)
+    assert student.batch_sizes == [n]
+    singles = [gymnasium.make(ENV_ID) for _ in range(n)]
+    reset_s = [env.reset(seed=seed + i) for i, env in enumerate(singles)]
+    assert obs_b == [o for o, _ in reset_s] and infos_b == [i for _, i in reset_s]
+
+    for t in range(6):
+        actions = [ACTIONS[(t + i) % len(ACTIONS)] for i in range(n)]
+        obs_b, rew_b, term_b, trunc_b, infos_b = batch.step(actions)
+        results = [env.step(a) for env, a in zip(singles, actions)]
+        assert obs_b == [r[0] for r in results]
+        assert rew_b.tolist() == [r[1] for r in results]
+        assert term_b.tolist() == [r[2] for r in results]
+        assert trunc_b.tolist() == [r[3] for r in results]
+        assert infos_b == [r[4] for r in results]
+    assert trunc_b.all()
+    assert student.batch_sizes == [n] * 7 and judge.batch_sizes == [n] * 6
+    with pytest.raises(RuntimeError, match="reset"):
+        batch.step(["x"] * n)
+
+
+def test_batch_validates_every_action_before_stepping_any():
+    batch = TutoringBatch(3)
+    obs, _ = batch.reset(seed=0, options_list=[None, {"student_type": "direct"}, None])
+    with pytest.raises(ValueError, match="dialogue 1"):
+        batch.step(["Fine turn.", "  ", "Another turn."])
+    assert [len(o) for o in batch.step(["a b c", "d e f", "g h i"])[0]] == [len(o) + 2 for o in obs]
+    with pytest.raises(ValueError, match="list of 3"):
+        batch.step(["only one"])
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def test_hydra_configs_compose_and_build_the_env():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(overrides=["+env=tutoring"])
+        assert cfg.env.id == ENV_ID and cfg.env.max_turns == gymnasium.spec(ENV_ID).max_episode_steps
+        student = instantiate(cfg.student)
+        judge = instantiate(cfg.judge.satisfaction)
+        env = gymnasium.make(cfg.env.id, student=student, satisfaction_judge=judge, **cfg.env.kwargs)
+        obs, _ = env.reset(seed=0)
+        assert isinstance(student, ScriptedStudent) and len(obs) == 3
+        assert instantiate(cfg.judge.style).judge_batch([], "direct") == []
+
+        cfg = compose(overrides=["+env=tutoring", "student=chat_model", "judge=llm"])
+        assert cfg.student._target_ == "envs.students.ChatModelStudent"
+        assert cfg.student.client._target_ == "envs.chat.LocalChatClient"
+        assert cfg.judge.style._target_ == "envs.judges.LLMStyleJudge"
+        assert cfg.judge.satisfaction.client._target_ == "envs.chat.LocalChatClient"
+
+        cfg = compose(overrides=["+env=tutoring", "student=chat_model", "chat@student.client=openai"])
+        assert cfg.student.client._target_ == "envs.chat.OpenAIChatClient"
+
+
+def test_user_student_class_selected_from_the_command_line(tmp_path, monkeypatch):
+    """What a user does: a StudentSimulator in their own module, picked with a Hydra override."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "students.py").write_text(
+        "class EchoStudent:\n"
+        "    def __init__(self, prefix='You said'):\n"
+        "        self.prefix = prefix\n"
+        "    def reply_batch(self, dialogues):\n"
+        "        return [f'{self.prefix}: {d.last_teacher_turn[:40]}' for d in dialogues]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = ["+env=tutoring", "student._target_=mypkg.students.EchoStudent", "~student.noise", "+student.prefix=Echo"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(overrides=overrides)
+    env = gymnasium.make(cfg.env.id, student=instantiate(cfg.student))
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step("Tell me what you know about tides.")
+    assert info["feedback"] == obs[-1]["content"] == "Echo: Tell me what you know about tides."
