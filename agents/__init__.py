@@ -1,6 +1,6 @@
 """Policies: backbones, multi-head language models, generation and the head router."""
 
-from agents.generation import GenerationOutput, generate, score_completions
+from agents.generation import GenerationOutput, completion_logits, generate, score_completions
 from agents.models import Backbone, BackboneError, cache_dir, load_backbone
 from agents.multihead import HeadSelection, MultiHeadLMHead, MultiHeadPolicy, PolicyOutput
 from agents.router import Router, RouterFeatures, RouterOutput
@@ -17,6 +17,7 @@ __all__ = [
     "RouterFeatures",
     "RouterOutput",
     "cache_dir",
+    "completion_logits",
     "generate",
     "load_backbone",
     "score_completions",

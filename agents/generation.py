@@ -228,6 +228,43 @@ def generate(
     )
 
 
+def completion_logits(
+    policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    head: HeadRef = None,
+    weights: Weights = None,
+) -> torch.Tensor:
+    """Teacher-forced next-token logits at each completion position.
+
+    Args:
+        policy: A :class:`MultiHeadPolicy` or plain causal LM.
+        prompt_ids: ``(B, P)`` left-padded prompts.
+        prompt_mask: ``(B, P)``.
+        completion_ids: ``(B, T)`` completion tokens.
+        completion_mask: ``(B, T)``.
+        head: Head to use (index or name).
+        weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
+
+    Returns:
+        ``(B, T, V)`` logits; row ``t`` is the distribution that produced completion token ``t``.
+        Differentiable when gradients are enabled; only the completion positions are projected.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    num = completion_ids.shape[1]
+    with _selection_context(policy, head, weights):
+        logits = _hf_model(policy)(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+            logits_to_keep=num + 1,
+        ).logits
+    return logits[:, :-1]  # (B, T, V)
+
+
 def score_completions(
     policy,
     prompt_ids: torch.Tensor,
@@ -238,29 +275,13 @@ def score_completions(
     head: HeadRef = None,
     weights: Weights = None,
 ) -> torch.Tensor:
-    """Teacher-forced log-probabilities of given completions.
-
-    Args:
-        policy: A :class:`MultiHeadPolicy` or plain causal LM.
-        prompt_ids: ``(B, P)`` left-padded prompts.
-        prompt_mask: ``(B, P)``.
-        completion_ids: ``(B, T)`` completion tokens.
-        completion_mask: ``(B, T)``.
-        head: Head to score under (index or name).
-        weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
+    """Teacher-forced log-probabilities of given completions (arguments as in :func:`completion_logits`).
 
     Returns:
         ``(B, T)`` log-probabilities (0 where ``completion_mask`` is 0); differentiable when
         gradients are enabled.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
-    mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    num = completion_ids.shape[1]
-    with _selection_context(policy, head, weights):
-        logits = _hf_model(policy)(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-            logits_to_keep=num + 1,
-        ).logits[:, :-1]  # (B, T, V): position t predicts completion token t
+    logits = completion_logits(policy, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                               head=head, weights=weights)
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     return logprobs * completion_mask

@@ -1,0 +1,596 @@
+"""Multi-action-head on-policy self-distillation (MAH-OPSD) and its single-head ablation (MT-OPSD).
+
+Run it with Hydra (configs/opsd.yaml)::
+
+    python -m algorithms.opsd env=tutoring                       # embedded SmolLM2-135M, scripted student
+    python -m algorithms.opsd env=tutoring algorithm=opsd_quick  # ~3 minute smoke run
+    python -m algorithms.opsd env=tutoring algorithm.variant=mt  # MT-OPSD: one head takes every loss
+    python -m algorithms.opsd resume=runs/opsd/<run>             # continue from the last checkpoint
+    python -m algorithms.opsd evaluate=runs/opsd/<run>           # (re-)evaluate a finished run
+
+One training step, for every persona d (teaching style) and each of its live dialogues:
+
+1. head d (the shared head for MT) samples the next teacher turn from the observation alone;
+2. the environment answers with the student's reply, the privileged feedback;
+3. the frozen base model scores the sampled tokens under a privileged prompt that differs from the
+   policy's only by a block holding persona d's label and that reply;
+4. the turn's loss is the reverse KL from the head to that teacher on the head's top-k tokens,
+   averaged over the turn's tokens; the step minimises ``sum_d alpha_d mean(L_d)``.
+
+Dialogues run for ``turns_per_dialogue`` turns before fresh ones start, so later turns are trained
+on states the policy itself reached; each dialogue's hidden student type is drawn independently of
+the head, so every head meets matched and mismatched students.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_scheduler
+
+from agents import MultiHeadPolicy, completion_logits, generate, load_backbone
+from agents.generation import encode_prompts
+from agents.models import resolve_device
+from algorithms.evaluation import count_questions, evaluate_policy
+from algorithms.losses import normalized_alphas, opsd_sequence_loss
+from algorithms.tasks import TutoringTask
+
+CHECKPOINT = "checkpoint.pt"
+
+# hydra.run.dir: a resumed or re-evaluated run writes into its own folder, a new run into a fresh one.
+if not OmegaConf.has_resolver("pg_run_dir"):
+    OmegaConf.register_new_resolver("pg_run_dir", lambda resume, evaluate, fresh: resume or evaluate or fresh)
+EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
+
+
+@dataclass
+class OPSDConfig:
+    """Hyper-parameters of one OPSD run (values live in configs/algorithm/*.yaml).
+
+    Attributes:
+        variant: ``mah`` (one head per persona) or ``mt`` (one shared head: the MT-OPSD ablation).
+        steps: Optimiser steps.
+        dialogues_per_persona: Live dialogues per persona; each step samples one turn in each.
+        turns_per_dialogue: Turns before a dialogue is replaced by a fresh one (<= env max_turns).
+        topk: Size of the student's top-k support for the reverse KL (null: full vocabulary).
+        alphas: Per-persona loss weights (null: uniform); rescaled to sum to 1.
+        lr: Backbone learning rate (AdamW).
+        head_lr_mult: Head learning rate = lr * head_lr_mult.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        scheduler: A ``transformers.get_scheduler`` name (constant_with_warmup, cosine, linear...).
+        max_grad_norm: Gradient clipping threshold.
+        micro_batch: Sequences per forward/backward chunk (bounds memory).
+        trainable: ``heads``, ``last_layers`` (heads + last N decoder layers), ``lora`` or ``full``.
+        last_n_layers: N for ``last_layers`` (every layer when N exceeds the depth).
+        lora: peft LoRA settings for ``trainable=lora`` (r, alpha, dropout, target_modules).
+        max_new_tokens: Length limit of a sampled teacher turn.
+        temperature: Sampling temperature of rollouts.
+        top_p: Nucleus threshold of rollouts.
+        save_every: Checkpoint every this many steps (1: a crash loses at most the step in progress).
+        stop_after: Stop this process after this many steps, as an interruption would (null: never).
+    """
+
+    variant: str
+    steps: int
+    dialogues_per_persona: int
+    turns_per_dialogue: int
+    topk: int | None
+    alphas: list[float] | None
+    lr: float
+    head_lr_mult: float
+    weight_decay: float
+    warmup_steps: int
+    scheduler: str
+    max_grad_norm: float
+    micro_batch: int
+    trainable: str
+    last_n_layers: int
+    lora: dict = field(default_factory=dict)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    save_every: int = 1
+    stop_after: int | None = None
+
+    def __post_init__(self):
+        if self.variant not in ("mah", "mt"):
+            raise ValueError(f"algorithm.variant must be 'mah' or 'mt', got '{self.variant}'.")
+        if self.trainable not in ("heads", "last_layers", "lora", "full"):
+            raise ValueError(f"algorithm.trainable must be heads, last_layers, lora or full, got '{self.trainable}'.")
+        if self.steps < 1 or self.dialogues_per_persona < 1 or self.micro_batch < 1 or self.turns_per_dialogue < 1:
+            raise ValueError("steps, dialogues_per_persona, micro_batch and turns_per_dialogue must be positive.")
+
+
+def algorithm_config(cfg: DictConfig) -> OPSDConfig:
+    """Reads ``cfg.algorithm`` into an :class:`OPSDConfig`, naming any unknown or missing key."""
+    values = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    values.pop("name", None)
+    values.pop("eval", None)
+    try:
+        return OPSDConfig(**values)
+    except TypeError as err:
+        raise ValueError(f"Bad algorithm config: {err}. Compare with configs/algorithm/opsd.yaml.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def build_task(cfg: DictConfig) -> TutoringTask:
+    """Instantiates the task (env adapter, student, judges) from the env/student/judge groups."""
+    return instantiate(cfg.env.task, student=cfg.student, satisfaction_judge=cfg.judge.satisfaction,
+                       style_judge=cfg.judge.style, _recursive_=True)
+
+
+def build_policy(cfg: DictConfig, persona_names: list[str], variant: str, device: torch.device):
+    """Loads the backbone and wraps it with one head per persona (MAH) or one shared head (MT)."""
+    agent = cfg.agent
+    backbone = load_backbone(agent.model, device=device, dtype=agent.dtype, **dict(agent.get("tiny", None) or {}))
+    names = persona_names if variant == "mah" else ["shared"]
+    policy = MultiHeadPolicy(backbone.model, num_heads=len(names), head_names=names,
+                             init_noise_std=agent.init_noise_std, seed=cfg.seed)
+    return policy, backbone.tokenizer
+
+
+class AdapterTeacher(nn.Module):
+    """The frozen base model as the LoRA policy's own weights with adapters disabled.
+
+    Costs no extra memory: the backbone is shared, and the base output layer is the input
+    embedding matrix (tied models) or a frozen copy of the original head.
+    """
+
+    def __init__(self, policy: MultiHeadPolicy, base_head: torch.Tensor):
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("base_head", base_head.detach().clone(), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0, **_):
+        with self.policy.model.disable_adapter():
+            hidden = self.policy.model.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+        hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        return _Logits(nn.functional.linear(hidden, self.base_head))
+
+
+@dataclass
+class _Logits:
+    logits: torch.Tensor
+
+
+def configure_trainable(policy: MultiHeadPolicy, opsd: OPSDConfig, cfg: DictConfig, device) -> nn.Module:
+    """Freezes what ``opsd.trainable`` says and returns the frozen teacher (the base model)."""
+    decoder = policy.model.get_decoder()
+    if opsd.trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        base_head = policy.model.get_input_embeddings().weight if cfg.agent.get("tied_base_head", True) \
+            else policy.heads.weights[0]
+        lora = dict(opsd.lora)
+        policy.model = get_peft_model(policy.model, LoraConfig(
+            r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
+            target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
+        ))
+        for p in policy.head_parameters():
+            p.requires_grad_(True)
+        return AdapterTeacher(policy, base_head)
+    for p in policy.backbone_parameters():
+        p.requires_grad_(opsd.trainable == "full")
+    if opsd.trainable == "last_layers":
+        layers = decoder.layers
+        if opsd.last_n_layers < 0:
+            raise ValueError(f"last_n_layers must be >= 0, got {opsd.last_n_layers}.")
+        first = max(0, len(layers) - opsd.last_n_layers)  # all layers when N exceeds the depth
+        for module in list(layers[first:]) + [decoder.norm]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    teacher = load_backbone(cfg.agent.model, device=device, dtype=cfg.agent.dtype,
+                            **dict(cfg.agent.get("tiny", None) or {})).model
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def trainable_state(policy: MultiHeadPolicy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------------
+# One step
+# ----------------------------------------------------------------------------------------------
+
+
+def _trim_left(ids: torch.Tensor, mask: torch.Tensor):
+    keep = int(mask.sum(dim=1).max())
+    return ids[:, -keep:], mask[:, -keep:]
+
+
+@dataclass
+class StepRecord:
+    """What one OPSD step measured.
+
+    Attributes:
+        loss: The weighted objective ``sum_d alpha_d mean(L_d)``.
+        head_loss: Mean per-turn loss for each persona.
+        reward: Mean env reward for each persona.
+        reward_matched: Mean reward where the student's hidden type equals the persona (tutoring).
+        reward_mismatched: Mean reward on the other dialogues.
+        questions: Mean questions per sampled turn for each persona.
+        turn_tokens: Mean sampled turn length in tokens.
+        gen_s: Seconds spent sampling; env_s: in the environment; learn_s: in forward/backward/update.
+        grad_norm: Gradient norm before clipping.
+        lr: Backbone learning rate used.
+    """
+
+    loss: float
+    head_loss: dict[str, float]
+    reward: dict[str, float]
+    reward_matched: float
+    reward_mismatched: float
+    questions: dict[str, float]
+    turn_tokens: float
+    gen_s: float
+    env_s: float
+    learn_s: float
+    grad_norm: float
+    lr: float
+
+
+class OPSDTrainer:
+    """Holds the policy, teacher, optimiser and live dialogues of one run, and steps them.
+
+    Args:
+        cfg: The composed Hydra config.
+        run_dir: Where checkpoints, TensorBoard logs and results go.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.opsd = algorithm_config(cfg)
+        self.device = resolve_device(cfg.device)
+        _seed_everything(cfg.seed)
+        self.task = build_task(cfg)
+        if self.opsd.turns_per_dialogue > self.task.max_turns:
+            raise ValueError(f"turns_per_dialogue={self.opsd.turns_per_dialogue} exceeds the env's "
+                             f"{self.task.max_turns} turns per episode.")
+        self.personas = self.task.personas
+        self.alphas = normalized_alphas(self.opsd.alphas, len(self.personas))
+        self.policy, self.tokenizer = build_policy(cfg, self.task.persona_names, self.opsd.variant, self.device)
+        self.teacher = configure_trainable(self.policy, self.opsd, cfg, self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.param_groups(self.opsd.lr, self.opsd.head_lr_mult, self.opsd.weight_decay)
+        )
+        self.scheduler = get_scheduler(self.opsd.scheduler, self.optimizer, num_warmup_steps=self.opsd.warmup_steps,
+                                       num_training_steps=self.opsd.steps)
+        n = self.opsd.dialogues_per_persona
+        self.batches = [self.task.make_batch(n) for _ in self.personas]
+        self.obs: list[list[list[dict]]] = [[] for _ in self.personas]
+        self.step = 0
+
+    # ---- heads -------------------------------------------------------------------------
+
+    def head_of(self, persona: int) -> int:
+        return persona if self.opsd.variant == "mah" else 0
+
+    # ---- dialogues ---------------------------------------------------------------------
+
+    def _maybe_reset_dialogues(self) -> None:
+        if self.step % self.opsd.turns_per_dialogue:
+            return
+        episode = self.step // self.opsd.turns_per_dialogue
+        n, num = self.opsd.dialogues_per_persona, len(self.personas)
+        for p, batch in enumerate(self.batches):
+            seed = self.cfg.seed * 10_000_019 + (episode * num + p) * n
+            self.obs[p], _ = batch.reset(seed=seed)
+
+    # ---- the step ----------------------------------------------------------------------
+
+    def train_step(self) -> StepRecord:
+        """Samples one turn in every live dialogue, distils, and takes one optimiser step."""
+        opsd, policy = self.opsd, self.policy
+        self._maybe_reset_dialogues()
+        n, num = opsd.dialogues_per_persona, len(self.personas)
+        flat_obs = [o for obs in self.obs for o in obs]
+        heads = [self.head_of(p) for p in range(num) for _ in range(n)]
+
+        start = time.perf_counter()
+        selection = {"head": 0} if policy.num_heads == 1 else \
+            {"weights": nn.functional.one_hot(torch.tensor(heads), policy.num_heads).float()}
+        policy.eval()
+        gen = generate(policy, self.tokenizer, [self.task.policy_messages(o) for o in flat_obs],
+                       max_new_tokens=opsd.max_new_tokens, temperature=opsd.temperature, top_p=opsd.top_p,
+                       seed=self.cfg.seed * 1_000_003 + self.step, **selection)
+        texts = [t.strip() or EMPTY_TURN for t in gen.texts]
+        gen_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        feedback, rewards, matched = [], [], []
+        for p, batch in enumerate(self.batches):
+            obs, reward, _, _, infos = batch.step(texts[p * n:(p + 1) * n])
+            self.obs[p] = obs
+            feedback += [info["feedback"] for info in infos]
+            rewards += [float(r) for r in reward]
+            matched += [info["label"].get("student_type") == self.personas[p].name for info in infos]
+        env_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
+                           for (p, o, fb) in zip([p for p in range(num) for _ in range(n)], flat_obs, feedback)]
+        t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
+        length = int(gen.completion_mask.sum(1).max())
+        comp, comp_mask = gen.completion_ids[:, :length], gen.completion_mask[:, :length]
+        policy.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        head_loss = [0.0] * num
+        for p in range(num):
+            rows = list(range(p * n, (p + 1) * n))
+            for i in range(0, n, opsd.micro_batch):
+                idx = torch.tensor(rows[i:i + opsd.micro_batch])
+                with torch.no_grad():
+                    teacher_logits = completion_logits(self.teacher, *_trim_left(t_ids[idx], t_mask[idx]),
+                                                       comp[idx], comp_mask[idx])
+                student_logits = completion_logits(policy, *_trim_left(gen.prompt_ids[idx], gen.prompt_mask[idx]),
+                                                   comp[idx], comp_mask[idx], head=self.head_of(p))
+                per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], opsd.topk)  # (b,)
+                (self.alphas[p] * per_turn.sum() / n).backward()
+                head_loss[p] += float(per_turn.detach().sum()) / n
+        params = [q for g in self.optimizer.param_groups for q in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opsd.max_grad_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        learn_s = time.perf_counter() - start
+        self.step += 1
+
+        names = [p.name for p in self.personas]
+
+        def per_persona(values):
+            return {names[p]: float(np.mean(values[p * n:(p + 1) * n])) for p in range(num)}
+
+        def mean_where(values, flags):
+            chosen = [v for v, f in zip(values, flags) if f]
+            return float(np.mean(chosen)) if chosen else float("nan")
+
+        return StepRecord(
+            loss=float(sum(a * l for a, l in zip(self.alphas, head_loss))),
+            head_loss=dict(zip(names, head_loss)),
+            reward=per_persona(rewards),
+            reward_matched=mean_where(rewards, matched),
+            reward_mismatched=mean_where(rewards, [not m for m in matched]),
+            questions=per_persona([count_questions(t) for t in texts]),
+            turn_tokens=float(gen.completion_mask.sum(1).float().mean()),
+            gen_s=gen_s, env_s=env_s, learn_s=learn_s, grad_norm=grad_norm, lr=lr,
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Writes everything needed to continue exactly (atomically: a crash leaves the last one intact)."""
+        state = {
+            "step": self.step,
+            "trainable": trainable_state(self.policy),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "batches": self.batches,
+            "obs": self.obs,
+            "rng": _rng_state(),
+        }
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        expected = {n for n, p in self.policy.named_parameters() if p.requires_grad}
+        if set(state["trainable"]) != expected:
+            raise ValueError(f"{path} was written for other trainable parameters (different agent or "
+                             "algorithm.trainable); resume with the run's own config.")
+        self.policy.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches, self.obs, self.step = state["batches"], state["obs"], state["step"]
+        _set_rng_state(state["rng"])
+
+    def save_policy(self) -> Path:
+        """Saves the trained policy (adapters merged) as ``<run>/policy``."""
+        policy = self.policy
+        if self.opsd.trainable == "lora":
+            merged = MultiHeadPolicy.__new__(MultiHeadPolicy)
+            nn.Module.__init__(merged)
+            merged.model = policy.model.merge_and_unload()
+            merged.head_names, merged.init_noise_std = policy.head_names, policy.init_noise_std
+            policy = merged
+        return policy.save_pretrained(self.run_dir / "policy", tokenizer=self.tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run
+# ----------------------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _log(writer: SummaryWriter, record: StepRecord, step: int, device) -> None:
+    writer.add_scalar("loss/total", record.loss, step)
+    for name, value in record.head_loss.items():
+        writer.add_scalar(f"loss/{name}", value, step)
+    for name, value in record.reward.items():
+        writer.add_scalar(f"env/reward_{name}", value, step)
+    for name, value in record.questions.items():
+        writer.add_scalar(f"env/questions_per_turn_{name}", value, step)
+    if not np.isnan(record.reward_matched):
+        writer.add_scalar("env/reward_matched", record.reward_matched, step)
+    if not np.isnan(record.reward_mismatched):
+        writer.add_scalar("env/reward_mismatched", record.reward_mismatched, step)
+    writer.add_scalar("env/turn_tokens", record.turn_tokens, step)
+    writer.add_scalar("train/grad_norm", record.grad_norm, step)
+    writer.add_scalar("train/lr", record.lr, step)
+    for key in ("gen_s", "env_s", "learn_s"):
+        writer.add_scalar(f"perf/{key}", getattr(record, key), step)
+    writer.add_scalar("perf/peak_memory_mb", peak_memory_mb(device), step)
+
+
+def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Trains (or continues) one run and returns its summary.
+
+    Args:
+        cfg: The composed config.
+        run_dir: Output folder (``checkpoint.pt``, ``tb/``, ``history.jsonl``, ``policy/``, ``summary.json``).
+        resume: Continue from ``run_dir/checkpoint.pt``.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    started = time.perf_counter()
+    trainer = OPSDTrainer(cfg, run_dir)
+    if resume:
+        trainer.load_checkpoint(run_dir / CHECKPOINT)
+        print(f"[opsd] resumed {run_dir} at step {trainer.step}/{trainer.opsd.steps}")
+    opsd = trainer.opsd
+    writer = SummaryWriter(str(run_dir / "tb"))
+    history = (run_dir / "history.jsonl").open("a")
+    bar = tqdm(total=opsd.steps, initial=trainer.step, desc="opsd", unit="step", dynamic_ncols=True)
+    steps_this_run = 0
+    last: StepRecord | None = None
+    try:
+        while trainer.step < opsd.steps:
+            if opsd.stop_after is not None and steps_this_run >= opsd.stop_after:
+                print(f"[opsd] stopping after {steps_this_run} steps (stop_after); resume with resume={run_dir}")
+                break
+            last = trainer.train_step()
+            steps_this_run += 1
+            _log(writer, last, trainer.step, trainer.device)
+            history.write(json.dumps({"step": trainer.step, **last.__dict__}) + "\n")
+            history.flush()
+            if trainer.step % opsd.save_every == 0 or trainer.step == opsd.steps:
+                trainer.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last.loss:.4f}", matched=f"{last.reward_matched:+.2f}",
+                            mismatched=f"{last.reward_mismatched:+.2f}")
+    finally:
+        bar.close()
+        writer.flush()
+        history.close()
+
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "variant": opsd.variant,
+        "model": cfg.agent.model,
+        "device": str(trainer.device),
+        "step": trainer.step,
+        "steps": opsd.steps,
+        "wall_s_this_process": round(time.perf_counter() - started, 1),
+        "peak_memory_mb": round(peak_memory_mb(trainer.device), 1),
+        "last_step": None if last is None else last.__dict__,
+    }
+    if trainer.step >= opsd.steps:
+        summary["policy_dir"] = str(trainer.save_policy())
+        if cfg.algorithm.eval.enabled:
+            results = evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, cfg.algorithm.eval, run_dir,
+                                      head_for_persona=trainer.head_of, writer=writer, step=trainer.step)
+            summary["eval"] = results["summary"]
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    writer.close()
+    return summary
+
+
+def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Evaluates the saved policy of a finished run with the run's own task settings."""
+    device = resolve_device(cfg.device)
+    policy = MultiHeadPolicy.from_pretrained(run_dir / "policy", device=device)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "policy")
+    tokenizer.padding_side = "left"
+    variant = algorithm_config(cfg).variant
+    return evaluate_policy(policy, tokenizer, build_task(cfg), cfg.algorithm.eval, run_dir,
+                           head_for_persona=(lambda p: p) if variant == "mah" else (lambda p: 0))
+
+
+def _run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
+    """Chooses the run folder and config: a new run, a resumed one, or an evaluation."""
+    target = cfg.get("resume") or cfg.get("evaluate")
+    if not target:
+        return cfg, Path(HydraConfig.get().runtime.output_dir), "train"
+    run_dir = Path(target)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an OPSD run folder (no config.yaml there).")
+    run_cfg = OmegaConf.load(saved)
+    # Explicit command-line overrides (other than resume/evaluate) still apply, e.g. algorithm.stop_after.
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if key not in ("resume", "evaluate") and "." in key:
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
+    return run_cfg, run_dir, "resume" if cfg.get("resume") else "evaluate"
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="opsd")
+def main(cfg: DictConfig) -> None:
+    cfg, run_dir, mode = _run_config(cfg)
+    if mode == "evaluate":
+        results = evaluate_run(cfg, run_dir)
+        print(results["markdown"])
+        return
+    if mode == "resume" and not (run_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT} to resume from.")
+    summary = train(cfg, run_dir, resume=mode == "resume")
+    print(f"\n[opsd] run folder: {run_dir}")
+    print(f"[opsd] steps {summary['step']}/{summary['steps']}, wall {summary['wall_s_this_process']} s, "
+          f"peak memory {summary['peak_memory_mb']} MiB")
+    if "eval" in summary:
+        print((run_dir / "eval.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Adapters between environments and the trainers: prompts, privileged contexts, batches.
+
+A trainer needs four things from an environment that returns language feedback: the personas (or
+teaching styles) that get one head each, a batch of live episodes, the prompt the policy sees for
+an observation, and the privileged prompt the frozen teacher sees, which differs from the policy's
+only by one block that holds the persona and the feedback. :class:`TutoringTask` provides them for
+``pluralgym/Tutoring-v0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from envs.data import load_tutoring_topics
+from envs.tutoring import TutoringBatch
+
+Messages = list[dict[str, str]]
+
+_ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
+
+PRIVILEGED_BLOCK = (
+    "\n\n[Hindsight notes for this turn, never shown to the student]\n"
+    "Teaching style to practise: {label}. {description}\n"
+    "The student's actual reaction to your next turn: \"{feedback}\"\n"
+    "Write the next turn so that it follows this style and earns a better reaction."
+)
+
+
+@dataclass(frozen=True)
+class Persona:
+    """One persona or teaching style, trained into its own head.
+
+    Attributes:
+        name: Short identifier, also the head name (e.g. ``"interactive"``).
+        label: How the teacher context names it (e.g. ``"INTERACTIVE"``).
+        description: One or two sentences describing the style.
+    """
+
+    name: str
+    label: str
+    description: str
+
+
+def split_topics(topics: Sequence[str], heldout_every: int) -> tuple[list[str], list[str]]:
+    """Deterministic train / held-out split: every ``heldout_every``-th topic is held out."""
+    if heldout_every < 2:
+        raise ValueError(f"heldout_every must be at least 2, got {heldout_every}.")
+    heldout = [t for i, t in enumerate(topics) if i % heldout_every == heldout_every - 1]
+    train = [t for t in topics if t not in heldout]
+    return train, heldout
+
+
+class TutoringTask:
+    """The tutoring environment seen by the OPSD trainer and the evaluations.
+
+    Args:
+        personas: The teaching styles, one head each (``name``, ``label``, ``description``).
+        student: The student simulator shared by all dialogues.
+        satisfaction_judge: The satisfaction judge that gives the env's reward.
+        style_judge: The per-style judge used by evaluations.
+        max_turns: Teacher turns per episode.
+        heldout_every: Every n-th topic is reserved for evaluation.
+        env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ...). ``topics`` here
+            replaces the shipped list before the split.
+    """
+
+    def __init__(
+        self,
+        personas: Sequence[dict[str, str] | Persona],
+        student: Any,
+        satisfaction_judge: Any,
+        style_judge: Any = None,
+        max_turns: int = 6,
+        heldout_every: int = 5,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        self.personas = [p if isinstance(p, Persona) else Persona(**p) for p in personas]
+        if len({p.name for p in self.personas}) != len(self.personas) or not self.personas:
+            raise ValueError(f"Personas need distinct names, got {[p.name for p in self.personas]}.")
+        self.student = student
+        self.satisfaction_judge = satisfaction_judge
+        self.style_judge = style_judge
+        self.max_turns = max_turns
+        env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
+        topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
+        self.train_topics, self.heldout_topics = split_topics(list(topics), heldout_every)
+        self.env_kwargs = env_kwargs
+
+    @property
+    def persona_names(self) -> list[str]:
+        return [p.name for p in self.personas]
+
+    def make_batch(self, num: int, *, heldout: bool = False, **overrides: Any) -> TutoringBatch:
+        """A batch of ``num`` dialogues over the training (or held-out) topics."""
+        kwargs = dict(self.env_kwargs, topics=self.heldout_topics if heldout else self.train_topics)
+        kwargs.update(overrides)
+        return TutoringBatch(num, student=self.student, satisfaction_judge=self.satisfaction_judge,
+                             max_turns=self.max_turns, **kwargs)
+
+    @staticmethod
+    def policy_messages(obs: Messages) -> Messages:
+        """The policy's prompt: the observation with teacher turns as assistant and student turns as user."""
+        return [{"role": _ROLES[m["role"]], "content": m["content"]} for m in obs]
+
+    def teacher_messages(self, obs: Messages, persona: Persona, feedback: str) -> Messages:
+        """The privileged prompt: the policy's prompt plus one block with the style and the student's reaction."""
+        messages = self.policy_messages(obs)
+        block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, feedback=feedback)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": messages[0]["content"] + block}
+        else:
+            messages.insert(0, {"role": "system", "content": block.strip()})
+        return messages
