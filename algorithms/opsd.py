@@ -134,10 +134,26 @@ def algorithm_config(cfg: DictConfig) -> OPSDConfig:
 # ----------------------------------------------------------------------------------------------
 
 
+def build_judges(judge_cfg: DictConfig) -> tuple[Any, Any]:
+    """Instantiates the (style, satisfaction) judges; a ``judge.client`` is built once and shared."""
+    shared = {}
+    if judge_cfg.get("client") is not None:
+        shared["client"] = instantiate(judge_cfg.client)
+
+    def build(node):
+        node = OmegaConf.to_container(node, resolve=False)
+        if shared:
+            node.pop("client", None)
+        return instantiate(node, **shared)
+
+    return build(judge_cfg.style), build(judge_cfg.satisfaction)
+
+
 def build_task(cfg: DictConfig) -> TutoringTask:
     """Instantiates the task (env adapter, student, judges) from the env/student/judge groups."""
-    return instantiate(cfg.env.task, student=cfg.student, satisfaction_judge=cfg.judge.satisfaction,
-                       style_judge=cfg.judge.style, _recursive_=True)
+    style, satisfaction = build_judges(cfg.judge)
+    return instantiate(cfg.env.task, student=instantiate(cfg.student), satisfaction_judge=satisfaction,
+                       style_judge=style)
 
 
 def build_policy(cfg: DictConfig, persona_names: list[str], variant: str, device: torch.device):
