@@ -240,6 +240,72 @@ def _trim_left(ids: torch.Tensor, mask: torch.Tensor):
 
 
 @dataclass
+class DistillBatch:
+    """The tokens one distillation update needs.
+
+    Attributes:
+        prompt_ids: ``(B, P)`` the policy's prompts (left-padded).
+        prompt_mask: ``(B, P)``.
+        teacher_ids: ``(B, P')`` the privileged prompts (left-padded).
+        teacher_mask: ``(B, P')``.
+        completion_ids: ``(B, T)`` the sampled turns.
+        completion_mask: ``(B, T)``.
+        groups: ``(head, rows, alpha)`` per persona: which head trains on which rows, with what weight.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    teacher_ids: torch.Tensor
+    teacher_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    groups: list[tuple[int, list[int], float]]
+
+
+def distill_step(
+    policy: MultiHeadPolicy,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: DistillBatch,
+    *,
+    topk: int | None,
+    micro_batch: int,
+    max_grad_norm: float,
+) -> tuple[list[float], float]:
+    """One OPSD update: minimises ``sum_g alpha_g mean_{rows of g} L_row`` and steps the optimiser.
+
+    Each group's rows go through its own head only (so only that head's logits are computed), in
+    chunks of ``micro_batch`` rows with a backward pass per chunk to bound memory; the teacher runs
+    without gradients.
+
+    Returns:
+        The mean per-turn loss of each group and the gradient norm before clipping.
+    """
+    length = int(batch.completion_mask.sum(1).max())
+    comp, comp_mask = batch.completion_ids[:, :length], batch.completion_mask[:, :length]
+    policy.train()
+    optimizer.zero_grad(set_to_none=True)
+    group_loss = []
+    for head, rows, alpha in batch.groups:
+        total = 0.0
+        for i in range(0, len(rows), micro_batch):
+            idx = torch.tensor(rows[i:i + micro_batch])
+            with torch.no_grad():
+                teacher_logits = completion_logits(teacher, *_trim_left(batch.teacher_ids[idx], batch.teacher_mask[idx]),
+                                                   comp[idx], comp_mask[idx])  # (b, T, V)
+            student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
+                                               comp[idx], comp_mask[idx], head=head)  # (b, T, V)
+            per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
+            (alpha * per_turn.sum() / len(rows)).backward()
+            total += float(per_turn.detach().sum())
+        group_loss.append(total / len(rows))
+    params = [q for g in optimizer.param_groups for q in g["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    return group_loss, grad_norm
+
+
+@dataclass
 class StepRecord:
     """What one OPSD step measured.
 
@@ -326,7 +392,8 @@ class OPSDTrainer:
         self._maybe_reset_dialogues()
         n, num = opsd.dialogues_per_persona, len(self.personas)
         flat_obs = [o for obs in self.obs for o in obs]
-        heads = [self.head_of(p) for p in range(num) for _ in range(n)]
+        persona_of_row = [p for p in range(num) for _ in range(n)]
+        heads = [self.head_of(p) for p in persona_of_row]
 
         start = time.perf_counter()
         selection = {"head": 0} if policy.num_heads == 1 else \
@@ -350,29 +417,14 @@ class OPSDTrainer:
 
         start = time.perf_counter()
         teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
-                           for (p, o, fb) in zip([p for p in range(num) for _ in range(n)], flat_obs, feedback)]
+                           for p, o, fb in zip(persona_of_row, flat_obs, feedback)]
         t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
-        length = int(gen.completion_mask.sum(1).max())
-        comp, comp_mask = gen.completion_ids[:, :length], gen.completion_mask[:, :length]
-        policy.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        head_loss = [0.0] * num
-        for p in range(num):
-            rows = list(range(p * n, (p + 1) * n))
-            for i in range(0, n, opsd.micro_batch):
-                idx = torch.tensor(rows[i:i + opsd.micro_batch])
-                with torch.no_grad():
-                    teacher_logits = completion_logits(self.teacher, *_trim_left(t_ids[idx], t_mask[idx]),
-                                                       comp[idx], comp_mask[idx])
-                student_logits = completion_logits(policy, *_trim_left(gen.prompt_ids[idx], gen.prompt_mask[idx]),
-                                                   comp[idx], comp_mask[idx], head=self.head_of(p))
-                per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], opsd.topk)  # (b,)
-                (self.alphas[p] * per_turn.sum() / n).backward()
-                head_loss[p] += float(per_turn.detach().sum()) / n
-        params = [q for g in self.optimizer.param_groups for q in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opsd.max_grad_norm))
+        batch = DistillBatch(gen.prompt_ids, gen.prompt_mask, t_ids, t_mask, gen.completion_ids, gen.completion_mask,
+                             groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
+                                     for p in range(num)])
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        head_loss, grad_norm = distill_step(policy, self.teacher, self.optimizer, batch, topk=opsd.topk,
+                                            micro_batch=opsd.micro_batch, max_grad_norm=opsd.max_grad_norm)
         self.scheduler.step()
         learn_s = time.perf_counter() - start
         self.step += 1
