@@ -287,6 +287,9 @@ def distill_step(
     optimizer.zero_grad(set_to_none=True)
     group_loss = []
     for head, rows, alpha in batch.groups:
+        if not rows:
+            group_loss.append(float("nan"))
+            continue
         total = 0.0
         for i in range(0, len(rows), micro_batch):
             idx = torch.tensor(rows[i:i + micro_batch])

@@ -1,0 +1,152 @@
+"""Learner step of OPSD: time and peak memory for K = 1, 2 and 5 heads, and our loss vs TRL's.
+
+Usage:
+    python benchmarks/opsd_step.py                      # embedded SmolLM2-135M on this machine
+    python benchmarks/opsd_step.py --model tiny-random  # smoke run
+
+Part 1: every K runs in its own process (so peak memory is its own) on the same batch of sampled
+turns: B tutoring prompts with fixed completions, rows assigned to heads round-robin. A step is
+the full update of ``algorithms.opsd.distill_step``: frozen-teacher forward, student forward and
+backward through each row's own head only, clipping and AdamW.
+
+Part 2: on identical logits, our top-k reverse KL (``algorithms.losses.topk_reverse_kl``) against
+TRL's ``generalized_jsd_loss`` with ``beta=1`` (reverse KL) applied to the same top-k support;
+values must agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+FILLER = ("Photosynthesis turns light into chemical energy: chlorophyll absorbs light, water is split, and the "
+          "plant stores the energy as sugar. What do you think happens to the oxygen that is released?")
+
+
+def make_batch(tokenizer, num_heads: int, rows: int, tokens: int, device):
+    """A fixed batch: tutoring prompts, privileged prompts and a ``tokens``-long completion per row."""
+    from agents.generation import encode_prompts
+    from algorithms.opsd import DistillBatch
+    from algorithms.tasks import Persona, TutoringTask
+    from envs.judges import HeuristicSatisfactionJudge
+    from envs.students import ScriptedStudent
+
+    persona = Persona("interactive", "INTERACTIVE", "Ask the student a question and let them answer it.")
+    task = TutoringTask([persona], ScriptedStudent(), HeuristicSatisfactionJudge())
+    obs, _ = task.make_batch(rows).reset(seed=0)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [task.policy_messages(o) for o in obs], device)
+    teacher_ids, teacher_mask = encode_prompts(
+        tokenizer, [task.teacher_messages(o, persona, "Hmm, okay.") for o in obs], device)
+    completion = tokenizer(FILLER * 4, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :tokens]
+    completion = completion.repeat(rows, 1).to(device)
+    groups = [(h, list(range(h, rows, num_heads)), 1.0 / num_heads) for h in range(num_heads)]
+    return DistillBatch(prompt_ids, prompt_mask, teacher_ids, teacher_mask, completion,
+                        torch.ones_like(completion), groups=groups)
+
+
+def step_worker(args) -> dict:
+    """Runs in a child process: times ``args.repeats`` learner steps for ``args.heads`` heads."""
+    from agents import MultiHeadPolicy, load_backbone
+    from agents.models import resolve_device
+    from algorithms.opsd import distill_step, peak_memory_mb
+
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.model, device=device)
+    teacher = load_backbone(args.model, device=device).model.requires_grad_(False)
+    policy = MultiHeadPolicy(backbone.model, num_heads=args.heads)
+    decoder = policy.model.get_decoder()
+    for p in policy.backbone_parameters():
+        p.requires_grad_(False)
+    for module in list(decoder.layers[-args.last_n_layers:]) + [decoder.norm]:
+        module.requires_grad_(True)
+    optimizer = torch.optim.AdamW(policy.param_groups(1e-5, head_lr_mult=2.0))
+    batch = make_batch(backbone.tokenizer, args.heads, args.rows, args.tokens, device)
+    times = []
+    for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted
+        start = time.perf_counter()
+        distill_step(policy, teacher, optimizer, batch, topk=256, micro_batch=args.micro_batch, max_grad_norm=1.0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"heads": args.heads, "step_s": round(statistics.median(times[1:]), 3),
+            "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device)}
+
+
+def loss_comparison(vocab: int, rows: int, tokens: int, k: int, repeats: int = 5) -> dict:
+    """Our top-k reverse KL vs TRL's generalized JSD at beta=1 on the same top-k support."""
+    from trl.experimental.gkd import GKDTrainer
+
+    from algorithms.losses import topk_reverse_kl
+
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(rows, tokens, vocab, generator=gen) * 3
+    teacher = student + torch.randn(rows, tokens, vocab, generator=gen)
+
+    def ours():
+        return topk_reverse_kl(student, teacher, k)  # (B, T)
+
+    def trl():
+        idx = student.topk(k, dim=-1).indices
+        per_vocab = GKDTrainer.generalized_jsd_loss(student.gather(-1, idx), teacher.gather(-1, idx), beta=1.0,
+                                                    reduction="none")
+        return per_vocab.sum(-1)  # (B, T)
+
+    timing = {}
+    for name, fn in (("ours", ours), ("trl", trl)):
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        timing[name] = statistics.median(samples)
+    diff = float((ours() - trl()).abs().max())
+    return {"shape": [rows, tokens, vocab], "k": k, "ours_s": round(timing["ours"], 4), "trl_s": round(timing["trl"], 4),
+            "max_abs_diff": diff, "agree_1e-5": diff <= 1e-5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", type=int, default=8, help="sampled turns in the batch")
+    parser.add_argument("--tokens", type=int, default=48, help="completion length")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--last-n-layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--heads", type=int, default=None, help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument("--out", default=None, help="write the report as JSON here")
+    args = parser.parse_args()
+
+    if args.heads is not None:
+        print(json.dumps(step_worker(args)))
+        return
+
+    rows = []
+    for k in args.heads_list:
+        cmd = [sys.executable, __file__, "--heads", str(k)] + [
+            a for a in sys.argv[1:] if not a.startswith("--out") and not a.endswith(".json")]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"K={k}: step {row['step_s']:.2f} s, peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
+    base = rows[0]["step_s"]
+    ratios = {f"K={r['heads']}": round(r["step_s"] / base, 3) for r in rows}
+    print("step time relative to K=1:", ratios)
+    comparison = loss_comparison(vocab=49152, rows=args.rows, tokens=args.tokens, k=256)
+    print(f"top-k reverse KL on {comparison['shape']}: ours {comparison['ours_s'] * 1000:.1f} ms, "
+          f"TRL {comparison['trl_s'] * 1000:.1f} ms, max |diff| {comparison['max_abs_diff']:.2e}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model, "steps": rows, "relative": ratios, "loss_vs_trl": comparison}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
