@@ -80,8 +80,8 @@ def losses(run_dir):
 
 # Pinned on the tiny-random model (seed 0): a change here means the training step changed.
 PINNED = {
-    "mah": [0.002924811909906566, 0.0028969188570044935],
-    "mt": [0.0027000599075108767, 0.002748234197497368],
+    "mah": [0.0029085458954796195, 0.0028199049993418157],
+    "mt": [0.00268379389308393, 0.0026623231824487448],
 }
 
 
