@@ -484,15 +484,10 @@ class OPSDTrainer:
         _set_rng_state(state["rng"])
 
     def save_policy(self) -> Path:
-        """Saves the trained policy (adapters merged) as ``<run>/policy``."""
-        policy = self.policy
-        if self.opsd.trainable == "lora":
-            merged = MultiHeadPolicy.__new__(MultiHeadPolicy)
-            nn.Module.__init__(merged)
-            merged.model = policy.model.merge_and_unload()
-            merged.head_names, merged.init_noise_std = policy.head_names, policy.init_noise_std
-            policy = merged
-        return policy.save_pretrained(self.run_dir / "policy", tokenizer=self.tokenizer)
+        """Saves the trained policy as ``<run>/policy`` (LoRA adapters are merged into the backbone first)."""
+        if self.opsd.trainable == "lora" and hasattr(self.policy.model, "merge_and_unload"):
+            self.policy.model = self.policy.model.merge_and_unload()
+        return self.policy.save_pretrained(self.run_dir / "policy", tokenizer=self.tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,6 +584,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
             bar.update(1)
             bar.set_postfix(loss=f"{last.loss:.4f}", matched=f"{last.reward_matched:+.2f}",
                             mismatched=f"{last.reward_mismatched:+.2f}")
+    except KeyboardInterrupt:
+        print(f"\n[opsd] interrupted at step {trainer.step}; continue with: python -m algorithms.opsd resume={run_dir}")
+        raise
     finally:
         bar.close()
         writer.flush()
