@@ -1,0 +1,152 @@
+"""The routing benchmark on tiny-random: end to end, metrics on known records, rows added by config."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import algorithms.benchmark as bm
+import algorithms.opsd as opsd
+import algorithms.router as rl
+from agents import Router
+from algorithms.evaluation import DialogueRecord
+from envs.judges.base import TurnJudgement
+
+CONFIGS = Path(bm.__file__).resolve().parent.parent / "configs"
+TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_tokens=4", "benchmark.bootstrap=50",
+              "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny two-head policy run folder and a matched-head router trained on it."""
+    folder = tmp_path_factory.mktemp("bench")
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
+    policy, tokenizer = opsd.build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    policy.save_pretrained(folder / "run" / "policy", tokenizer=tokenizer)
+    (folder / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        rcfg = compose("router", overrides=[f"policy={folder / 'run'}", "router.hidden_dim=16", "router.num_layers=2",
+                                            "router.epochs=2", "data.dialogues=4", "data.val_dialogues=2",
+                                            "data.turns=1", "data.max_new_tokens=4", "device=cpu"])
+    rl.train(rcfg, folder / "router")
+    return folder / "run", folder / "router"
+
+
+def bench_cfg(*overrides):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("benchmark", overrides=[*TINY_BENCH, *overrides])
+
+
+def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
+    run, router = tiny_run
+    results = bm.run_benchmark(bench_cfg(f"policy={run}", f"router={router}"), tmp_path)
+    for name in ("benchmark.json", "benchmark.md", "satisfaction.png", "router_weights.png", "dialogues.jsonl"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert list(saved["rows"]) == ["base", "head_direct", "head_interactive", "blend", "router", "online_router"]
+    for row in saved["rows"].values():
+        for key in ("direct", "interactive", "mean"):
+            stat = row["satisfaction"][key]
+            assert 0 <= stat["low"] <= stat["value"] <= stat["high"] <= 1
+        assert row["satisfaction"]["direct"]["dialogues"] == 4
+    for name in ("router", "online_router"):
+        st = saved["rows"][name]["router"]
+        assert 0 <= st["accuracy_turn1"] <= 1 and 0 <= st["accuracy"] <= 1
+        assert sum(st["mean_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(st["weights_by_turn"]["direct"]) == 2
+    assert "router" not in saved["rows"]["blend"]
+    # both router rows start each dialogue from the same router weights
+    dialogues = [json.loads(line) for line in (tmp_path / "dialogues.jsonl").read_text().splitlines()]
+    assert len(dialogues) == 6 * 8
+    first = {name: [r["weights"][0] for r in dialogues if r["driver"] == name] for name in ("router", "online_router")}
+    torch.testing.assert_close(torch.tensor(first["router"]), torch.tensor(first["online_router"]))
+    # every row met the same openings
+    openings = {tuple(m["content"] for m in d["messages"][:3]) for d in dialogues}
+    assert len(openings) == 8
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| Policy | Direct stu. | Interactive stu. | Mean |" in table
+    for label in ("Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Router", "Online router"):
+        assert f"| {label} |" in table
+    assert table.count("**") >= 2  # the best mean is bold
+    assert results["markdown"] == table
+
+
+def test_without_a_router_the_router_rows_are_skipped_and_rows_come_from_config(tiny_run, tmp_path):
+    run, _ = tiny_run
+    cfg = bench_cfg(f"policy={run}", "benchmark.entries.base=null",
+                    "benchmark.entries.heads.heads=[interactive]", "benchmark.entries.heads.label='just-{head}'",
+                    "+benchmark.entries.fixed_mix={_target_: test_benchmark.FixedMix, weights: [0.25, 0.75]}")
+    results = bm.run_benchmark(cfg, tmp_path)
+    assert list(results["rows"]) == ["head_interactive", "blend", "fixed_mix"]
+    assert results["rows"]["head_interactive"]["label"] == "just-interactive"
+    mix = results["rows"]["fixed_mix"]["router"]
+    assert mix["mean_weights"] == pytest.approx({"direct": 0.25, "interactive": 0.75})
+    assert mix["accuracy"] == pytest.approx(0.5)  # argmax is always 'interactive': right for half the students
+    assert (tmp_path / "router_weights.png").is_file()
+
+
+class FixedMix:
+    """A user-defined row: the same head weights for every dialogue (added through the config only)."""
+
+    def __init__(self, weights, label="fixed mix", name="fixed_mix"):
+        self.weights, self.label, self.name = list(weights), label, name
+
+    def build(self, ctx):
+        def select(observations, turn):
+            return {"weights": torch.tensor([self.weights] * len(observations))}
+
+        return [bm.Contender(self.name, self.label, select, mixes=True)]
+
+
+# ---- metrics on known records -----------------------------------------------------------------
+
+
+def record(student_type, labels, weights=()):
+    return DialogueRecord(driver="x", topic="t", student_type=student_type, reaction="rude", messages=[],
+                          first_generated=1, satisfaction=list(labels), weights=[list(w) for w in weights])
+
+
+def test_bootstrap_intervals_on_known_records():
+    records = [record("direct", ["good", "good"]), record("direct", ["good", "bad"]),
+               record("interactive", ["bad", "neutral"]), record("interactive", ["bad", "bad"])]
+    sat = bm.bootstrap_satisfaction(records, samples=500, confidence=0.95, seed=0)
+    assert sat["direct"]["value"] == 0.75 and sat["interactive"]["value"] == 0.0
+    assert sat["mean"]["value"] == 0.375
+    assert sat["interactive"]["low"] == sat["interactive"]["high"] == 0.0
+    assert 0.5 <= sat["direct"]["low"] < 0.75 < sat["direct"]["high"] <= 1.0
+    assert sat["mean"]["low"] <= 0.375 <= sat["mean"]["high"]
+    again = bm.bootstrap_satisfaction(records, samples=500, confidence=0.95, seed=0)
+    assert again == sat
+
+
+def test_router_statistics_on_known_weights():
+    records = [record("direct", ["good", "good"], [[0.8, 0.2], [0.4, 0.6]]),
+               record("interactive", ["good", "good"], [[0.3, 0.7], [0.1, 0.9]])]
+    st = bm.router_statistics(records, ["direct", "interactive"])
+    assert st["accuracy_turn1"] == 1.0 and st["accuracy"] == 0.75
+    assert st["mean_weights"] == pytest.approx({"direct": 0.4, "interactive": 0.6})
+    torch.testing.assert_close(torch.tensor(st["weights_by_turn"]["direct"]), torch.tensor([[0.8, 0.2], [0.4, 0.6]]))
+    assert st["mean_weights_by_type"]["interactive"] == pytest.approx({"direct": 0.2, "interactive": 0.8})
+    assert bm.router_statistics([record("direct", ["good"])], ["direct", "interactive"]) == {}
+
+
+def test_online_selector_moves_weights_with_the_reactions(tiny_policy):
+    policy, tok = tiny_policy
+    router = Router(policy.config.hidden_size, 3, hidden_dim=8)
+    judge = bm._RecordingJudge(type("J", (), {"judge_batch": lambda self, d: []})())
+    from agents import RouterFeatures
+
+    selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), judge, lr=2.0, floor=0.0)
+    obs = [[{"role": "teacher", "content": "Hi"}, {"role": "student", "content": "hey"}]] * 2
+    start = selector(obs, 0)["weights"]
+    torch.testing.assert_close(start[0], start[1])
+    judge.last = [TurnJudgement(["good"]), TurnJudgement(["bad"])]
+    after = selector(obs, 1)["weights"]
+    top = int(start[0].argmax())
+    assert after[0, top] > start[0, top] > after[1, top]
+    torch.testing.assert_close(after.sum(-1), torch.ones(2))

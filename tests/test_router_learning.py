@@ -1,0 +1,258 @@
+"""Router learning: the pure losses, the pairwise judges, toy problems with a known answer, and a tiny run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import algorithms.opsd as opsd
+import algorithms.router as rl
+from agents import Router, RouterFeatures
+from envs.chat import JsonReply
+
+CONFIGS = Path(rl.__file__).resolve().parent.parent / "configs"
+TINY_ROUTER = ["router.hidden_dim=16", "router.num_layers=2", "router.epochs=3", "router.batch_size=4",
+               "data.dialogues=4", "data.val_dialogues=2", "data.turns=2", "data.max_new_tokens=4", "device=cpu"]
+
+
+def make_tiny_run(folder: Path) -> Path:
+    """A finished-run folder for tests: a fresh tiny two-head policy plus the config it came from."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
+    policy, tokenizer = opsd.build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return folder
+
+
+def router_cfg(policy_dir, *overrides):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("router", overrides=[f"policy={policy_dir}", *TINY_ROUTER, *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("run"))
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+
+def test_matched_loss_is_cross_entropy_to_the_matched_head():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))) / 2
+    torch.testing.assert_close(rl.matched_head_loss(logits, torch.tensor([0, 1])), expected)
+
+
+def test_pairwise_loss_values():
+    delta = torch.tensor([[1.0, -1.0], [0.5, -0.5]])
+    onehot = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    torch.testing.assert_close(rl.pairwise_preference_loss(onehot, delta), torch.tensor(-0.75))
+    uniform = torch.full((2, 2), 0.5)
+    # w.delta = 0 on both rows; entropy log 2 each: loss = -lambda log 2
+    torch.testing.assert_close(rl.pairwise_preference_loss(uniform, delta, 0.1), -0.1 * torch.log(torch.tensor(2.0)))
+
+
+def test_hedge_targets_are_multiplicative_weights():
+    prior = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    losses = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    got = rl.hedge_targets(prior, losses, tau=1.0)
+    e = torch.exp(torch.tensor(-1.0))
+    want = torch.stack([torch.stack([1 / (1 + e), e / (1 + e)]),
+                        torch.stack([0.9 * e / (0.9 * e + 0.1), 0.1 / (0.9 * e + 0.1)])])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.sum(-1), torch.ones(2))
+    # equal losses leave the prior unchanged; a huge tau too
+    torch.testing.assert_close(rl.hedge_targets(prior, torch.ones(2, 2), 0.3), prior)
+    torch.testing.assert_close(rl.hedge_targets(prior, losses, 1e9), prior)
+
+
+def test_hedge_router_loss_targets_are_detached_and_soft_ce_matches_ce_on_one_hot():
+    logits = torch.tensor([[0.3, -0.2, 1.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 1.0]])
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([2]))
+    torch.testing.assert_close(rl.soft_cross_entropy(logits, target), ce)
+    loss = rl.hedge_router_loss(logits, torch.tensor([[1.0, 1.0, 0.0]]), tau=0.5)
+    loss.backward()
+    assert logits.grad[0, 2] < 0  # pushes weight towards the lowest-loss head
+
+
+def test_online_hedge_step_follows_reactions():
+    w = torch.tensor([[0.7, 0.3], [0.7, 0.3], [0.5, 0.5]])
+    reward = torch.tensor([1.0, -1.0, -1.0])
+    new = rl.hedge_step(w, rl.reaction_head_losses(w, reward), lr=2.0)
+    assert new[0, 0] > 0.7 and new[1, 0] < 0.7  # good: more of the same; bad: move away
+    torch.testing.assert_close(new[2], torch.tensor([0.5, 0.5]))  # equal weights: no evidence
+    torch.testing.assert_close(rl.hedge_step(w, torch.randn(3, 2), lr=0.0), w)
+    floored = rl.hedge_step(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), lr=1.0, floor=0.1)
+    torch.testing.assert_close(floored, torch.tensor([[0.95, 0.05]]))
+
+
+# ---- pairwise judges --------------------------------------------------------------------------
+
+
+def comparison(first_reply, second_reply):
+    prefix = [{"role": "teacher", "content": "Hi"}, {"role": "student", "content": "hey"}]
+    return rl.PairwiseComparison("volcanoes", prefix, "turn one", "turn two", first_reply, second_reply)
+
+
+def test_heuristic_pairwise_judge_uses_the_preference_levels():
+    good = "Ohh, okay, that makes so much sense now! I get it, that's cool."
+    bad = "Ugh, whatever. I don't know."
+    judge = rl.HeuristicPairwiseJudge()
+    scores = judge.compare_batch([comparison(good, bad), comparison(bad, good), comparison(good, good)])
+    assert scores == [1.0, -1.0, 0.0]
+    assert isinstance(judge, rl.PairwiseJudge)
+
+
+class FakeClient:
+    """Always prefers whichever option shows the word 'first', and counts what it was asked."""
+
+    def __init__(self, verdict_for_first="A much better"):
+        self.calls = []
+        self.verdict_for_first = verdict_for_first
+
+    def chat_json_batch(self, conversations, *, default, max_tokens=None, temperature=None):
+        self.calls.append(conversations)
+        out = []
+        for convo in conversations:
+            text = convo[-1]["content"]
+            a_first = "Option A (teacher): first" in text
+            verdict = self.verdict_for_first if a_first else self.verdict_for_first.replace("A", "B", 1)
+            out.append(JsonReply(data={"reason": "x", "verdict": verdict}, raw="", ok=True))
+        return out
+
+
+def test_llm_pairwise_judge_randomises_order_and_maps_back():
+    judge = rl.LLMPairwiseJudge(client=FakeClient("A slightly better"), seed=3)
+    items = [rl.PairwiseComparison("t", [], "first candidate", "second candidate", "r1", "r2") for _ in range(40)]
+    scores = judge.compare_batch(items)
+    assert scores == [0.5] * 40  # the first candidate wins whatever side it was shown on
+    shown_first = ["Option A (teacher): first" in c[-1]["content"] for c in judge.client.calls[0]]
+    assert 5 < sum(shown_first) < 35  # both orders were used
+    assert judge.counter.calls == 40 and judge.counter.fallbacks == 0
+
+
+def test_llm_pairwise_judge_falls_back_to_a_tie_on_bad_replies():
+    class Broken:
+        def chat_json_batch(self, conversations, *, default, max_tokens=None, temperature=None):
+            return [JsonReply(data={"verdict": "no idea"}, raw="", ok=True), JsonReply(data={}, raw="?", ok=False)]
+
+    judge = rl.LLMPairwiseJudge(client=Broken())
+    assert judge.compare_batch([comparison("a", "b"), comparison("a", "b")]) == [0.0, 0.0]
+    assert judge.counter.fallbacks == 2
+    assert rl.parse_verdict({"verdict": "B much better"}) == (-1.0, None)
+    assert rl.parse_verdict({"verdict": 0.5}) == (0.5, None)
+    assert rl.parse_verdict({"verdict": "A > B"})[0] is None
+
+
+# ---- toy problems with a known answer ---------------------------------------------------------
+
+
+def toy_data(n, seed, dim=8):
+    """Features whose first coordinate encodes the student type (head 0 vs 1), the rest noise."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.arange(n) % 2
+    features = torch.randn(n, dim, generator=g) * 0.5
+    features[:, 0] += torch.where(target == 0, 1.5, -1.5)
+    deltas = torch.where(torch.nn.functional.one_hot(target, 2).bool(), 1.0, -0.5)
+    head_losses = (1.0 - torch.where(torch.nn.functional.one_hot(target, 2).bool(), 1.0, -1.0)) / 2
+    return rl.RouterData(features, target, torch.arange(n) % 3, deltas, head_losses)
+
+
+@pytest.mark.parametrize("method", rl.METHODS)
+def test_each_method_learns_the_toy_problem(method):
+    rc = rl.RouterConfig(method=method, hidden_dim=32, num_layers=2, dropout=0.0, lr=3e-3, epochs=25, batch_size=16,
+                         select_by="accuracy", entropy_coef=0.01, hedge_tau=0.5)
+    fit = rl.fit_router(toy_data(128, 0), toy_data(64, 1), rc, num_heads=2, seed=0)
+    losses = [row["train_loss"] for row in fit.history]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert fit.best["accuracy"] >= 0.95
+    assert fit.best["matched_weight"] > 0.6
+    if method == "matched":
+        assert fit.best["accuracy_turn1"] >= 0.95
+
+
+def test_selection_keeps_the_best_validation_epoch():
+    rc = rl.RouterConfig(method="pairwise", hidden_dim=16, num_layers=2, epochs=6, select_by="auto")
+    assert rc.select_by == "preference"
+    fit = rl.fit_router(toy_data(32, 0), toy_data(16, 1), rc, num_heads=2, seed=0)
+    best = max(row["val/preference"] for row in fit.history)
+    assert fit.best["preference"] == best == fit.history[fit.best_epoch - 1]["val/preference"]
+    torch.testing.assert_close(rl.router_metrics(fit.router, toy_data(16, 1), rc)["preference"], best)
+
+
+def test_bad_router_config_values_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="router.method must be one of"):
+        rl.router_config(router_cfg("somewhere", "router.method=vote"))
+    with pytest.raises(ValueError, match="Compare with configs/router.yaml"):
+        rl.router_config(router_cfg("somewhere", "+router.learning_rate=1"))
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        no_policy = compose("router")
+    with pytest.raises(ValueError, match="Set policy="):
+        rl.train(no_policy, tmp_path)
+    with pytest.raises(ValueError, match="No head is named after student type"):
+        rl.matched_head(["shared"], "direct")
+
+
+# ---- the router never sees the student type ---------------------------------------------------
+
+
+def test_router_output_ignores_the_hidden_label(tiny_policy):
+    policy, tok = tiny_policy
+    messages = [{"role": "system", "content": "Topic: volcanoes"}, {"role": "teacher", "content": "What erupts?"},
+                {"role": "student", "content": "Ooh, let me think... magma?"}]
+    examples = [rl.PrefixExample(messages=[dict(m) for m in messages], topic="volcanoes", student_type=t,
+                                 reaction=r, dialogue=i, turn=0, driver="a", matched=bool(i))
+                for i, (t, r) in enumerate([("direct", "rude"), ("interactive", "anxious")])]
+    features = RouterFeatures(policy, tok)
+    data = rl.build_router_data(rl.prefix_features(features, [e.messages for e in examples]), examples,
+                                ["direct", "interactive", "c"])
+    assert data.target.tolist() == [0, 1]  # the labels differ ...
+    router = Router(policy.config.hidden_size, 3, hidden_dim=16)
+    out = rl.route(router, features, [e.messages for e in examples])
+    assert torch.equal(data.features[0], data.features[1])  # ... the inputs do not
+    assert torch.equal(out.weights[0], out.weights[1])
+
+
+# ---- a tiny end-to-end run --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["matched", "pairwise", "hedge"])
+def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
+    out = tmp_path / method
+    summary = rl.train(router_cfg(tiny_run, f"router.method={method}"), out)
+    router = rl.load_router(out)
+    assert router.num_heads == 2 and router.hparams["hidden_dim"] == 16
+    assert summary["train_prefixes"] == 8 and summary["val_prefixes"] == 4
+    assert 1 <= summary["best_epoch"] <= 3 and 0 <= summary["val"]["accuracy"] <= 1
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    train = [r for r in rows if r["split"] == "train"]
+    assert sorted(r["student_type"] for r in train) == ["direct"] * 4 + ["interactive"] * 4
+    assert sum(r["matched"] for r in train) == 4  # half matched, half mismatched
+    assert all(r["driver"] == r["student_type"] for r in train if r["matched"])
+    assert all(r["driver"] != r["student_type"] for r in train if not r["matched"])
+    if method != "matched":
+        assert all(len(r["deltas"]) == 2 and set(r["deltas"]) <= set(rl.PREFERENCE_LEVELS) for r in rows)
+        assert all(len(r["candidates"]) == 3 for r in rows)
+        assert "preference" in summary["val"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("judge", sorted(p.stem for p in (CONFIGS / "pairwise_judge").glob("*.yaml")))
+def test_every_pairwise_judge_config_instantiates(judge, monkeypatch):
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    extra = ["chat@pairwise_judge.client=openai"] if judge == "llm" else []
+    cfg = router_cfg("somewhere", f"pairwise_judge={judge}", "router.method=pairwise", *extra)
+    built = instantiate(cfg.pairwise_judge)  # chat clients connect lazily: nothing heavy happens here
+    assert isinstance(built, rl.PairwiseJudge)
+    if judge == "llm":
+        assert type(built.client).__name__ == "OpenAIChatClient"
