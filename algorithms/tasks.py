@@ -21,10 +21,8 @@ Messages = list[dict[str, str]]
 _ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
 
 PRIVILEGED_BLOCK = (
-    "\n\n[Hindsight notes for this turn, never shown to the student]\n"
-    "Teaching style to practise: {label}. {description}\n"
-    "The student's actual reaction to your next turn: \"{feedback}\"\n"
-    "Write the next turn so that it follows this style and earns a better reaction."
+    "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
+    "{description} The student's actual reaction to that turn was: \"{feedback}\")"
 )
 
 
@@ -105,11 +103,12 @@ class TutoringTask:
         return [{"role": _ROLES[m["role"]], "content": m["content"]} for m in obs]
 
     def teacher_messages(self, obs: Messages, persona: Persona, feedback: str) -> Messages:
-        """The privileged prompt: the policy's prompt plus one block with the style and the student's reaction."""
-        messages = self.policy_messages(obs)
+        """The privileged prompt: the policy's prompt plus one final block with the style and the reaction.
+
+        The block is a system message placed right before the teacher's turn: a small model
+        follows a style cue there far more than one buried in the opening system message (on the
+        embedded 135M model, 0.03 vs 0.50 questions per sampled turn for the two styles, against
+        0.19 vs 0.28 with the cue in the opening message; 32 dialogues each).
+        """
         block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, feedback=feedback)
-        if messages and messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": messages[0]["content"] + block}
-        else:
-            messages.insert(0, {"role": "system", "content": block.strip()})
-        return messages
+        return self.policy_messages(obs) + [{"role": "system", "content": block}]

@@ -80,8 +80,8 @@ def losses(run_dir):
 
 # Pinned on the tiny-random model (seed 0): a change here means the training step changed.
 PINNED = {
-    "mah": [0.0029085458954796195, 0.0028199049993418157],
-    "mt": [0.00268379389308393, 0.0026623231824487448],
+    "mah": [0.0029305352363735437, 0.002802543865982443],
+    "mt": [0.0027012662612833083, 0.0026107750018127263],
 }
 
 
