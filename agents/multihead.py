@@ -5,8 +5,9 @@ wrapped model's head has a bias). A forward pass selects one of:
 
 - a single head (``head=d``, an index or a head name),
 - a weight vector over heads, shared (``(K,)``) or per sample (``(B, K)``): the logit-space mixture
-  ``sum_d w_d W_d h``, computed either through the mixed projection ``W_mix = sum_d w_d W_d`` (one
-  per distinct weight row) or by mixing the heads' logits, whichever reads fewer matrices,
+  ``sum_d w_d W_d h``, computed through the mixed projection ``W_mix = sum_d w_d W_d`` (one per
+  distinct weight row; a one-hot row simply uses its head) or by mixing the heads' logits,
+  whichever reads fewer matrices,
 - the equal blend (neither given): ``W_eq = mean_d W_d``.
 
 The heads replace the wrapped model's output layer (``model.lm_head``), so everything built on
@@ -122,16 +123,23 @@ class MultiHeadLMHead(nn.Module):
     def _plan(self, weights: torch.Tensor):
         """Chooses the cheaper way to apply ``(B, K)`` per-sample weights.
 
-        With fewer distinct weight rows U than heads, each distinct mixture gets one projection
-        ``W_mix`` (U matrices read per token); otherwise every head projects the whole batch once and
-        the logits are mixed (K matrices read per token). Returns ``(kind, payload)``.
+        Rows that select a single head (one-hot) use that head's own projection, so only the
+        active head's logits are computed. Otherwise, with fewer distinct weight rows U than heads,
+        each distinct mixture gets one projection ``W_mix`` (U matrices read per token); with more,
+        every head projects the whole batch once and the logits are mixed (K matrices read).
+        Returns ``(kind, payload)``.
         """
         rows, inverse = torch.unique(weights, dim=0, return_inverse=True)  # (U, K), (B,)
-        if rows.shape[0] < self.num_heads or weights.shape[0] == 1:
-            mixed = [self.mixed_weight(row) for row in rows]
-            weight = torch.stack([m[0] for m in mixed])  # (U, V, H)
-            bias = None if self.biases is None else torch.stack([m[1] for m in mixed])
-            return "grouped", (weight, bias, inverse)
+        one_hot = ((rows == 0) | (rows == 1)).all(dim=1) & (rows.sum(dim=1) == 1)
+        if one_hot.all() or rows.shape[0] < self.num_heads or weights.shape[0] == 1:
+            projections = []
+            for row, single in zip(rows, one_hot):
+                if single:
+                    d = int(row.argmax())
+                    projections.append((self.weights[d], None if self.biases is None else self.biases[d]))
+                else:
+                    projections.append(self.mixed_weight(row))
+            return "grouped", (projections, inverse)
         return "per_head", weights
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -161,15 +169,15 @@ class MultiHeadLMHead(nn.Module):
                 self._mix_cache = (kind, payload)
         if kind == "per_head":
             return self._mix_head_logits(hidden, payload)
-        weight, bias, inverse = payload
-        if weight.shape[0] == 1:
-            return nn.functional.linear(hidden, weight[0], None if bias is None else bias[0])
+        projections, inverse = payload
+        if len(projections) == 1:
+            return nn.functional.linear(hidden, *projections[0])
         if inverse.shape[0] != hidden.shape[0]:
             raise ValueError(f"Head weights were set for {inverse.shape[0]} sequences, got {hidden.shape[0]}.")
-        out = hidden.new_empty(*hidden.shape[:-1], weight.shape[1])  # (B, T, V)
-        for u in range(weight.shape[0]):
+        out = hidden.new_empty(*hidden.shape[:-1], projections[0][0].shape[0])  # (B, T, V)
+        for u, (weight, bias) in enumerate(projections):
             rows = (inverse == u).nonzero(as_tuple=True)[0]
-            out[rows] = nn.functional.linear(hidden[rows], weight[u], None if bias is None else bias[u])
+            out[rows] = nn.functional.linear(hidden[rows], weight, bias)
         return out
 
     def _mix_head_logits(self, hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ command line); set an entry to null to drop it.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -52,7 +51,6 @@ from algorithms.router import (
     weight_entropy,
 )
 from algorithms.tasks import TutoringTask
-from envs.judges.base import LABEL_SCORE
 from envs.students.base import STUDENT_TYPES
 
 # ----------------------------------------------------------------------------------------------
@@ -195,36 +193,26 @@ class OfflineRouter:
         return [Contender(self.name, self.label, select, mixes=True)]
 
 
-class _RecordingJudge:
-    """Passes a satisfaction judge through and remembers its latest verdicts (one per dialogue)."""
-
-    def __init__(self, judge):
-        self.judge = judge
-        self.last: list = []
-
-    def judge_batch(self, dialogues):
-        self.last = self.judge.judge_batch(dialogues)
-        return self.last
-
-    def __getattr__(self, name):
-        return getattr(self.judge, name)
-
-
 class _OnlineSelector:
-    def __init__(self, router: Router, features: RouterFeatures, recorder: _RecordingJudge, lr: float, floor: float):
-        self.router, self.features, self.recorder = router, features, recorder
+    """Router weights at the first turn, then a Hedge step after every observed reaction."""
+
+    def __init__(self, router: Router, features: RouterFeatures, lr: float, floor: float):
+        self.router, self.features = router, features
         self.lr, self.floor = lr, floor
         self.weights: torch.Tensor | None = None
+        self.rewards: torch.Tensor | None = None
+
+    def observe(self, infos, rewards) -> None:
+        """Keeps the satisfaction reward of each dialogue's latest turn (+1 good, 0 neutral, -1 bad)."""
+        self.rewards = torch.as_tensor(rewards, dtype=torch.float32)
 
     def __call__(self, observations, turn):
         if turn == 0 or self.weights is None or self.weights.shape[0] != len(observations):
             self.weights = route(self.router, self.features, observations).weights.float()  # (B, K)
         else:
-            verdicts = self.recorder.last
-            if len(verdicts) != len(observations):
-                raise RuntimeError("The online router lost track of the satisfaction verdicts.")
-            reward = torch.tensor([LABEL_SCORE.get(v.labels[-1] if v.labels else "neutral", 0.0) for v in verdicts])
-            losses = reaction_head_losses(self.weights, reward)  # (B, K)
+            if self.rewards is None or len(self.rewards) != len(observations):
+                raise RuntimeError("The online router was not shown the previous turn's rewards.")
+            losses = reaction_head_losses(self.weights, self.rewards)  # (B, K)
             self.weights = hedge_step(self.weights, losses, self.lr, self.floor)
         return {"weights": self.weights.clone()}
 
@@ -255,10 +243,8 @@ class OnlineRouter:
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
-        task = copy.copy(ctx.task)  # same task, but its satisfaction verdicts are also shown to the router
-        task.satisfaction_judge = recorder = _RecordingJudge(ctx.task.satisfaction_judge)
-        selector = _OnlineSelector(router, ctx.features, recorder, self.lr, self.floor)
-        return [Contender(self.name, self.label, selector, task=task, mixes=True)]
+        selector = _OnlineSelector(router, ctx.features, self.lr, self.floor)
+        return [Contender(self.name, self.label, selector, mixes=True)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def rollout_dialogues(
         tokenizer: Its tokenizer.
         task: The tutoring task (held-out topics, student, judge).
         selector: Fixed ``generate`` keyword arguments (``{"head": 1}``, ``{"weights": [...]}``), or a
-            function ``(observations, turn) -> kwargs`` called before every turn (e.g. a router).
+            function ``(observations, turn) -> kwargs`` called before every turn (e.g. a router). A
+            selector with an ``observe(infos, rewards)`` method is also shown every step's outcome.
         driver: Name recorded in each :class:`DialogueRecord`.
         contexts: Number of held-out contexts.
         turns: Teacher turns to generate per dialogue.
@@ -116,7 +117,9 @@ def rollout_dialogues(
         out = generate(policy, tokenizer, [task.policy_messages(o) for o in obs], max_new_tokens=max_new_tokens,
                        temperature=temperature, seed=seed * 7919 + turn, **selection)
         texts = [t.strip() or "Okay." for t in out.texts]
-        obs, _, _, _, step_infos = batch.step(texts)
+        obs, rewards, _, _, step_infos = batch.step(texts)
+        if hasattr(selector, "observe"):  # e.g. an online router that adapts to each reaction
+            selector.observe(step_infos, rewards)
         for i, info in enumerate(step_infos):
             satisfaction[i].append(info["satisfaction"])
     return [
@@ -185,9 +188,9 @@ def plot_report(heads: list[str], styles: list[str], results: dict[str, Any], pa
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [
         ("style judge good rate", [[results["style_matrix"][h][s] for s in styles] for h in heads],
-         [f"{s} judge" for s in styles]),
+         [f"{s}\njudge" for s in styles]),
         ("satisfaction good-turn rate", [[results["satisfaction"][h][t] for t in types] for h in heads],
-         [f"{t} student" for t in types]),
+         [f"{t}\nstudent" for t in types]),
     ]
     for ax, (title, matrix, xlabels) in zip(axes[:2], panels):
         data = np.array(matrix, dtype=float)

@@ -54,7 +54,7 @@ def step_worker(args) -> dict:
     """Runs in a child process: times ``args.repeats`` learner steps for ``args.heads`` heads."""
     from agents import MultiHeadPolicy, load_backbone
     from agents.models import resolve_device
-    from algorithms.opsd import distill_step, peak_memory_mb
+    from algorithms.opsd import distill_step, make_optimizer, peak_memory_mb
 
     device = resolve_device(args.device)
     backbone = load_backbone(args.model, device=device)
@@ -65,7 +65,7 @@ def step_worker(args) -> dict:
         p.requires_grad_(False)
     for module in list(decoder.layers[-args.last_n_layers:]) + [decoder.norm]:
         module.requires_grad_(True)
-    optimizer = torch.optim.AdamW(policy.param_groups(1e-5, head_lr_mult=2.0))
+    optimizer = make_optimizer(policy.param_groups(1e-5, head_lr_mult=2.0))
     batch = make_batch(backbone.tokenizer, args.heads, args.rows, args.tokens, device)
     times = []
     for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted

@@ -13,7 +13,6 @@ import algorithms.opsd as opsd
 import algorithms.router as rl
 from agents import Router
 from algorithms.evaluation import DialogueRecord
-from envs.judges.base import TurnJudgement
 
 CONFIGS = Path(bm.__file__).resolve().parent.parent / "configs"
 TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_tokens=4", "benchmark.bootstrap=50",
@@ -138,14 +137,13 @@ def test_router_statistics_on_known_weights():
 def test_online_selector_moves_weights_with_the_reactions(tiny_policy):
     policy, tok = tiny_policy
     router = Router(policy.config.hidden_size, 3, hidden_dim=8)
-    judge = bm._RecordingJudge(type("J", (), {"judge_batch": lambda self, d: []})())
     from agents import RouterFeatures
 
-    selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), judge, lr=2.0, floor=0.0)
+    selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), lr=2.0, floor=0.0)
     obs = [[{"role": "teacher", "content": "Hi"}, {"role": "student", "content": "hey"}]] * 2
     start = selector(obs, 0)["weights"]
     torch.testing.assert_close(start[0], start[1])
-    judge.last = [TurnJudgement(["good"]), TurnJudgement(["bad"])]
+    selector.observe([{}, {}], [1.0, -1.0])  # the first dialogue's student was pleased, the second's not
     after = selector(obs, 1)["weights"]
     top = int(start[0].argmax())
     assert after[0, top] > start[0, top] > after[1, top]

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import gymnasium
-import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
