@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import Router, RouterFeatures, load_backbone
 from agents.models import resolve_device
+from algorithms.components import build_task
 from algorithms.evaluation import DialogueRecord, Selection, Selector, good_rate, rollout_dialogues
 from algorithms.router import (
     hedge_step,
@@ -447,8 +448,6 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     Returns:
         The results written to ``benchmark.json`` (without the dialogues).
     """
-    from algorithms.opsd import build_task  # the trainer module owns the task builder
-
     if OmegaConf.is_missing(cfg, "policy") or not cfg.get("policy"):
         raise ValueError("Set policy=<OPSD run folder> (the folder holding policy/ and config.yaml).")
     out_dir = Path(out_dir)

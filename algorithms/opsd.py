@@ -37,26 +37,35 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
 
-from agents import MultiHeadPolicy, completion_logits, generate, load_backbone
+from agents import MultiHeadPolicy, completion_logits, load_backbone
 from agents.generation import encode_prompts
 from agents.models import resolve_device
 from algorithms.evaluation import count_questions, evaluate_policy
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
-from algorithms.tasks import TutoringTask
+from algorithms.components import apply_lora, build_policy, build_task
+from algorithms.rollout import (
+    LocalRolloutPool,
+    RayRolloutPool,
+    RolloutRequest,
+    RolloutResult,
+    RolloutWorker,
+    Submission,
+    merge_results,
+    ray_config,
+)
+from envs.tutoring import DialogueState
 
 CHECKPOINT = "checkpoint.pt"
 
 # hydra.run.dir: a resumed or re-evaluated run writes into its own folder, a new run into a fresh one.
 if not OmegaConf.has_resolver("pg_run_dir"):
     OmegaConf.register_new_resolver("pg_run_dir", lambda resume, evaluate, fresh: resume or evaluate or fresh)
-EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
 
 
 @dataclass
@@ -134,38 +143,6 @@ def algorithm_config(cfg: DictConfig) -> OPSDConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_judges(judge_cfg: DictConfig) -> tuple[Any, Any]:
-    """Instantiates the (style, satisfaction) judges; a ``judge.client`` is built once and shared."""
-    shared = {}
-    if judge_cfg.get("client") is not None:
-        shared["client"] = instantiate(judge_cfg.client)
-
-    def build(node):
-        node = OmegaConf.to_container(node, resolve=False)
-        if shared:
-            node.pop("client", None)
-        return instantiate(node, **shared)
-
-    return build(judge_cfg.style), build(judge_cfg.satisfaction)
-
-
-def build_task(cfg: DictConfig) -> TutoringTask:
-    """Instantiates the task (env adapter, student, judges) from the env/student/judge groups."""
-    style, satisfaction = build_judges(cfg.judge)
-    return instantiate(cfg.env.task, student=instantiate(cfg.student), satisfaction_judge=satisfaction,
-                       style_judge=style)
-
-
-def build_policy(cfg: DictConfig, persona_names: list[str], variant: str, device: torch.device):
-    """Loads the backbone and wraps it with one head per persona (MAH) or one shared head (MT)."""
-    agent = cfg.agent
-    backbone = load_backbone(agent.model, device=device, dtype=agent.dtype, **dict(agent.get("tiny", None) or {}))
-    names = persona_names if variant == "mah" else ["shared"]
-    policy = MultiHeadPolicy(backbone.model, num_heads=len(names), head_names=names,
-                             init_noise_std=agent.init_noise_std, seed=cfg.seed)
-    return policy, backbone.tokenizer
-
-
 class AdapterTeacher(nn.Module):
     """The frozen base model as the LoRA policy's own weights with adapters disabled.
 
@@ -197,15 +174,9 @@ def configure_trainable(policy: MultiHeadPolicy, opsd: OPSDConfig, cfg: DictConf
     """Freezes what ``opsd.trainable`` says and returns the frozen teacher (the base model)."""
     decoder = policy.model.get_decoder()
     if opsd.trainable == "lora":
-        from peft import LoraConfig, get_peft_model
-
         base_head = policy.model.get_input_embeddings().weight if cfg.agent.get("tied_base_head", True) \
             else policy.heads.weights[0]
-        lora = dict(opsd.lora)
-        policy.model = get_peft_model(policy.model, LoraConfig(
-            r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
-            target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
-        ))
+        apply_lora(policy, opsd.lora)
         for p in policy.head_parameters():
             p.requires_grad_(True)
         return AdapterTeacher(policy, base_head)
@@ -334,9 +305,15 @@ class StepRecord:
         reward_mismatched: Mean reward on the other dialogues.
         questions: Mean questions per sampled turn for each persona.
         turn_tokens: Mean sampled turn length in tokens.
-        gen_s: Seconds spent sampling; env_s: in the environment; learn_s: in forward/backward/update.
+        gen_s: Worker-seconds spent sampling; env_s: in the environment (summed over workers).
+        learn_s: Seconds in forward/backward/update.
+        idle_s: Seconds the learner waited for this step's rollouts.
         grad_norm: Gradient norm before clipping.
         lr: Backbone learning rate used.
+        version: Weight version that sampled this step's turns.
+        staleness: Updates between that version and the weights being updated.
+        retries: Rollout requests run again because a worker died.
+        turns: ``<dialogue uid>@<turn>`` of every sampled turn.
     """
 
     loss: float
@@ -349,12 +326,21 @@ class StepRecord:
     gen_s: float
     env_s: float
     learn_s: float
+    idle_s: float
     grad_norm: float
     lr: float
+    version: int = 0
+    staleness: int = 0
+    retries: int = 0
+    turns: list[str] = field(default_factory=list)
 
 
 class OPSDTrainer:
-    """Holds the policy, teacher, optimiser and live dialogues of one run, and steps them.
+    """Holds the policy, teacher, optimiser, rollout pool and live dialogues of one run, and steps them.
+
+    The live dialogues are ``dialogues_per_persona`` per persona, in persona-major rows; their
+    states live here (and in checkpoints), and every step sends them to the rollout pool, which
+    takes one turn in each.
 
     Args:
         cfg: The composed Hydra config.
@@ -365,6 +351,7 @@ class OPSDTrainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.opsd = algorithm_config(cfg)
+        self.ray = ray_config(cfg)
         self.device = resolve_device(cfg.device)
         _seed_everything(cfg.seed)
         self.task = build_task(cfg)
@@ -381,72 +368,123 @@ class OPSDTrainer:
         self.scheduler = get_scheduler(self.opsd.scheduler, self.optimizer, num_warmup_steps=self.opsd.warmup_steps,
                                        num_training_steps=self.opsd.steps)
         n = self.opsd.dialogues_per_persona
-        self.batches = [self.task.make_batch(n) for _ in self.personas]
-        self.obs: list[list[list[dict]]] = [[] for _ in self.personas]
+        self.row_persona = [p for p in range(len(self.personas)) for _ in range(n)]
+        self.dialogues: list[DialogueState] | None = None  # None: fresh dialogues start at the next step
         self.step = 0
+        self.pool: LocalRolloutPool | RayRolloutPool | None = None
+        self.pending: Submission | None = None
 
     # ---- heads -------------------------------------------------------------------------
 
     def head_of(self, persona: int) -> int:
         return persona if self.opsd.variant == "mah" else 0
 
-    # ---- dialogues ---------------------------------------------------------------------
+    # ---- rollouts ----------------------------------------------------------------------
 
-    def _maybe_reset_dialogues(self) -> None:
-        if self.step % self.opsd.turns_per_dialogue:
+    def start_pool(self) -> None:
+        """Starts the rollout pool (in-process, or Ray actors with ``ray.enabled=true``) and publishes the weights."""
+        if self.pool is not None:
             return
-        episode = self.step // self.opsd.turns_per_dialogue
-        n, num = self.opsd.dialogues_per_persona, len(self.personas)
-        for p, batch in enumerate(self.batches):
-            seed = self.cfg.seed * 10_000_019 + (episode * num + p) * n
-            self.obs[p], _ = batch.reset(seed=seed)
+        if self.ray.enabled:
+            self.pool = RayRolloutPool(self.cfg)
+        else:
+            self.pool = LocalRolloutPool(RolloutWorker(self.cfg, task=self.task, policy=self.policy,
+                                                       tokenizer=self.tokenizer, device=self.device))
+        self.pool.publish(self.step, self.policy)
+
+    def close(self) -> None:
+        """Stops the rollout pool (and a local Ray cluster it started)."""
+        self.pending = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def requests(self, step: int) -> list[RolloutRequest]:
+        """The rollout requests for ``step``: one turn in every live dialogue, split into shards.
+
+        Every ``turns_per_dialogue`` steps the dialogues are replaced by fresh ones, with seeds
+        fixed by the run seed, the episode and the row; the sampling seed is fixed by the step and
+        the shard, so a request gives the same turns wherever it runs.
+        """
+        num, n = len(self.personas), self.opsd.dialogues_per_persona
+        episode = step // self.opsd.turns_per_dialogue
+        fresh = step % self.opsd.turns_per_dialogue == 0
+        if not fresh and self.dialogues is None:
+            raise RuntimeError(f"step {step} continues dialogues, but none are live")
+        rows = list(range(num * n))
+        uids = [f"e{episode}-{self.personas[p].name}-{r % n}" for r, p in zip(rows, self.row_persona)]
+        shards = [list(part) for part in np.array_split(rows, self.num_shards) if len(part)]
+        out = []
+        for k, part in enumerate(shards):
+            personas = [self.row_persona[r] for r in part]
+            out.append(RolloutRequest(
+                step=step, shard=k, uids=[uids[r] for r in part], personas=personas,
+                heads=[self.head_of(p) for p in personas], version=self.step,
+                gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
+                reset_seeds=[self.cfg.seed * 10_000_019 + episode * num * n + r for r in part] if fresh else None,
+                states=None if fresh else [self.dialogues[r] for r in part],
+            ))
+        return out
+
+    @property
+    def num_shards(self) -> int:
+        if self.ray.num_shards:
+            return int(self.ray.num_shards)
+        return int(self.ray.num_workers) if self.ray.enabled else 1
+
+    @property
+    def max_staleness(self) -> int:
+        return int(self.ray.max_staleness) if self.ray.enabled else 0
 
     # ---- the step ----------------------------------------------------------------------
 
     def train_step(self) -> StepRecord:
-        """Samples one turn in every live dialogue, distils, and takes one optimiser step."""
-        opsd, policy = self.opsd, self.policy
-        self._maybe_reset_dialogues()
-        n, num = opsd.dialogues_per_persona, len(self.personas)
-        flat_obs = [o for obs in self.obs for o in obs]
-        persona_of_row = [p for p in range(num) for _ in range(n)]
-        heads = [self.head_of(p) for p in persona_of_row]
+        """Collects one turn in every live dialogue (unless already in flight), distils, and steps the optimiser.
 
-        start = time.perf_counter()
-        selection = {"head": 0} if policy.num_heads == 1 else \
-            {"weights": nn.functional.one_hot(torch.tensor(heads), policy.num_heads).float()}
-        policy.eval()
-        gen = generate(policy, self.tokenizer, [self.task.policy_messages(o) for o in flat_obs],
-                       max_new_tokens=opsd.max_new_tokens, temperature=opsd.temperature, top_p=opsd.top_p,
-                       seed=self.cfg.seed * 1_000_003 + self.step, **selection)
-        texts = [t.strip() or EMPTY_TURN for t in gen.texts]
-        gen_s = time.perf_counter() - start
+        With ``ray.max_staleness=1`` the next step's rollouts are sent to the workers before this
+        step's update, so they are sampled by weights one update old while the learner works.
+        """
+        self.start_pool()
+        submission = self.pending or self.pool.submit(self.requests(self.step))
+        self.pending = None
+        collected = self.pool.wait(submission)
+        result = merge_results(collected.results, self.tokenizer.pad_token_id)
+        expected = [uid for request in submission.requests for uid in request.uids]
+        if result.uids != expected:  # every dialogue exactly once, in row order
+            raise RuntimeError(f"step {self.step}: rollouts returned dialogues {result.uids}, expected {expected}")
+        self.dialogues = result.states
+        if self.max_staleness >= 1 and self.step + 1 < self.opsd.steps:
+            self.pending = self.pool.submit(self.requests(self.step + 1))
+        record = self.learn(result, idle_s=collected.wait_s, retries=collected.retries)
+        self.pool.publish(self.step, self.policy)
+        return record
 
-        start = time.perf_counter()
-        feedback, rewards, matched = [], [], []
-        for p, batch in enumerate(self.batches):
-            obs, reward, _, _, infos = batch.step(texts[p * n:(p + 1) * n])
-            self.obs[p] = obs
-            feedback += [info["feedback"] for info in infos]
-            rewards += [float(r) for r in reward]
-            matched += [info["label"].get("student_type") == self.personas[p].name for info in infos]
-        env_s = time.perf_counter() - start
-
+    def learn(self, result: RolloutResult, *, idle_s: float = 0.0, retries: int = 0) -> StepRecord:
+        """Distils the policy on one step's turns and takes one optimiser step."""
+        opsd = self.opsd
+        num, n = len(self.personas), opsd.dialogues_per_persona
+        if result.personas != self.row_persona:
+            raise RuntimeError("the rollout rows do not follow the trainer's persona-major order")
+        staleness = self.step - result.version
         start = time.perf_counter()
         teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
-                           for p, o, fb in zip(persona_of_row, flat_obs, feedback)]
+                           for p, o, fb in zip(result.personas, result.prompts, result.feedback)]
         t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
-        batch = DistillBatch(gen.prompt_ids, gen.prompt_mask, t_ids, t_mask, gen.completion_ids, gen.completion_mask,
+        dev = self.device
+        batch = DistillBatch(result.prompt_ids.to(dev), result.prompt_mask.to(dev), t_ids, t_mask,
+                             result.completion_ids.to(dev), result.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
                                      for p in range(num)])
         lr = self.optimizer.param_groups[0]["lr"]
-        head_loss, grad_norm = distill_step(policy, self.teacher, self.optimizer, batch, topk=opsd.topk,
+        head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch, topk=opsd.topk,
                                             micro_batch=opsd.micro_batch, max_grad_norm=opsd.max_grad_norm)
         self.scheduler.step()
         learn_s = time.perf_counter() - start
         self.step += 1
 
         names = [p.name for p in self.personas]
+        matched = [label.get("student_type") == self.personas[p].name
+                   for p, label in zip(result.personas, result.labels)]
 
         def per_persona(values):
             return {names[p]: float(np.mean(values[p * n:(p + 1) * n])) for p in range(num)}
@@ -458,12 +496,13 @@ class OPSDTrainer:
         return StepRecord(
             loss=float(sum(a * l for a, l in zip(self.alphas, head_loss))),
             head_loss=dict(zip(names, head_loss)),
-            reward=per_persona(rewards),
-            reward_matched=mean_where(rewards, matched),
-            reward_mismatched=mean_where(rewards, [not m for m in matched]),
-            questions=per_persona([count_questions(t) for t in texts]),
-            turn_tokens=float(gen.completion_mask.sum(1).float().mean()),
-            gen_s=gen_s, env_s=env_s, learn_s=learn_s, grad_norm=grad_norm, lr=lr,
+            reward=per_persona(result.rewards),
+            reward_matched=mean_where(result.rewards, matched),
+            reward_mismatched=mean_where(result.rewards, [not m for m in matched]),
+            questions=per_persona([count_questions(t) for t in result.texts]),
+            turn_tokens=float(result.completion_mask.sum(1).float().mean()),
+            gen_s=result.gen_s, env_s=result.env_s, learn_s=learn_s, idle_s=idle_s, grad_norm=grad_norm, lr=lr,
+            version=result.version, staleness=staleness, retries=retries, turns=result.turn_ids,
         )
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -475,8 +514,7 @@ class OPSDTrainer:
             "trainable": trainable_state(self.policy),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "batches": self.batches,
-            "obs": self.obs,
+            "dialogues": self.dialogues,
             "rng": _rng_state(),
         }
         path = self.run_dir / CHECKPOINT
@@ -494,7 +532,7 @@ class OPSDTrainer:
         self.policy.load_state_dict(state["trainable"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.batches, self.obs, self.step = state["batches"], state["obs"], state["step"]
+        self.dialogues, self.step = state["dialogues"], state["step"]
         _set_rng_state(state["rng"])
 
     def save_policy(self) -> Path:
@@ -552,8 +590,11 @@ def _log(writer: SummaryWriter, record: StepRecord, step: int, device) -> None:
     writer.add_scalar("env/turn_tokens", record.turn_tokens, step)
     writer.add_scalar("train/grad_norm", record.grad_norm, step)
     writer.add_scalar("train/lr", record.lr, step)
-    for key in ("gen_s", "env_s", "learn_s"):
+    for key in ("gen_s", "env_s", "learn_s", "idle_s"):
         writer.add_scalar(f"perf/{key}", getattr(record, key), step)
+    writer.add_scalar("rollout/weights_version", record.version, step)
+    writer.add_scalar("rollout/staleness", record.staleness, step)
+    writer.add_scalar("rollout/retries", record.retries, step)
     writer.add_scalar("perf/peak_memory_mb", peak_memory_mb(device), step)
 
 
@@ -583,12 +624,14 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     bar = tqdm(total=opsd.steps, initial=trainer.step, desc="opsd", unit="step", dynamic_ncols=True)
     steps_this_run = 0
     last: StepRecord | None = None
+    records: list[StepRecord] = []
     try:
         while trainer.step < opsd.steps:
             if opsd.stop_after is not None and steps_this_run >= opsd.stop_after:
                 print(f"[opsd] stopping after {steps_this_run} steps (stop_after); resume with resume={run_dir}")
                 break
             last = trainer.train_step()
+            records.append(last)
             steps_this_run += 1
             _log(writer, last, trainer.step, trainer.device)
             history.write(json.dumps({"step": trainer.step, **last.__dict__}) + "\n")
@@ -602,6 +645,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
         print(f"\n[opsd] interrupted at step {trainer.step}; continue with: python -m algorithms.opsd resume={run_dir}")
         raise
     finally:
+        trainer.close()  # stops rollout workers (and a local Ray cluster) on success, error or Ctrl-C
         bar.close()
         writer.flush()
         history.close()
@@ -616,6 +660,13 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
         "wall_s_this_process": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(peak_memory_mb(trainer.device), 1),
         "last_step": None if last is None else last.__dict__,
+        "rollout": {
+            "workers": f"ray x {trainer.ray.num_workers}" if trainer.ray.enabled else "in-process",
+            "max_staleness": trainer.max_staleness,
+            "mean_idle_s": round(float(np.mean([r.idle_s for r in records])), 2) if records else None,
+            "mean_learn_s": round(float(np.mean([r.learn_s for r in records])), 2) if records else None,
+            "retries": sum(r.retries for r in records),
+        },
     }
     if trainer.step >= opsd.steps:
         summary["policy_dir"] = str(trainer.save_policy())

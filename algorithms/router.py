@@ -57,6 +57,7 @@ from transformers import AutoTokenizer
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.models import resolve_device
+from algorithms.components import build_task
 from algorithms.tasks import TutoringTask, split_topics
 from envs.judges.base import LABEL_SCORE, FallbackCounter, JudgeDialogue
 from envs.judges.heuristic import satisfaction_label
@@ -796,8 +797,6 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     Returns:
         The summary written to ``summary.json``.
     """
-    from algorithms.opsd import build_task  # the trainer module owns the task builder
-
     if OmegaConf.is_missing(cfg, "policy") or not cfg.get("policy"):
         raise ValueError("Set policy=<OPSD run folder> (the folder holding policy/ and config.yaml).")
     rc, data = router_config(cfg)

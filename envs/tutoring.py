@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import string
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -17,6 +19,34 @@ MAX_ACTION_CHARS = 2000
 MAX_REPLY_CHARS = 2000
 MAX_TOPIC_CHARS = 300
 MAX_TURNS = 6
+
+
+
+@dataclass
+class DialogueState:
+    """Everything that determines how a tutoring dialogue goes on (see ``TutoringEnv.get_state``).
+
+    Small and picklable, so a dialogue can be checkpointed or continued in another process (a
+    rollout worker) with exactly the draws it would have made here.
+
+    Attributes:
+        messages: The dialogue so far, as in the observation.
+        topic: The episode's topic.
+        student_type: The hidden preference.
+        reaction: The hidden reaction style.
+        turn: Teacher turns taken so far.
+        rng_state: ``np_random.bit_generator.state`` (the student's and the draws' randomness).
+        done: Whether the episode has ended (``TutoringBatch`` only).
+    """
+
+    messages: list[dict[str, str]]
+    topic: str
+    student_type: str
+    reaction: str
+    turn: int
+    rng_state: dict[str, Any]
+    done: bool = False
+
 
 # ---------------------------------------------------------------------------------------------
 # spaces
@@ -271,6 +301,23 @@ class TutoringEnv(gym.Env):
     def transcript(self) -> str:
         return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in self._messages)
 
+    def get_state(self) -> DialogueState:
+        """A snapshot of the current episode, including the random generator's state."""
+        if not self._messages:
+            raise RuntimeError("TutoringEnv.get_state: no episode yet; call reset() first")
+        return DialogueState(self._observation(), self._topic, self._student_type, self._reaction, self._turn,
+                             copy.deepcopy(self.np_random.bit_generator.state))
+
+    def set_state(self, state: DialogueState) -> None:
+        """Continues the episode captured by :meth:`get_state` (same future draws and replies)."""
+        check_labels(state.student_type, state.reaction)
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = copy.deepcopy(state.rng_state)
+        self.np_random = rng
+        self._messages = [dict(m) for m in state.messages]
+        self._topic, self._student_type, self._reaction = state.topic, state.student_type, state.reaction
+        self._turn = int(state.turn)
+
     def check_action(self, action: Any) -> tuple[str, bool]:
         """Validate a teacher turn; return (text to use, whether it was cut to the limit)."""
         if not isinstance(action, str):
@@ -454,6 +501,21 @@ class TutoringBatch:
         results = [env._finish_reset(r) for env, r in zip(self.envs, replies)]
         self._done = [False] * n
         return [obs for obs, _ in results], [info for _, info in results]
+
+    def get_states(self) -> list[DialogueState]:
+        """Snapshots of every dialogue (see ``TutoringEnv.get_state``)."""
+        states = [env.get_state() for env in self.envs]
+        for state, done in zip(states, self._done):
+            state.done = done
+        return states
+
+    def set_states(self, states: Sequence[DialogueState]) -> None:
+        """Continues the dialogues captured by :meth:`get_states`, one per env."""
+        if len(states) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} dialogue states, got {len(states)}")
+        for env, state in zip(self.envs, states):
+            env.set_state(state)
+        self._done = [bool(state.done) for state in states]
 
     def step(self, actions: Sequence[str]):
         if isinstance(actions, str) or len(actions) != self.num_envs:

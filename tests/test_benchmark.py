@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import algorithms.benchmark as bm
-import algorithms.opsd as opsd
+from algorithms.components import build_policy
 import algorithms.router as rl
 from agents import Router
 from algorithms.evaluation import DialogueRecord
@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
-    policy, tokenizer = opsd.build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    policy, tokenizer = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
     policy.save_pretrained(folder / "run" / "policy", tokenizer=tokenizer)
     (folder / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):

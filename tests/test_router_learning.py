@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import algorithms.opsd as opsd
+from algorithms.components import build_policy
 import algorithms.router as rl
 from agents import Router, RouterFeatures
 from envs.chat import JsonReply
@@ -22,7 +22,7 @@ def make_tiny_run(folder: Path) -> Path:
     """A finished-run folder for tests: a fresh tiny two-head policy plus the config it came from."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
-    policy, tokenizer = opsd.build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    policy, tokenizer = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
     policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return folder

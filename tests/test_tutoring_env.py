@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -254,6 +255,25 @@ def test_batch_matches_single_envs_and_batches_calls():
     assert student.batch_sizes == [n] * 7 and judge.batch_sizes == [n] * 6
     with pytest.raises(RuntimeError, match="reset"):
         batch.step(["x"] * n)
+
+
+def test_dialogue_state_continues_elsewhere_exactly_as_here():
+    """A state carried to another batch (as a rollout worker does) yields the same future dialogue."""
+    here = TutoringBatch(3)
+    here.reset(seed=7)
+    here.step(ACTIONS[:3])
+    states = pickle.loads(pickle.dumps(here.get_states()))  # as it crosses a process boundary
+    there = TutoringBatch(3)
+    there.set_states(states)
+    for t in range(5):
+        actions = [ACTIONS[(t + i) % len(ACTIONS)] for i in range(3)]
+        ours, theirs = here.step(actions), there.step(actions)
+        assert ours[0] == theirs[0] and ours[1].tolist() == theirs[1].tolist() and ours[4] == theirs[4]
+    assert there.get_states() == here.get_states() and all(s.done for s in there.get_states())
+    with pytest.raises(ValueError, match="expected 3 dialogue states"):
+        there.set_states(states[:2])
+    with pytest.raises(RuntimeError, match="call reset"):
+        TutoringEnv().get_state()
 
 
 def test_batch_validates_every_action_before_stepping_any():

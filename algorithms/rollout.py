@@ -1,0 +1,622 @@
+"""Rollout workers: sample teacher turns and step the students, in-process or on Ray.
+
+A :class:`RolloutWorker` is a plain class. It holds a copy of the policy (or shares the learner's),
+the task's environments and their student simulator. Given a :class:`RolloutRequest` it takes one
+turn in each requested dialogue and returns a :class:`RolloutResult`: the sampled tokens with their
+log-probabilities, the students' replies (the privileged feedback), the rewards, the hidden labels
+and the dialogue states to continue from.
+
+A request is a pure function of its dialogue states, its seeds and the weight version, so it can
+be run again anywhere with the same outcome. That is what makes the Ray pool fault tolerant: when
+a worker dies mid-rollout, Ray restarts the actor and the pool sends it exactly the lost request.
+
+Two pools run requests:
+
+- :class:`LocalRolloutPool` runs them in the learner's process with the learner's own policy;
+- :class:`RayRolloutPool` runs them in Ray actors (``ray.enabled=true``). After every update the
+  learner publishes its trainable weights once (one versioned object in the object store); a
+  worker pulls a version the first time a request needs it.
+
+Results come back as :class:`Submission` handles, so the trainer can collect the next batch while it
+learns on the current one (``ray.max_staleness=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from agents import MultiHeadPolicy, generate
+from agents.models import resolve_device
+from algorithms.components import apply_lora, build_policy, build_task
+from envs.tutoring import DialogueState
+
+EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class RayConfig:
+    """Where rollouts run (``cfg.ray``; values in configs/ray/default.yaml).
+
+    Attributes:
+        enabled: Run rollouts in Ray actors (false: in the learner's process).
+        address: null starts a local Ray cluster sized to the machine; ``auto`` or a URL joins one.
+        num_workers: Rollout actors.
+        num_cpus_per_worker: CPUs each actor reserves (also its torch thread count).
+        num_gpus_per_worker: GPUs each actor reserves (> 0 puts its policy copy on CUDA).
+        num_shards: Requests per step (null: one per worker; one in-process). Sampling seeds depend
+            on the shard, so equal shards give equal dialogues whatever runs them.
+        max_staleness: 0: workers wait for the newest weights (on-policy); 1: they collect the next
+            step while the learner updates, with weights one update old.
+        max_failures: Consecutive deaths of one worker before the run stops with an error (Ray
+            restarts a dead actor up to this many times).
+        startup_timeout_s: How long to wait for the actors to start.
+        log_to_driver: Show the workers' output in this process.
+        runtime_env: Ray runtime environment for the workers (``env_vars``, ``working_dir``, ``pip``...).
+    """
+
+    enabled: bool
+    address: str | None
+    num_workers: int
+    num_cpus_per_worker: float
+    num_gpus_per_worker: float
+    num_shards: int | None
+    max_staleness: int
+    max_failures: int
+    startup_timeout_s: float
+    log_to_driver: bool
+    runtime_env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.max_staleness not in (0, 1):
+            raise ValueError(f"ray.max_staleness must be 0 or 1, got {self.max_staleness}: each step continues the "
+                             "dialogues of the one before, so at most one step can be collected ahead.")
+        if self.num_workers < 1 or self.max_failures < 0 or (self.num_shards is not None and self.num_shards < 1):
+            raise ValueError("ray.num_workers and ray.num_shards must be >= 1 and ray.max_failures >= 0, got "
+                             f"{self.num_workers}, {self.num_shards} and {self.max_failures}.")
+        if self.num_cpus_per_worker < 0 or self.num_gpus_per_worker < 0:
+            raise ValueError("ray.num_cpus_per_worker and ray.num_gpus_per_worker cannot be negative.")
+
+
+def ray_config(cfg: DictConfig) -> RayConfig:
+    """Reads ``cfg.ray``; a config saved before the ray group existed gets its defaults (in-process)."""
+    node = cfg.get("ray")
+    if node is None:
+        import configs
+
+        node = OmegaConf.load(Path(configs.__file__).parent / "ray" / "default.yaml")
+    values = OmegaConf.to_container(node, resolve=True)
+    try:
+        return RayConfig(**values)
+    except TypeError as err:
+        raise ValueError(f"Bad ray config: {err}. Compare with configs/ray/default.yaml.") from None
+
+
+@dataclass
+class RolloutRequest:
+    """One turn in each of a few dialogues, for one worker.
+
+    Attributes:
+        step: The trainer step this turn feeds.
+        shard: Index of this request among the step's requests.
+        uids: A stable id per dialogue (unique over the run).
+        personas: Persona index per dialogue (whose privileged block the learner will build).
+        heads: Head index that samples each dialogue's turn.
+        version: Weight version to sample with (the number of updates behind those weights).
+        gen_seed: Seed of the sampling.
+        states: Dialogue states to continue (``None`` when ``reset_seeds`` is given).
+        reset_seeds: Seeds to start fresh dialogues with, one per dialogue.
+    """
+
+    step: int
+    shard: int
+    uids: list[str]
+    personas: list[int]
+    heads: list[int]
+    version: int
+    gen_seed: int
+    states: list[DialogueState] | None = None
+    reset_seeds: list[int] | None = None
+
+    def __post_init__(self):
+        n = len(self.uids)
+        if len(self.personas) != n or len(self.heads) != n:
+            raise ValueError(f"request has {n} uids but {len(self.personas)} personas and {len(self.heads)} heads")
+        if (self.states is None) == (self.reset_seeds is None):
+            raise ValueError("a rollout request needs either dialogue states or reset seeds, not both")
+        if len(self.states if self.states is not None else self.reset_seeds) != n:
+            raise ValueError(f"request has {n} uids but a different number of states or seeds")
+
+
+@dataclass
+class RolloutResult:
+    """What one request produced (tensors on the CPU).
+
+    Attributes:
+        step, shard, version, uids, personas, heads: Copied from the request.
+        prompts: ``B`` observations the turns answer (the dialogue before each turn).
+        prompt_ids: ``(B, P)`` the policy's prompts, left-padded.
+        prompt_mask: ``(B, P)``.
+        completion_ids: ``(B, T)`` the sampled turns, right-padded.
+        completion_mask: ``(B, T)``.
+        logprobs: ``(B, T)`` log-probabilities of the sampled tokens under the sampling head.
+        texts: ``B`` decoded turns as sent to the env.
+        feedback: ``B`` student replies (the privileged signal).
+        rewards: ``B`` satisfaction rewards.
+        labels: ``B`` hidden labels (``student_type``, ``reaction``).
+        turn_index: ``B`` teacher-turn number of each sampled turn within its dialogue (1-based).
+        states: ``B`` dialogue states after the turn, to continue from.
+        gen_s: Seconds spent sampling; env_s: seconds spent in the env (students and judge).
+        worker: Name of the worker that ran it (with its process id).
+    """
+
+    step: int
+    shard: int
+    version: int
+    uids: list[str]
+    personas: list[int]
+    heads: list[int]
+    prompts: list[Messages]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+    feedback: list[str]
+    rewards: list[float]
+    labels: list[dict[str, str]]
+    turn_index: list[int]
+    states: list[DialogueState]
+    gen_s: float = 0.0
+    env_s: float = 0.0
+    worker: str = ""
+
+    @property
+    def turn_ids(self) -> list[str]:
+        """One id per sampled turn, ``<dialogue uid>@<turn>``: unique over a run."""
+        return [f"{uid}@{turn}" for uid, turn in zip(self.uids, self.turn_index)]
+
+
+def _pad(tensors: Sequence[torch.Tensor], value: int, *, left: bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+        out.append(nn.functional.pad(t, pad, value=value))
+    return torch.cat(out, dim=0)
+
+
+def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResult:
+    """Concatenates the results of one step in shard order (prompts re-padded on the left).
+
+    Args:
+        results: The step's results, in any order.
+        pad_id: The tokenizer's pad token id.
+
+    Returns:
+        One result whose rows follow the shards' order; ``gen_s`` and ``env_s`` are summed
+        (worker-seconds), ``version`` is the oldest one.
+    """
+    if not results:
+        raise ValueError("merge_results needs at least one result")
+    results = sorted(results, key=lambda r: r.shard)
+    if len(results) == 1:
+        return results[0]
+
+    def cat(name):
+        return [x for r in results for x in getattr(r, name)]
+
+    return RolloutResult(
+        step=results[0].step, shard=0, version=min(r.version for r in results),
+        uids=cat("uids"), personas=cat("personas"), heads=cat("heads"), prompts=cat("prompts"),
+        prompt_ids=_pad([r.prompt_ids for r in results], pad_id, left=True),
+        prompt_mask=_pad([r.prompt_mask for r in results], 0, left=True),
+        completion_ids=_pad([r.completion_ids for r in results], pad_id, left=False),
+        completion_mask=_pad([r.completion_mask for r in results], 0, left=False),
+        logprobs=_pad([r.logprobs for r in results], 0, left=False),
+        texts=cat("texts"), feedback=cat("feedback"), rewards=cat("rewards"), labels=cat("labels"),
+        turn_index=cat("turn_index"), states=cat("states"),
+        gen_s=sum(r.gen_s for r in results), env_s=sum(r.env_s for r in results),
+        worker=",".join(sorted({r.worker for r in results})),
+    )
+
+
+class RolloutWorker:
+    """Takes turns in tutoring dialogues with a policy copy, an env batch and its student simulator.
+
+    Args:
+        cfg: The run's composed config (``agent``, ``algorithm``, ``env``, ``student``, ``judge``,
+            ``seed``); a plain dict works too (that is how Ray ships it).
+        task: Use this task instead of building one from ``cfg`` (the in-process worker shares
+            the learner's).
+        policy: Use this policy instead of loading a copy (the in-process worker shares the
+            learner's weights, so publishing is a no-op).
+        tokenizer: The policy's tokenizer (required with ``policy``).
+        device: Where the copy runs (default ``cfg.device``).
+        name: Shown in results and errors.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig | Mapping[str, Any],
+        *,
+        task: Any = None,
+        policy: MultiHeadPolicy | None = None,
+        tokenizer: Any = None,
+        device: str | torch.device | None = None,
+        name: str = "local",
+    ):
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        self.cfg = cfg
+        self.name = name
+        self.device = resolve_device(device if device is not None else cfg.get("device", "auto"))
+        self.task = task if task is not None else build_task(cfg)
+        algo = cfg.algorithm
+        self.shared = policy is not None
+        if policy is None:
+            names = self.task.persona_names
+            policy, tokenizer = build_policy(cfg, names, algo.variant, self.device)
+            if algo.trainable == "lora":
+                apply_lora(policy, algo.lora)
+            policy.requires_grad_(False)
+        elif tokenizer is None:
+            raise ValueError("RolloutWorker: pass the tokenizer together with the policy")
+        self.policy, self.tokenizer = policy, tokenizer
+        self.version = -1 if not self.shared else 0
+        self.max_new_tokens = int(algo.max_new_tokens)
+        self.temperature = float(algo.temperature)
+        self.top_p = float(algo.top_p)
+        self._batches: dict[int, Any] = {}
+
+    # ---- weights -----------------------------------------------------------------------
+
+    def set_weights(self, version: int, state: Mapping[str, Any]) -> None:
+        """Loads published trainable weights (tensors or numpy arrays by parameter name)."""
+        params = dict(self.policy.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise KeyError(f"worker {self.name}: published weights name parameters this policy lacks: "
+                           f"{unknown[:5]}; the worker was built from a different agent/algorithm config")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only arrays from the object store
+            for key, value in state.items():
+                params[key].copy_(torch.as_tensor(value))
+        self.version = int(version)
+
+    def note_version(self, version: int) -> None:
+        """Marks the shared weights as being at ``version`` (in-process worker only)."""
+        self.version = int(version)
+
+    # ---- collection ----------------------------------------------------------------------
+
+    def _batch(self, num: int):
+        if num not in self._batches:
+            self._batches[num] = self.task.make_batch(num)
+        return self._batches[num]
+
+    def collect(self, request: RolloutRequest) -> RolloutResult:
+        """Takes one teacher turn in each requested dialogue.
+
+        Raises:
+            RuntimeError: if the worker holds a different weight version than the request names.
+        """
+        if request.version != self.version:
+            raise RuntimeError(f"worker {self.name} holds weights version {self.version}, but the request for "
+                               f"step {request.step} needs version {request.version}")
+        batch = self._batch(len(request.uids))
+        if request.reset_seeds is not None:
+            prompts, _ = batch.reset(seed=[int(s) for s in request.reset_seeds])
+        else:
+            batch.set_states(request.states)
+            prompts = [[dict(m) for m in state.messages] for state in request.states]
+
+        start = time.perf_counter()
+        policy = self.policy
+        selection = {"head": 0} if policy.num_heads == 1 else \
+            {"weights": nn.functional.one_hot(torch.tensor(request.heads), policy.num_heads).float()}
+        was_training = policy.training
+        policy.eval()
+        gen = generate(policy, self.tokenizer, [self.task.policy_messages(o) for o in prompts],
+                       max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       seed=request.gen_seed, **selection)
+        policy.train(was_training)
+        texts = [t.strip() or EMPTY_TURN for t in gen.texts]
+        gen_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        _, rewards, _, _, infos = batch.step(texts)
+        env_s = time.perf_counter() - start
+        return RolloutResult(
+            step=request.step, shard=request.shard, version=self.version, uids=list(request.uids),
+            personas=list(request.personas), heads=list(request.heads), prompts=prompts,
+            prompt_ids=gen.prompt_ids.cpu(), prompt_mask=gen.prompt_mask.cpu(),
+            completion_ids=gen.completion_ids.cpu(), completion_mask=gen.completion_mask.cpu(),
+            logprobs=gen.logprobs.cpu(), texts=texts, feedback=[info["feedback"] for info in infos],
+            rewards=[float(r) for r in rewards], labels=[dict(info["label"]) for info in infos],
+            turn_index=[int(info["turn"]) for info in infos], states=batch.get_states(),
+            gen_s=gen_s, env_s=env_s, worker=f"{self.name} (pid {os.getpid()})",
+        )
+
+
+def publishable_weights(policy: MultiHeadPolicy) -> dict[str, np.ndarray]:
+    """The trainable parameters as numpy arrays (what workers need to mirror the learner)."""
+    return {n: p.detach().cpu().numpy() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pools
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    """Requests sent to a pool and not yet collected."""
+
+    requests: list[RolloutRequest]
+    handles: list[Any] = field(default_factory=list)
+    results: list[RolloutResult] = field(default_factory=list)  # in-process pools fill these at once
+    run_s: float = 0.0  # seconds an in-process pool spent running them
+
+
+@dataclass
+class Collected:
+    """The results of one submission.
+
+    Attributes:
+        results: One per request, in shard order.
+        wait_s: Seconds the caller blocked in :meth:`wait`.
+        retries: Requests that had to be run again after a worker died.
+    """
+
+    results: list[RolloutResult]
+    wait_s: float
+    retries: int = 0
+
+
+class LocalRolloutPool:
+    """Runs requests in this process with the learner's own policy (the default, ``ray.enabled=false``).
+
+    Requests run when they are submitted, so the weights are the learner's at that moment.
+    """
+
+    num_workers = 1
+
+    def __init__(self, worker: RolloutWorker):
+        self.worker = worker
+
+    def publish(self, version: int, policy: MultiHeadPolicy) -> None:
+        self.worker.note_version(version)
+
+    def submit(self, requests: Sequence[RolloutRequest]) -> Submission:
+        start = time.perf_counter()
+        results = [self.worker.collect(r) for r in requests]
+        return Submission(list(requests), results=results, run_s=time.perf_counter() - start)
+
+    def wait(self, submission: Submission) -> Collected:
+        """Returns the results; the learner "waited" for as long as it ran them itself."""
+        return Collected(sorted(submission.results, key=lambda r: r.shard), wait_s=submission.run_s)
+
+    def close(self) -> None:
+        pass
+
+
+class RolloutWorkerError(RuntimeError):
+    """A rollout worker kept dying, or raised an error that running it again would not fix."""
+
+
+class RayRolloutWorker(RolloutWorker):
+    """The worker as Ray runs it: pulls a published weight version before collecting with it."""
+
+    def __init__(self, cfg: Mapping[str, Any], *, name: str, torch_threads: int | None = None):
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        super().__init__(cfg, name=name)
+
+    def ready(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": os.getpid(), "device": str(self.device)}
+
+    def collect_version(self, version: int, weights: list, request: RolloutRequest) -> RolloutResult:
+        """Collects ``request``, first pulling weights ``version`` when this worker lacks them.
+
+        Args:
+            version: The weight version named by the request.
+            weights: ``[ObjectRef]`` of the published weights (wrapped in a list so Ray hands over
+                the reference instead of fetching the object on every call).
+            request: The request.
+        """
+        if version != self.version:
+            import ray
+
+            self.set_weights(version, ray.get(weights[0]))
+        return self.collect(request)
+
+
+@dataclass
+class _Flight:
+    request: RolloutRequest
+    worker: int
+    weights: Any  # ObjectRef, kept alive until the request is collected
+    ref: Any = None
+
+
+class RayRolloutPool:
+    """Rollout workers as Ray actors (``ray.enabled=true``).
+
+    Args:
+        cfg: The run's composed config; ``cfg.ray`` is read into a :class:`RayConfig`.
+
+    Raises:
+        RolloutWorkerError: if the cluster cannot be reached or the workers cannot start.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        import ray
+
+        self.ray = ray
+        rc = self.config = ray_config(cfg)
+        self.num_workers = rc.num_workers
+        self.max_failures = rc.max_failures
+        runtime_env = dict(rc.runtime_env)
+        env_vars = dict(runtime_env.get("env_vars") or {})
+        if os.environ.get("PLURALGYM_CACHE"):  # workers must find the same converted-model cache
+            env_vars.setdefault("PLURALGYM_CACHE", os.environ["PLURALGYM_CACHE"])
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
+        self.started_cluster = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=rc.address, runtime_env=runtime_env or None, include_dashboard=False,
+                         log_to_driver=rc.log_to_driver)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                where = "a local Ray cluster" if rc.address is None else f"the Ray cluster at {rc.address!r}"
+                raise RolloutWorkerError(f"Could not start or join {where}: {err}. Start one with `ray start "
+                                         "--head`, or set ray.address=null to start a local one.") from err
+            self.started_cluster = True
+        self.workers: list[Any] = []
+        self.weights_ref = None
+        self.version = -1
+        self.failures = [0] * self.num_workers
+        self.restarts = 0
+        try:
+            self._start_workers(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_workers(self, cfg: DictConfig) -> None:
+        ray, rc = self.ray, self.config
+        cpus, gpus = float(rc.num_cpus_per_worker), float(rc.num_gpus_per_worker)
+        have = ray.cluster_resources()
+        need = {"CPU": cpus * self.num_workers, "GPU": gpus * self.num_workers}
+        short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+        if short and self.started_cluster:
+            lacking = ", ".join(f"{k}: {v:g} needed, {h:g} in the cluster" for k, (v, h) in short.items())
+            raise RolloutWorkerError(f"{self.num_workers} rollout workers do not fit this machine ({lacking}). Lower "
+                                     "ray.num_workers, ray.num_cpus_per_worker or ray.num_gpus_per_worker.")
+        container = OmegaConf.to_container(cfg, resolve=True)
+        container["device"] = "cuda" if gpus > 0 else "cpu"
+        actor = ray.remote(RayRolloutWorker).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_failures, max_task_retries=0)
+        self.workers = [actor.remote(container, name=f"rollout-{j}", torch_threads=max(1, int(cpus)))
+                        for j in range(self.num_workers)]
+        try:
+            self.info = ray.get([w.ready.remote() for w in self.workers], timeout=rc.startup_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RolloutWorkerError(
+                f"The rollout workers did not start within {rc.startup_timeout_s} s; the cluster may lack the "
+                f"resources they ask for ({need}, available {have}). Raise ray.startup_timeout_s or ask for less."
+            ) from None
+        except ray.exceptions.RayError as err:
+            raise RolloutWorkerError(f"A rollout worker failed while starting: {err}") from err
+
+    # ---- weights ------------------------------------------------------------------------
+
+    def publish(self, version: int, policy: MultiHeadPolicy) -> None:
+        """Puts the trainable weights in the object store once; workers pull them on demand."""
+        self.weights_ref = self.ray.put(publishable_weights(policy))
+        self.version = int(version)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def _send(self, flight: _Flight) -> None:
+        worker = self.workers[flight.worker]
+        flight.ref = worker.collect_version.remote(flight.request.version, [flight.weights], flight.request)
+
+    def submit(self, requests: Sequence[RolloutRequest]) -> Submission:
+        """Sends each request to a worker (request ``i`` to worker ``i mod num_workers``)."""
+        if self.weights_ref is None:
+            raise RuntimeError("publish() the weights before submitting requests")
+        flights = []
+        for i, request in enumerate(requests):
+            if request.version != self.version:
+                raise ValueError(f"request for step {request.step} names weights version {request.version}, "
+                                 f"but the published version is {self.version}")
+            flight = _Flight(request, i % self.num_workers, self.weights_ref)
+            self._send(flight)
+            flights.append(flight)
+        return Submission(list(requests), handles=flights)
+
+    def wait(self, submission: Submission) -> Collected:
+        """Blocks until every request of ``submission`` has a result, re-running any a dead worker lost.
+
+        Raises:
+            RolloutWorkerError: when one worker died ``ray.max_failures`` times in a row, or raised
+                an error of its own (a bug or a bad config, which a re-run would repeat).
+        """
+        ray = self.ray
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+                ray.exceptions.NodeDiedError)
+        start = time.perf_counter()
+        pending = {id(f): f for f in submission.handles}
+        results, retries = [], 0
+        while pending:
+            ready, _ = ray.wait([f.ref for f in pending.values()], num_returns=1)
+            flight = next(f for f in pending.values() if f.ref == ready[0])
+            name = f"rollout-{flight.worker}"
+            try:
+                result = ray.get(flight.ref)
+            except lost as err:
+                self.failures[flight.worker] += 1
+                if self.failures[flight.worker] > self.max_failures:
+                    raise RolloutWorkerError(
+                        f"Rollout worker {name} died {self.failures[flight.worker]} times in a row (last while "
+                        f"collecting step {flight.request.step}, shard {flight.request.shard}): "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Its logs are "
+                        "under the Ray session folder (/tmp/ray/session_latest/logs by default)."
+                    ) from err
+                retries += 1
+                self.restarts += 1
+                self._await_restart(flight.worker)
+                self._send(flight)  # the same request: the same dialogues, seeds and weights
+                continue
+            except ray.exceptions.RayTaskError as err:
+                raise RolloutWorkerError(f"Rollout worker {name} failed on step {flight.request.step}: "
+                                         f"{err}") from err
+            self.failures[flight.worker] = 0
+            results.append(result)
+            del pending[id(flight)]
+        return Collected(sorted(results, key=lambda r: r.shard), wait_s=time.perf_counter() - start,
+                         retries=retries)
+
+    def _await_restart(self, index: int) -> None:
+        """Waits until Ray has restarted worker ``index`` (calls made while it restarts fail at once)."""
+        ray, name = self.ray, f"rollout-{index}"
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while True:
+            try:
+                ray.get(self.workers[index].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorUnavailableError:  # still restarting
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            except ray.exceptions.GetTimeoutError:
+                break
+            except ray.exceptions.RayActorError as err:
+                raise RolloutWorkerError(f"Rollout worker {name} died and Ray could not restart it: {err}") from err
+        raise RolloutWorkerError(f"Rollout worker {name} did not come back within ray.startup_timeout_s="
+                                 f"{self.config.startup_timeout_s} s after dying.")
+
+    def close(self) -> None:
+        """Stops the workers, and the local cluster if this pool started it."""
+        ray = self.ray
+        for worker in self.workers:
+            try:
+                ray.kill(worker)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.workers = []
+        if self.started_cluster and ray.is_initialized():
+            ray.shutdown()
+            self.started_cluster = False
