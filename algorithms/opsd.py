@@ -525,6 +525,9 @@ class OPSDTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if "dialogues" not in state:
+            raise ValueError(f"{path} was written by an older version that kept env objects, not dialogue states; "
+                             "start a new run (its policy/ folder still evaluates with evaluate=<run>).")
         expected = {n for n, p in self.policy.named_parameters() if p.requires_grad}
         if set(state["trainable"]) != expected:
             raise ValueError(f"{path} was written for other trainable parameters (different agent or "
