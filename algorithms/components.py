@@ -18,6 +18,28 @@ from algorithms.tasks import TutoringTask
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+def read_config(cls: type, node: DictConfig | None, *, where: str, compare_with: str, drop: tuple[str, ...] = ()):
+    """Reads a config node into the dataclass ``cls``, naming any unknown or missing key.
+
+    Args:
+        cls: The dataclass (its ``__post_init__`` checks the values).
+        node: The node (``None`` reads as empty).
+        where: The node's name in error messages (``algorithm``, ``ray``...).
+        compare_with: The YAML file that holds the defaults, named in error messages.
+        drop: Keys of the node that are not fields of ``cls``.
+
+    Raises:
+        ValueError: ``Bad <where> config: ...`` for an unknown or missing key.
+    """
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    for key in drop:
+        values.pop(key, None)
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ValueError(f"Bad {where} config: {err}. Compare with {compare_with}.") from None
+
+
 def build_judges(judge_cfg: DictConfig) -> tuple[Any, Any]:
     """Instantiates the (style, satisfaction) judges; a ``judge.client`` is built once and shared."""
     shared = {}

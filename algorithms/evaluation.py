@@ -116,7 +116,7 @@ def rollout_dialogues(
                 weights_used[i].append(row)
         out = generate(policy, tokenizer, [task.policy_messages(o) for o in obs], max_new_tokens=max_new_tokens,
                        temperature=temperature, seed=seed * 7919 + turn, **selection)
-        texts = [t.strip() or "Okay." for t in out.texts]
+        texts = task.actions(out.texts)
         obs, rewards, _, _, step_infos = batch.step(texts)
         if hasattr(selector, "observe"):  # e.g. an online router that adapts to each reaction
             selector.observe(step_infos, rewards)

@@ -48,7 +48,7 @@ from agents.generation import encode_prompts
 from agents.models import resolve_device
 from algorithms.evaluation import count_questions, evaluate_policy
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
-from algorithms.components import apply_lora, build_policy, build_task
+from algorithms.components import apply_lora, build_policy, build_task, read_config
 from algorithms.rollout import (
     LocalRolloutPool,
     RayRolloutPool,
@@ -129,13 +129,8 @@ class OPSDConfig:
 
 def algorithm_config(cfg: DictConfig) -> OPSDConfig:
     """Reads ``cfg.algorithm`` into an :class:`OPSDConfig`, naming any unknown or missing key."""
-    values = OmegaConf.to_container(cfg.algorithm, resolve=True)
-    values.pop("name", None)
-    values.pop("eval", None)
-    try:
-        return OPSDConfig(**values)
-    except TypeError as err:
-        raise ValueError(f"Bad algorithm config: {err}. Compare with configs/algorithm/opsd.yaml.") from None
+    return read_config(OPSDConfig, cfg.algorithm, where="algorithm", compare_with="configs/algorithm/opsd.yaml",
+                       drop=("name", "eval"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,10 +37,9 @@ from torch import nn
 
 from agents import MultiHeadPolicy, generate
 from agents.models import resolve_device
-from algorithms.components import apply_lora, build_policy, build_task
+from algorithms.components import apply_lora, build_policy, build_task, read_config
 from envs.tutoring import DialogueState
 
-EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
 Messages = list[dict[str, str]]
 
 
@@ -95,11 +94,7 @@ def ray_config(cfg: DictConfig) -> RayConfig:
         import configs
 
         node = OmegaConf.load(Path(configs.__file__).parent / "ray" / "default.yaml")
-    values = OmegaConf.to_container(node, resolve=True)
-    try:
-        return RayConfig(**values)
-    except TypeError as err:
-        raise ValueError(f"Bad ray config: {err}. Compare with configs/ray/default.yaml.") from None
+    return read_config(RayConfig, node, where="ray", compare_with="configs/ray/default.yaml")
 
 
 @dataclass
@@ -331,7 +326,7 @@ class RolloutWorker:
                        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                        seed=request.gen_seed, **selection)
         policy.train(was_training)
-        texts = [t.strip() or EMPTY_TURN for t in gen.texts]
+        texts = self.task.actions(gen.texts)
         gen_s = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -389,8 +384,6 @@ class LocalRolloutPool:
 
     Requests run when they are submitted, so the weights are the learner's at that moment.
     """
-
-    num_workers = 1
 
     def __init__(self, worker: RolloutWorker):
         self.worker = worker
@@ -487,7 +480,6 @@ class RayRolloutPool:
         self.weights_ref = None
         self.version = -1
         self.failures = [0] * self.num_workers
-        self.restarts = 0
         try:
             self._start_workers(cfg)
         except BaseException:
@@ -511,7 +503,7 @@ class RayRolloutPool:
         self.workers = [actor.remote(container, name=f"rollout-{j}", torch_threads=max(1, int(cpus)))
                         for j in range(self.num_workers)]
         try:
-            self.info = ray.get([w.ready.remote() for w in self.workers], timeout=rc.startup_timeout_s)
+            ray.get([w.ready.remote() for w in self.workers], timeout=rc.startup_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RolloutWorkerError(
                 f"The rollout workers did not start within {rc.startup_timeout_s} s; the cluster may lack the "
@@ -576,7 +568,6 @@ class RayRolloutPool:
                         "under the Ray session folder (/tmp/ray/session_latest/logs by default)."
                     ) from err
                 retries += 1
-                self.restarts += 1
                 self._await_restart(flight.worker)
                 self._send(flight)  # the same request: the same dialogues, seeds and weights
                 continue

@@ -57,8 +57,9 @@ from transformers import AutoTokenizer
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.models import resolve_device
-from algorithms.components import build_task
+from algorithms.components import build_task, read_config
 from algorithms.tasks import TutoringTask, split_topics
+from envs.chat import ChatBacked
 from envs.judges.base import LABEL_SCORE, FallbackCounter, JudgeDialogue
 from envs.judges.heuristic import satisfaction_label
 from envs.judges.llm import format_dialogue
@@ -66,7 +67,6 @@ from envs.students.base import STUDENT_TYPES, StudentContext
 
 METHODS = ("matched", "pairwise", "hedge")
 PREFERENCE_LEVELS = (-1.0, -0.5, 0.0, 0.5, 1.0)
-EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
 Messages = list[dict[str, str]]
 
 
@@ -150,14 +150,14 @@ class RouterDataConfig:
         gen_batch_size: Prompts per ``generate`` call (null: all at once).
     """
 
-    dialogues: int = 32
-    val_dialogues: int = 8
-    val_every: int = 5
-    turns: int = 3
-    matched_fraction: float = 0.5
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    gen_batch_size: int | None = None
+    dialogues: int
+    val_dialogues: int
+    val_every: int
+    turns: int
+    matched_fraction: float
+    max_new_tokens: int
+    temperature: float
+    gen_batch_size: int | None
 
     def __post_init__(self):
         if self.dialogues < 1 or self.val_dialogues < 1 or self.turns < 1:
@@ -166,17 +166,10 @@ class RouterDataConfig:
             raise ValueError(f"data.matched_fraction must be in [0, 1], got {self.matched_fraction}.")
 
 
-def _read(cls, node, where: str):
-    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise ValueError(f"Bad {where} config: {err}. Compare with configs/router.yaml.") from None
-
-
 def router_config(cfg: DictConfig) -> tuple[RouterConfig, RouterDataConfig]:
     """Reads ``cfg.router`` and ``cfg.data``, naming any unknown or missing key."""
-    return _read(RouterConfig, cfg.get("router"), "router"), _read(RouterDataConfig, cfg.get("data"), "data")
+    return (read_config(RouterConfig, cfg.get("router"), where="router", compare_with="configs/router.yaml"),
+            read_config(RouterDataConfig, cfg.get("data"), where="data", compare_with="configs/router.yaml"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,7 +376,7 @@ def parse_verdict(data: Any) -> tuple[float | None, str | None]:
     return None, f"unknown verdict {verdict!r}"
 
 
-class LLMPairwiseJudge:
+class LLMPairwiseJudge(ChatBacked):
     """Pairwise judge run by a chat model (any ``envs.chat.ChatClient``) through ``chat_json_batch``.
 
     The two candidates are shown as A and B in a random order per comparison (from ``seed``), so a
@@ -399,19 +392,9 @@ class LLMPairwiseJudge:
 
     def __init__(self, client: Any = None, max_tokens: int | None = 300, temperature: float | None = 0.0,
                  seed: int = 0):
-        self._client = client
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        super().__init__(client, max_tokens, temperature)
         self.rng = random.Random(seed)
         self.counter = FallbackCounter()
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from envs.chat import LocalChatClient  # lazy: pulls in transformers
-
-            self._client = LocalChatClient()
-        return self._client
 
     def build_conversation(self, c: PairwiseComparison, swap: bool) -> Messages:
         a, b = (c.second, c.first) if swap else (c.first, c.second)
@@ -485,9 +468,6 @@ def matched_head(policy_or_names, student_type: str) -> int:
     return names.index(student_type)
 
 
-def _texts(out) -> list[str]:
-    return [t.strip() or EMPTY_TURN for t in out.texts]
-
 
 @torch.no_grad()
 def collect_prefixes(
@@ -532,7 +512,7 @@ def collect_prefixes(
         out = generate(policy, tokenizer, [task.policy_messages(o) for o in obs], weights=one_hot,
                        max_new_tokens=data.max_new_tokens, temperature=data.temperature,
                        seed=seed * 7919 + turn, batch_size=data.gen_batch_size)
-        obs, _, _, _, _ = batch.step(_texts(out))
+        obs, _, _, _, _ = batch.step(task.actions(out.texts))
     batch.close()
     return examples
 
@@ -562,7 +542,7 @@ def score_candidates(
     for s, selection in enumerate(selections):
         out = generate(policy, tokenizer, prompts, max_new_tokens=data.max_new_tokens, temperature=data.temperature,
                        seed=seed * 104729 + s, batch_size=data.gen_batch_size, **selection)
-        turns.append(_texts(out))  # (S, N)
+        turns.append(task.actions(out.texts))  # (S, N)
     contexts, dialogues = [], []
     for s in range(len(selections)):
         for i, e in enumerate(examples):

@@ -19,6 +19,7 @@ from envs.tutoring import TutoringBatch
 Messages = list[dict[str, str]]
 
 _ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
+EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
 
 PRIVILEGED_BLOCK = (
     "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
@@ -101,6 +102,11 @@ class TutoringTask:
     def policy_messages(obs: Messages) -> Messages:
         """The policy's prompt: the observation with teacher turns as assistant and student turns as user."""
         return [{"role": _ROLES[m["role"]], "content": m["content"]} for m in obs]
+
+    @staticmethod
+    def actions(texts: Sequence[str]) -> list[str]:
+        """Sampled teacher turns as env actions: stripped, an empty one replaced by ``EMPTY_TURN``."""
+        return [text.strip() or EMPTY_TURN for text in texts]
 
     def teacher_messages(self, obs: Messages, persona: Persona, feedback: str) -> Messages:
         """The privileged prompt: the policy's prompt plus one final block with the style and the reaction.

@@ -36,7 +36,7 @@ def sequential(policy, tokenizer, task, args) -> tuple[float, int]:
         for t in range(args.turns):
             out = generate(policy, tokenizer, [task.policy_messages(obs)], head=i % 2, max_new_tokens=args.new_tokens,
                            temperature=1.0, seed=args.seed + 1000 * i + t)
-            obs, *_ = env.step(out.texts[0].strip() or "Okay.")
+            obs, *_ = env.step(task.actions(out.texts)[0])
             turns += 1
     return time.perf_counter() - start, turns
 
@@ -50,7 +50,7 @@ def batched(policy, tokenizer, task, args) -> tuple[float, int]:
     for t in range(args.turns):
         out = generate(policy, tokenizer, [task.policy_messages(o) for o in obs], weights=weights,
                        max_new_tokens=args.new_tokens, temperature=1.0, seed=args.seed + t, batch_size=args.batch_size)
-        obs, *_ = batch.step([text.strip() or "Okay." for text in out.texts])
+        obs, *_ = batch.step(task.actions(out.texts))
     return time.perf_counter() - start, args.dialogues * args.turns
 
 

@@ -899,6 +899,28 @@ def _status_hint(status: str, api_key_env: str | None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class ChatBacked:
+    """Base of the plug-ins that talk through a ``ChatClient`` (LLM students and judges).
+
+    Args:
+        client: Anything with ``chat_batch`` / ``chat_json_batch``; default a ``LocalChatClient()``
+            on the embedded model, built on first use (so configuring one loads nothing).
+        max_tokens: Reply length bound.
+        temperature: Sampling temperature (``None`` keeps the client's default).
+    """
+
+    def __init__(self, client: Any = None, max_tokens: int | None = None, temperature: float | None = None) -> None:
+        self._client = client
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = LocalChatClient()
+        return self._client
+
+
 class LocalChatClient(ChatClient):
     """A client that generates with a local Hugging Face causal LM.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from envs.chat import ChatBacked
 from envs.judges.base import LABELS, FallbackCounter, JudgeDialogue, TurnJudgement, normalize_style
 
 # --- prompts ---------------------------------------------------------------------------------
@@ -124,20 +125,10 @@ def parse_labels(data: Any, n: int) -> tuple[list[str] | None, str, str | None]:
     return cleaned, critique, None
 
 
-class _LLMJudge:
+class _LLMJudge(ChatBacked):
     def __init__(self, client: Any = None, max_tokens: int | None = 400, temperature: float | None = 0.0) -> None:
-        self._client = client
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        super().__init__(client, max_tokens, temperature)
         self.counter = FallbackCounter()
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from envs.chat import LocalChatClient  # lazy: pulls in transformers
-
-            self._client = LocalChatClient()
-        return self._client
 
     def _run(self, dialogues: Sequence[JudgeDialogue], build, need_reply: bool) -> list[TurnJudgement]:
         marks = [d.marked_turns(need_reply=need_reply) for d in dialogues]

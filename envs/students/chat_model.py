@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from envs.chat import ChatBacked
 from envs.students.base import StudentBase, StudentContext, check_labels
 
 PREFERENCE_TEXT = {
@@ -73,7 +74,7 @@ def _clean(reply: str) -> str:
     return text.strip('"').strip() or "..."
 
 
-class ChatModelStudent(StudentBase):
+class ChatModelStudent(ChatBacked, StudentBase):
     """Student simulator backed by a chat model.
 
     Args:
@@ -84,17 +85,7 @@ class ChatModelStudent(StudentBase):
     """
 
     def __init__(self, client: Any = None, max_tokens: int = 120, temperature: float | None = 0.7) -> None:
-        self._client = client
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from envs.chat import LocalChatClient  # lazy: pulls in transformers
-
-            self._client = LocalChatClient()
-        return self._client
+        super().__init__(client, max_tokens, temperature)
 
     def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:
         if not dialogues:
