@@ -1,8 +1,18 @@
 """Policies: backbones, multi-head language models, generation and the head router."""
 
-from agents.generation import GenerationOutput, completion_logits, generate, score_completions
+from agents.generation import (
+    GenerationOutput,
+    completion_logits,
+    generate,
+    score_completions,
+)
 from agents.models import Backbone, BackboneError, cache_dir, load_backbone
-from agents.multihead import HeadSelection, MultiHeadLMHead, MultiHeadPolicy, PolicyOutput
+from agents.multihead import (
+    HeadSelection,
+    MultiHeadLMHead,
+    MultiHeadPolicy,
+    PolicyOutput,
+)
 from agents.router import Router, RouterFeatures, RouterOutput
 
 __all__ = [

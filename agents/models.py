@@ -24,9 +24,11 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -37,6 +39,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from configs.validation import check_types, require, require_choice
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
@@ -129,8 +133,8 @@ def verify_cache_entry(folder: Path, source: dict, *, full: bool = False) -> str
     Args:
         folder: The cache entry.
         source: What the entry must have been built from (compared with the manifest's record).
-        full: Also re-hash every file (slower); by default only presence and sizes are checked,
-            and content errors surface when the files are parsed.
+        full: Also re-hash every file against its recorded digest (about 1 s per 500 MB); without
+            it only presence and sizes are checked.
 
     Returns:
         None if the entry is complete and matches, else a short reason why it is not.
@@ -169,10 +173,29 @@ def _build_entry(folder: Path, source: dict, build: Callable[[Path], None]) -> N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Entries whose content digests were checked by this process, with the (size, mtime) of their files
+# at the time: a later use re-hashes only if a file changed since (or in a new process).
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def _signature(folder: Path) -> tuple:
+    return tuple(sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in folder.rglob("*") if p.is_file()))
+
+
 def _cached(folder: Path, source: dict, build: Callable[[Path], None], load: Callable[[Path], object]):
-    """Loads a verified cache entry, (re)building it when it is missing, partial or unreadable."""
-    reason = verify_cache_entry(folder, source)
+    """Loads a verified cache entry, (re)building it when it is missing, partial, damaged or unreadable.
+
+    The first use of an entry in a process (or after one of its files changed) re-hashes every
+    file against the manifest (about a second for the embedded model), so bytes damaged in place,
+    size unchanged, are caught before they turn into NaN weights far from their cause.
+    """
+    folder = folder.resolve()
+    known = _VERIFIED.get(folder)
+    full = known is None or not folder.is_dir() or known != _signature(folder)
+    reason = verify_cache_entry(folder, source, full=full)
     if reason is None:
+        _VERIFIED[folder] = _signature(folder)
         try:
             return load(folder)
         except Exception as err:  # a file passed the size check but does not parse
@@ -180,6 +203,7 @@ def _cached(folder: Path, source: dict, build: Callable[[Path], None], load: Cal
     if folder.exists():
         print(f"[pluralgym] rebuilding cache entry {folder}: {reason}")
     _build_entry(folder, source, build)
+    _VERIFIED[folder] = _signature(folder)
     return load(folder)
 
 
@@ -297,10 +321,53 @@ def _load_hf(name: str, device, dtype, local_files_only: bool) -> Backbone:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Maps ``"auto"`` to CUDA when available, else CPU; passes anything else through."""
+    """Maps ``"auto"`` to CUDA when available, else CPU; checks that an explicit device exists.
+
+    Raises:
+        BackboneError: For a device name torch does not know, or CUDA on a machine without a GPU.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise BackboneError(f"device={device!r} is not a torch device ({err}); use auto, cpu or cuda[:N].") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError(f"device={device!r} but no GPU is visible to torch; use device=auto or device=cpu.")
+    return resolved
+
+
+@dataclass
+class AgentConfig:
+    """Which backbone a trainer loads and how (the ``agent`` config group).
+
+    Attributes:
+        model: Any name :func:`load_backbone` accepts: the embedded ``smollm2-135m-instruct``,
+            ``tiny-random``, a checkpoint folder or a Hugging Face id.
+        dtype: Parameter dtype: ``float32`` (keep it on CPU, where bfloat16 is 20x slower),
+            ``bfloat16`` or ``float16`` on a GPU.
+        init_noise_std: Std of the Gaussian noise added to each head's copy of the pretrained LM head.
+        tiny: Options for ``model=tiny-random`` only (``seed`` and LlamaConfig fields).
+    """
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "float32"
+    init_noise_std: float = 0.01
+    tiny: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self, "agent")
+        require_choice("agent.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require(self.init_noise_std >= 0, "agent.init_noise_std", self.init_noise_std, "must be >= 0")
+        require(not self.tiny or self.model == TINY_RANDOM, "agent.tiny", self.tiny,
+                f"only applies to agent.model={TINY_RANDOM}")
+
+    def load(self, device: str | torch.device = "cpu") -> Backbone:
+        """Loads the backbone this config names."""
+        if self.dtype == "bfloat16" and resolve_device(device).type == "cpu":
+            warnings.warn("agent.dtype=bfloat16 on a CPU is one to two orders of magnitude slower than float32 "
+                          "here; use float32 unless you are on a GPU.", stacklevel=2)
+        return load_backbone(self.model, device=device, dtype=self.dtype, **dict(self.tiny or {}))
 
 
 def load_backbone(

@@ -108,9 +108,11 @@ class MultiHeadLMHead(nn.Module):
 
     @property
     def num_heads(self) -> int:
+        """Number of heads K."""
         return len(self.weights)
 
     def select(self, selection: HeadSelection) -> None:
+        """Makes every later forward use ``selection`` (drops the cached mixed projections)."""
         self.selection = selection
         self._mix_cache = None
 
@@ -244,18 +246,22 @@ class MultiHeadPolicy(nn.Module):
 
     @property
     def heads(self) -> MultiHeadLMHead:
+        """The :class:`MultiHeadLMHead` standing in for the wrapped model's output layer."""
         return self.model.get_output_embeddings()
 
     @property
     def num_heads(self) -> int:
+        """Number of heads K."""
         return self.heads.num_heads
 
     @property
     def config(self):
+        """The wrapped model's Hugging Face config."""
         return self.model.config
 
     @property
     def device(self) -> torch.device:
+        """Where the heads (and so the policy) live."""
         return self.heads.weights[0].device
 
     def head_index(self, head: int | str) -> int:
@@ -278,7 +284,8 @@ class MultiHeadPolicy(nn.Module):
             return HeadSelection()
         w = torch.as_tensor(weights, dtype=torch.float32).detach() if not torch.is_tensor(weights) else weights
         if w.dim() not in (1, 2) or w.shape[-1] != self.num_heads:
-            raise ValueError(f"Head weights must have shape (K,) or (B, K) with K={self.num_heads}, got {tuple(w.shape)}.")
+            raise ValueError(f"Head weights must have shape (K,) or (B, K) with K={self.num_heads}, "
+                             f"got {tuple(w.shape)}.")
         if not torch.isfinite(w).all():
             raise ValueError("Head weights contain NaN or infinite values.")
         return HeadSelection(weights=w)
@@ -349,9 +356,11 @@ class MultiHeadPolicy(nn.Module):
     # ---- optimisation --------------------------------------------------------------------
 
     def head_parameters(self) -> list[nn.Parameter]:
+        """The heads' parameters (weights, and biases when the model has them)."""
         return list(self.heads.parameters())
 
     def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not a head's."""
         head_ids = {id(p) for p in self.head_parameters()}
         return [p for p in self.model.parameters() if id(p) not in head_ids]
 
@@ -359,7 +368,8 @@ class MultiHeadPolicy(nn.Module):
         """Optimiser parameter groups: trainable backbone parameters at ``lr``, heads at ``lr * head_lr_mult``."""
         groups = [
             {"name": "backbone", "params": [p for p in self.backbone_parameters() if p.requires_grad], "lr": lr},
-            {"name": "heads", "params": [p for p in self.head_parameters() if p.requires_grad], "lr": lr * head_lr_mult},
+            {"name": "heads", "params": [p for p in self.head_parameters() if p.requires_grad],
+             "lr": lr * head_lr_mult},
         ]
         for group in groups:
             group["weight_decay"] = weight_decay

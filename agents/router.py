@@ -57,7 +57,7 @@ class Router(nn.Module):
         dropout: Dropout probability after each hidden layer.
     """
 
-    def __init__(self, input_dim: int, num_heads: int, hidden_dim: int = 512, num_layers: int = 3, dropout: float = 0.1):
+    def __init__(self, input_dim: int, num_heads: int, hidden_dim: int, num_layers: int, dropout: float):
         super().__init__()
         if num_layers < 1 or num_heads < 1:
             raise ValueError(f"Router needs num_layers >= 1 and num_heads >= 1, got {num_layers} and {num_heads}.")
@@ -73,6 +73,7 @@ class Router(nn.Module):
 
     @property
     def num_heads(self) -> int:
+        """Number of heads K the router weighs."""
         return self.hparams["num_heads"]
 
     def forward(self, features: torch.Tensor) -> RouterOutput:
@@ -83,6 +84,7 @@ class Router(nn.Module):
         return RouterOutput(logits=logits, weights=torch.softmax(logits, dim=-1))
 
     def save_pretrained(self, path: str | Path) -> Path:
+        """Writes ``router.safetensors`` and ``router.json`` into ``path``; returns the folder."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, path / ROUTER_WEIGHTS)
@@ -91,6 +93,7 @@ class Router(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Router:
+        """Loads a router written by :meth:`save_pretrained`."""
         path = Path(path)
         if not (path / ROUTER_CONFIG).is_file():
             raise FileNotFoundError(f"{path} is not a saved Router (no {ROUTER_CONFIG}).")
@@ -145,6 +148,7 @@ class RouterFeatures:
 
     @property
     def dim(self) -> int:
+        """Size of one feature vector (the backbone's hidden size)."""
         return self.policy.config.hidden_size
 
     def __len__(self) -> int:

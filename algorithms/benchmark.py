@@ -25,9 +25,8 @@ command line); set an entry to null to drop it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents import Router, RouterFeatures, load_backbone
+from agents import Router, RouterFeatures
 from agents.models import resolve_device
-from algorithms.components import build_task
-from algorithms.evaluation import DialogueRecord, Selection, Selector, good_rate, rollout_dialogues
+from algorithms.components import agent_config, build_task
+from algorithms.evaluation import (
+    DialogueRecord,
+    Selection,
+    Selector,
+    good_rate,
+    rollout_dialogues,
+)
 from algorithms.router import (
     hedge_step,
     load_router,
@@ -51,8 +56,61 @@ from algorithms.router import (
     route,
     weight_entropy,
 )
+from algorithms.runs import json_line, write_json
 from algorithms.tasks import TutoringTask
+from configs import check_top_level, register
+from configs.validation import check_types, require, structured
 from envs.students.base import STUDENT_TYPES
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+def _default_entries() -> dict[str, Any]:
+    """The default rows, each a config node built from its class's signature (so every argument can be overridden)."""
+    from hydra_zen import builds
+
+    rows = {"base": BaseModel, "heads": FixedHeads, "blend": EqualBlend, "router": OfflineRouter,
+            "online_router": OnlineRouter}
+    return {name: builds(cls, populate_full_signature=True)() for name, cls in rows.items()}
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of a benchmark run (node ``benchmark`` of configs/benchmark.yaml; only source of these defaults).
+
+    Attributes:
+        contexts: Held-out contexts; each runs against every persona label (both student types).
+        turns: Generated turns per episode.
+        max_new_tokens: Length limit of a generated turn.
+        temperature: Sampling temperature.
+        seed: Same openings and sampling seeds for every row.
+        bootstrap: Bootstrap resamples for the intervals.
+        confidence: Level of the intervals.
+        feature_batch_size: Prefixes per backbone forward for router features.
+        entries: The rows: each a ``_target_`` with ``build(ctx) -> list[Contender]`` plus its
+            constructor arguments (``benchmark.entries.online_router.lr=1.0``); keys only order the
+            rows, and a null entry is dropped.
+    """
+
+    contexts: int = 16
+    turns: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    seed: int = 1234
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    feature_batch_size: int = 8
+    entries: dict[str, Any] = field(default_factory=_default_entries)
+
+    def __post_init__(self):
+        check_types(self, "benchmark")
+        for key in ("contexts", "turns", "max_new_tokens", "bootstrap", "feature_batch_size"):
+            require(getattr(self, key) >= 1, f"benchmark.{key}", getattr(self, key), "must be an integer >= 1")
+        require(self.temperature >= 0, "benchmark.temperature", self.temperature, "must be >= 0")
+        require(0 < self.confidence < 1, "benchmark.confidence", self.confidence, "must be in (0, 1)")
+
 
 # ----------------------------------------------------------------------------------------------
 # Rows
@@ -79,7 +137,7 @@ class BenchmarkContext:
     run_cfg: DictConfig | None
     router_dir: str | None
     device: torch.device
-    settings: DictConfig
+    settings: BenchmarkConfig
     _features: RouterFeatures | None = None
 
     @property
@@ -87,7 +145,7 @@ class BenchmarkContext:
         """Shared prefix-feature cache of the policy's frozen backbone."""
         if self._features is None:
             self._features = RouterFeatures(self.policy, self.tokenizer,
-                                            batch_size=self.settings.get("feature_batch_size", 8))
+                                            batch_size=self.settings.feature_batch_size)
         return self._features
 
     def router(self, path: str | None) -> Router | None:
@@ -133,11 +191,10 @@ class BaseModel:
         self.label, self.name = label, name
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row: the base model, loaded from the run's ``agent`` config."""
         if ctx.run_cfg is None or "agent" not in ctx.run_cfg:
             raise ValueError("The base-model row needs the OPSD run's config.yaml (agent node) next to policy/.")
-        agent = ctx.run_cfg.agent
-        backbone = load_backbone(agent.model, device=ctx.device, dtype=agent.get("dtype", "float32"),
-                                 **dict(agent.get("tiny", None) or {}))
+        backbone = agent_config(ctx.run_cfg).load(ctx.device)
         backbone.tokenizer.padding_side = "left"
         return [Contender(self.name, self.label, {}, model=backbone.model.eval(), tokenizer=backbone.tokenizer)]
 
@@ -154,6 +211,7 @@ class FixedHeads:
         self.heads, self.label = heads, label
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row per selected head."""
         heads = list(self.heads) if self.heads else list(ctx.policy.head_names)
         return [Contender(f"head_{h}", self.label.format(head=h, HEAD=h.upper()), {"head": ctx.policy.head_index(h)})
                 for h in heads]
@@ -166,6 +224,7 @@ class EqualBlend:
         self.label, self.name = label, name
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row: the equal blend."""
         return [Contender(self.name, self.label, {})]
 
 
@@ -182,6 +241,7 @@ class OfflineRouter:
         self.path, self.label, self.name = path, label, name
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row driven by the router (none when no router is given)."""
         router = ctx.router(self.path)
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
@@ -240,6 +300,7 @@ class OnlineRouter:
         self.lr, self.floor, self.path, self.label, self.name = lr, floor, path, label, name
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row driven by the router plus per-turn Hedge steps (none when no router is given)."""
         router = ctx.router(self.path)
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
@@ -453,7 +514,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    b = cfg.benchmark
+    b = structured(BenchmarkConfig, cfg.benchmark, "benchmark")
     device = resolve_device(cfg.device)
     policy, tokenizer, run_cfg = load_run(cfg.policy, device)
     ctx = BenchmarkContext(policy, tokenizer, build_task(cfg), run_cfg, cfg.get("router"), device, b)
@@ -473,12 +534,12 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             if c.mixes:
                 row["router"] = router_statistics(records, policy.head_names)
             results["rows"][c.name] = row
-            dialogues.writelines(json.dumps(asdict(r)) + "\n" for r in records)
+            dialogues.writelines(json_line(asdict(r)) for r in records)
     finally:
         dialogues.close()
     markdown = markdown_table(results, b.confidence)
     (out_dir / "benchmark.md").write_text(markdown)
-    (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
+    write_json(out_dir / "benchmark.json", results)
     plot_satisfaction(results, out_dir / "satisfaction.png")
     plot_router_weights(results, out_dir / "router_weights.png")
     results["markdown"] = markdown
@@ -486,12 +547,19 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
+    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark"))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_benchmark(cfg, out_dir)
     print()
     print(results["markdown"])
     print(f"[benchmark] reports in {out_dir}")
+
+
+def main() -> None:
+    """Entry point: registers the structured configs, then lets Hydra compose and run."""
+    register()
+    _main()
 
 
 if __name__ == "__main__":

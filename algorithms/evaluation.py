@@ -10,8 +10,6 @@ with neutral turns excluded) and satisfaction (good-turn rate) by head x student
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +19,10 @@ import numpy as np
 import torch
 
 from agents import generate
+from algorithms.runs import write_json
+from algorithms.tasks import TutoringTask, count_questions
 from envs.judges.base import JudgeDialogue
 from envs.students.base import STUDENT_TYPES
-from algorithms.tasks import TutoringTask
 
 Selection = dict[str, Any]
 Selector = Callable[[list[list[dict]], int], Selection]
@@ -55,13 +54,9 @@ class DialogueRecord:
 
     @property
     def generated_turns(self) -> list[str]:
+        """The teacher turns the driver wrote (the seed turn excluded)."""
         teacher = [m["content"] for m in self.messages if m["role"] == "teacher"]
         return teacher[self.first_generated:]
-
-
-def count_questions(text: str) -> int:
-    """Number of questions in a teacher turn (each run of '?' counts once)."""
-    return len(re.findall(r"\?+", text))
 
 
 def eval_contexts(task: TutoringTask, contexts: int) -> list[dict[str, str]]:
@@ -154,6 +149,7 @@ def satisfaction_by_type(records: Sequence[DialogueRecord]) -> dict[str, float]:
 
 
 def questions_per_turn(records: Sequence[DialogueRecord]) -> float:
+    """Mean questions per generated turn over the records."""
     counts = [count_questions(t) for r in records for t in r.generated_turns]
     return float(np.mean(counts)) if counts else float("nan")
 
@@ -171,7 +167,8 @@ def markdown_report(heads: list[str], styles: list[str], results: dict[str, Any]
     lines += [f"| {h} | " + " | ".join(_fmt(results["style_matrix"][h][s]) for s in styles) + " |" for h in heads]
     types = list(STUDENT_TYPES)
     lines += ["", "Satisfaction (good-turn rate):", "",
-              "| head | " + " | ".join(f"{t} student" for t in types) + " | mean |", "| --- |" + " --- |" * (len(types) + 1)]
+              "| head | " + " | ".join(f"{t} student" for t in types) + " | mean |",
+              "| --- |" + " --- |" * (len(types) + 1)]
     lines += [f"| {h} | " + " | ".join(_fmt(results["satisfaction"][h][t]) for t in types + ["mean"]) + " |"
               for h in heads]
     return "\n".join(lines) + "\n"
@@ -254,7 +251,7 @@ def evaluate_policy(
     results["dialogues"] = len(records)
     markdown = markdown_report(heads, styles, results)
     (out_dir / "eval.md").write_text(markdown)
-    (out_dir / "eval.json").write_text(json.dumps({**results, "records": [asdict(r) for r in records]}, indent=1))
+    write_json(out_dir / "eval.json", {**results, "records": [asdict(r) for r in records]})
     plot_report(heads, styles, results, out_dir / "eval.png")
     if writer is not None:
         for h in heads:

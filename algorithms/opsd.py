@@ -3,33 +3,29 @@
 Run it with Hydra (configs/opsd.yaml)::
 
     python -m algorithms.opsd env=tutoring                       # embedded SmolLM2-135M, scripted student
-    python -m algorithms.opsd env=tutoring algorithm=opsd_quick  # ~3 minute smoke run
+    python -m algorithms.opsd env=tutoring algorithm=opsd_quick  # ~2 minute smoke run
     python -m algorithms.opsd env=tutoring algorithm.variant=mt  # MT-OPSD: one head takes every loss
     python -m algorithms.opsd resume=runs/opsd/<run>             # continue from the last checkpoint
     python -m algorithms.opsd evaluate=runs/opsd/<run>           # (re-)evaluate a finished run
 
-One training step, for every persona d (teaching style) and each of its live dialogues:
+One training step, for every persona d (teaching style) and each of its live episodes:
 
-1. head d (the shared head for MT) samples the next teacher turn from the observation alone;
-2. the environment answers with the student's reply, the privileged feedback;
+1. head d (the shared head for MT) samples the next turn from the observation alone;
+2. the environment answers with its privileged feedback (the student's reply);
 3. the frozen base model scores the sampled tokens under a privileged prompt that differs from the
-   policy's only by a block holding persona d's label and that reply;
+   policy's only by a block holding persona d's label and that feedback;
 4. the turn's loss is the reverse KL from the head to that teacher on the head's top-k tokens,
    averaged over the turn's tokens; the step minimises ``sum_d alpha_d mean(L_d)``.
 
-Dialogues run for ``turns_per_dialogue`` turns before fresh ones start, so later turns are trained
-on states the policy itself reached; each dialogue's hidden student type is drawn independently of
-the head, so every head meets matched and mismatched students.
+Episodes run for ``turns_per_episode`` turns before fresh ones start, so later turns are trained on
+states the policy itself reached; each episode's hidden label (the student type) is drawn
+independently of the head, so every head meets matched and mismatched episodes. The run loop,
+checkpoints and resume are :mod:`algorithms.trainer`'s.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import resource
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,172 +35,61 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, get_scheduler
+from transformers import AutoTokenizer
 
-from agents import MultiHeadPolicy, completion_logits, load_backbone
+from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
 from agents.models import resolve_device
-from algorithms.evaluation import count_questions, evaluate_policy
+from algorithms.components import build_task
+from algorithms.evaluation import evaluate_policy
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
-from algorithms.components import apply_lora, build_policy, build_task, read_config
-from algorithms.rollout import (
-    LocalRolloutPool,
-    RayRolloutPool,
-    RolloutRequest,
-    RolloutResult,
-    RolloutWorker,
-    Submission,
-    merge_results,
-    ray_config,
-)
-from envs.tutoring import DialogueState
-
-CHECKPOINT = "checkpoint.pt"
-
-# hydra.run.dir: a resumed or re-evaluated run writes into its own folder, a new run into a fresh one.
-if not OmegaConf.has_resolver("pg_run_dir"):
-    OmegaConf.register_new_resolver("pg_run_dir", lambda resume, evaluate, fresh: resume or evaluate or fresh)
+from algorithms.rollout import RolloutRequest, RolloutResult
+from algorithms.trainer import Trainer, TrainerConfig, fit
+from configs import check_top_level, register
+from configs.validation import ConfigError, require, require_choice, structured
 
 
 @dataclass
-class OPSDConfig:
-    """Hyper-parameters of one OPSD run (values live in configs/algorithm/*.yaml).
+class OPSDConfig(TrainerConfig):
+    """Hyper-parameters of one OPSD run: the ``algorithm`` config group (``algorithm=opsd``).
+
+    These defaults (with :class:`algorithms.trainer.TrainerConfig`'s) are the only place they are
+    written: presets such as ``configs/algorithm/opsd_quick.yaml`` override some of them, and every
+    value is checked before anything is loaded. They are sized for the embedded 135M model on a
+    2-core CPU (about 25 minutes).
 
     Attributes:
         variant: ``mah`` (one head per persona) or ``mt`` (one shared head: the MT-OPSD ablation).
-        steps: Optimiser steps.
-        dialogues_per_persona: Live dialogues per persona; each step samples one turn in each.
-        turns_per_dialogue: Turns before a dialogue is replaced by a fresh one (<= env max_turns).
+        episodes_per_persona: Live episodes per persona; each step samples one turn in each.
+        turns_per_episode: Turns before an episode is replaced by a fresh one (<= the env's episode length).
         topk: Size of the student's top-k support for the reverse KL (null: full vocabulary).
         alphas: Per-persona loss weights (null: uniform); rescaled to sum to 1.
-        lr: Backbone learning rate (AdamW).
-        head_lr_mult: Head learning rate = lr * head_lr_mult.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps.
-        scheduler: A ``transformers.get_scheduler`` name (constant_with_warmup, cosine, linear...).
-        max_grad_norm: Gradient clipping threshold.
-        micro_batch: Sequences per forward/backward chunk (bounds memory).
-        trainable: ``heads``, ``last_layers`` (heads + last N decoder layers), ``lora`` or ``full``.
-        last_n_layers: N for ``last_layers`` (every layer when N exceeds the depth).
-        lora: peft LoRA settings for ``trainable=lora`` (r, alpha, dropout, target_modules).
-        max_new_tokens: Length limit of a sampled teacher turn.
-        temperature: Sampling temperature of rollouts.
-        top_p: Nucleus threshold of rollouts.
-        save_every: Checkpoint every this many steps (1: a crash loses at most the step in progress).
-        stop_after: Stop this process after this many steps, as an interruption would (null: never).
     """
 
-    variant: str
-    steps: int
-    dialogues_per_persona: int
-    turns_per_dialogue: int
-    topk: int | None
-    alphas: list[float] | None
-    lr: float
-    head_lr_mult: float
-    weight_decay: float
-    warmup_steps: int
-    scheduler: str
-    max_grad_norm: float
-    micro_batch: int
-    trainable: str
-    last_n_layers: int
-    lora: dict = field(default_factory=dict)
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    save_every: int = 1
-    stop_after: int | None = None
+    variant: str = "mah"
+    episodes_per_persona: int = 4
+    turns_per_episode: int = 3
+    topk: int | None = 256
+    alphas: list[float] | None = None
 
     def __post_init__(self):
-        if self.variant not in ("mah", "mt"):
-            raise ValueError(f"algorithm.variant must be 'mah' or 'mt', got '{self.variant}'.")
-        if self.trainable not in ("heads", "last_layers", "lora", "full"):
-            raise ValueError(f"algorithm.trainable must be heads, last_layers, lora or full, got '{self.trainable}'.")
-        if self.steps < 1 or self.dialogues_per_persona < 1 or self.micro_batch < 1 or self.turns_per_dialogue < 1:
-            raise ValueError("steps, dialogues_per_persona, micro_batch and turns_per_dialogue must be positive.")
+        super().__post_init__()
+        require_choice("algorithm.variant", self.variant, ("mah", "mt"))
+        for key in ("episodes_per_persona", "turns_per_episode"):
+            require(getattr(self, key) >= 1, f"algorithm.{key}", getattr(self, key), "must be an integer >= 1")
+        require(self.topk is None or self.topk >= 1, "algorithm.topk", self.topk,
+                "must be an integer >= 1 (the size of the student's top-k support), or null for the full vocabulary")
+        require(self.alphas is None or (all(a >= 0 for a in self.alphas) and sum(self.alphas) > 0),
+                "algorithm.alphas", self.alphas, "must be null or non-negative weights with a positive sum")
 
 
 def algorithm_config(cfg: DictConfig) -> OPSDConfig:
-    """Reads ``cfg.algorithm`` into an :class:`OPSDConfig`, naming any unknown or missing key."""
-    return read_config(OPSDConfig, cfg.algorithm, where="algorithm", compare_with="configs/algorithm/opsd.yaml",
-                       drop=("name", "eval"))
+    """The ``algorithm`` node as a checked :class:`OPSDConfig` (raises ConfigError naming a bad key)."""
+    return structured(OPSDConfig, cfg.algorithm, "algorithm")
 
 
 # ----------------------------------------------------------------------------------------------
-# Building the pieces
-# ----------------------------------------------------------------------------------------------
-
-
-class AdapterTeacher(nn.Module):
-    """The frozen base model as the LoRA policy's own weights with adapters disabled.
-
-    Costs no extra memory: the backbone is shared, and the base output layer is the input
-    embedding matrix (tied models) or a frozen copy of the original head.
-    """
-
-    def __init__(self, policy: MultiHeadPolicy, base_head: torch.Tensor):
-        super().__init__()
-        self.policy = policy
-        self.register_buffer("base_head", base_head.detach().clone(), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep: int = 0, **_):
-        with self.policy.model.disable_adapter():
-            hidden = self.policy.model.get_decoder()(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
-        hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        return _Logits(nn.functional.linear(hidden, self.base_head))
-
-
-@dataclass
-class _Logits:
-    logits: torch.Tensor
-
-
-def configure_trainable(policy: MultiHeadPolicy, opsd: OPSDConfig, cfg: DictConfig, device) -> nn.Module:
-    """Freezes what ``opsd.trainable`` says and returns the frozen teacher (the base model)."""
-    decoder = policy.model.get_decoder()
-    if opsd.trainable == "lora":
-        base_head = policy.model.get_input_embeddings().weight if cfg.agent.get("tied_base_head", True) \
-            else policy.heads.weights[0]
-        apply_lora(policy, opsd.lora)
-        for p in policy.head_parameters():
-            p.requires_grad_(True)
-        return AdapterTeacher(policy, base_head)
-    for p in policy.backbone_parameters():
-        p.requires_grad_(opsd.trainable == "full")
-    if opsd.trainable == "last_layers":
-        layers = decoder.layers
-        if opsd.last_n_layers < 0:
-            raise ValueError(f"last_n_layers must be >= 0, got {opsd.last_n_layers}.")
-        first = max(0, len(layers) - opsd.last_n_layers)  # all layers when N exceeds the depth
-        for module in list(layers[first:]) + [decoder.norm]:
-            for p in module.parameters():
-                p.requires_grad_(True)
-    teacher = load_backbone(cfg.agent.model, device=device, dtype=cfg.agent.dtype,
-                            **dict(cfg.agent.get("tiny", None) or {})).model
-    teacher.requires_grad_(False)
-    return teacher.eval()
-
-
-def make_optimizer(param_groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW, fused where torch supports it (8x faster steps over several 28M-parameter heads on CPU)."""
-    try:
-        return torch.optim.AdamW(param_groups, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(param_groups)
-
-
-def trainable_state(policy: MultiHeadPolicy) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in policy.named_parameters() if p.requires_grad}
-
-
-# ----------------------------------------------------------------------------------------------
-# One step
+# One distillation update
 # ----------------------------------------------------------------------------------------------
 
 
@@ -288,124 +173,57 @@ def distill_step(
     return group_loss, grad_norm
 
 
-@dataclass
-class StepRecord:
-    """What one OPSD step measured.
-
-    Attributes:
-        loss: The weighted objective ``sum_d alpha_d mean(L_d)``.
-        head_loss: Mean per-turn loss for each persona.
-        reward: Mean env reward for each persona.
-        reward_matched: Mean reward where the student's hidden type equals the persona (tutoring).
-        reward_mismatched: Mean reward on the other dialogues.
-        questions: Mean questions per sampled turn for each persona.
-        turn_tokens: Mean sampled turn length in tokens.
-        gen_s: Worker-seconds spent sampling; env_s: in the environment (summed over workers).
-        learn_s: Seconds in forward/backward/update.
-        idle_s: Seconds the learner waited for this step's rollouts.
-        grad_norm: Gradient norm before clipping.
-        lr: Backbone learning rate used.
-        version: Weight version that sampled this step's turns.
-        staleness: Updates between that version and the weights being updated.
-        retries: Rollout requests run again because a worker died.
-        turns: ``<dialogue uid>@<turn>`` of every sampled turn.
-    """
-
-    loss: float
-    head_loss: dict[str, float]
-    reward: dict[str, float]
-    reward_matched: float
-    reward_mismatched: float
-    questions: dict[str, float]
-    turn_tokens: float
-    gen_s: float
-    env_s: float
-    learn_s: float
-    idle_s: float
-    grad_norm: float
-    lr: float
-    version: int = 0
-    staleness: int = 0
-    retries: int = 0
-    turns: list[str] = field(default_factory=list)
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
 
 
-class OPSDTrainer:
-    """Holds the policy, teacher, optimiser, rollout pool and live dialogues of one run, and steps them.
+class OPSDTrainer(Trainer):
+    """MAH-OPSD / MT-OPSD: live episodes per persona, one turn each per step, distilled towards the privileged teacher.
 
-    The live dialogues are ``dialogues_per_persona`` per persona, in persona-major rows; their
+    The live episodes are ``episodes_per_persona`` per persona, in persona-major rows; their
     states live here (and in checkpoints), and every step sends them to the rollout pool, which
     takes one turn in each.
-
-    Args:
-        cfg: The composed Hydra config.
-        run_dir: Where checkpoints, TensorBoard logs and results go.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.opsd = algorithm_config(cfg)
-        self.ray = ray_config(cfg)
-        self.device = resolve_device(cfg.device)
-        _seed_everything(cfg.seed)
-        self.task = build_task(cfg)
-        if self.opsd.turns_per_dialogue > self.task.max_turns:
-            raise ValueError(f"turns_per_dialogue={self.opsd.turns_per_dialogue} exceeds the env's "
-                             f"{self.task.max_turns} turns per episode.")
-        self.personas = self.task.personas
-        self.alphas = normalized_alphas(self.opsd.alphas, len(self.personas))
-        self.policy, self.tokenizer = build_policy(cfg, self.task.persona_names, self.opsd.variant, self.device)
-        self.teacher = configure_trainable(self.policy, self.opsd, cfg, self.device)
-        self.optimizer = make_optimizer(
-            self.policy.param_groups(self.opsd.lr, self.opsd.head_lr_mult, self.opsd.weight_decay)
-        )
-        self.scheduler = get_scheduler(self.opsd.scheduler, self.optimizer, num_warmup_steps=self.opsd.warmup_steps,
-                                       num_training_steps=self.opsd.steps)
-        n = self.opsd.dialogues_per_persona
+    config_cls = OPSDConfig
+    name = "opsd"
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        super().__init__(cfg, run_dir)
+        s = self.settings
+        if s.turns_per_episode > self.task.max_turns:
+            raise ConfigError(f"algorithm.turns_per_episode={s.turns_per_episode} is not allowed: the env's "
+                              f"episodes last {self.task.max_turns} turns.")
+        try:
+            self.alphas = normalized_alphas(s.alphas, len(self.personas))
+        except ValueError as err:
+            raise ConfigError(f"algorithm.alphas={s.alphas} is not allowed: {err}") from None
+        n = s.episodes_per_persona
         self.row_persona = [p for p in range(len(self.personas)) for _ in range(n)]
-        self.dialogues: list[DialogueState] | None = None  # None: fresh dialogues start at the next step
-        self.step = 0
-        self.pool: LocalRolloutPool | RayRolloutPool | None = None
-        self.pending: Submission | None = None
 
-    # ---- heads -------------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen base model that scores turns under the privileged prompt."""
+        return self.reference
 
-    def head_of(self, persona: int) -> int:
-        return persona if self.opsd.variant == "mah" else 0
-
-    # ---- rollouts ----------------------------------------------------------------------
-
-    def start_pool(self) -> None:
-        """Starts the rollout pool (in-process, or Ray actors with ``ray.enabled=true``) and publishes the weights."""
-        if self.pool is not None:
-            return
-        if self.ray.enabled:
-            self.pool = RayRolloutPool(self.cfg)
-        else:
-            self.pool = LocalRolloutPool(RolloutWorker(self.cfg, task=self.task, policy=self.policy,
-                                                       tokenizer=self.tokenizer, device=self.device))
-        self.pool.publish(self.step, self.policy)
-
-    def close(self) -> None:
-        """Stops the rollout pool (and a local Ray cluster it started)."""
-        self.pending = None
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+    @property
+    def policy_variant(self) -> str:
+        """``mah`` or ``mt``, from ``algorithm.variant``."""
+        return self.settings.variant
 
     def requests(self, step: int) -> list[RolloutRequest]:
-        """The rollout requests for ``step``: one turn in every live dialogue, split into shards.
+        """The rollout requests for ``step``: one turn in every live episode, split into shards.
 
-        Every ``turns_per_dialogue`` steps the dialogues are replaced by fresh ones, with seeds
-        fixed by the run seed, the episode and the row; the sampling seed is fixed by the step and
-        the shard, so a request gives the same turns wherever it runs.
+        Every ``turns_per_episode`` steps the episodes are replaced by fresh ones, with seeds fixed
+        by the run seed, the episode and the row; the sampling seed is fixed by the step and the
+        shard, so a request gives the same turns wherever it runs.
         """
-        num, n = len(self.personas), self.opsd.dialogues_per_persona
-        episode = step // self.opsd.turns_per_dialogue
-        fresh = step % self.opsd.turns_per_dialogue == 0
-        if not fresh and self.dialogues is None:
-            raise RuntimeError(f"step {step} continues dialogues, but none are live")
+        num, n = len(self.personas), self.settings.episodes_per_persona
+        episode = step // self.settings.turns_per_episode
+        fresh = step % self.settings.turns_per_episode == 0
+        if not fresh and self.episodes is None:
+            raise RuntimeError(f"step {step} continues episodes, but none are live")
         rows = list(range(num * n))
         uids = [f"e{episode}-{self.personas[p].name}-{r % n}" for r, p in zip(rows, self.row_persona)]
         shards = [list(part) for part in np.array_split(rows, self.num_shards) if len(part)]
@@ -417,51 +235,15 @@ class OPSDTrainer:
                 heads=[self.head_of(p) for p in personas], version=self.step,
                 gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
                 reset_seeds=[self.cfg.seed * 10_000_019 + episode * num * n + r for r in part] if fresh else None,
-                states=None if fresh else [self.dialogues[r] for r in part],
+                states=None if fresh else [self.episodes[r] for r in part],
             ))
         return out
 
-    @property
-    def num_shards(self) -> int:
-        if self.ray.num_shards:
-            return int(self.ray.num_shards)
-        return int(self.ray.num_workers) if self.ray.enabled else 1
-
-    @property
-    def max_staleness(self) -> int:
-        return int(self.ray.max_staleness) if self.ray.enabled else 0
-
-    # ---- the step ----------------------------------------------------------------------
-
-    def train_step(self) -> StepRecord:
-        """Collects one turn in every live dialogue (unless already in flight), distils, and steps the optimiser.
-
-        With ``ray.max_staleness=1`` the next step's rollouts are sent to the workers before this
-        step's update, so they are sampled by weights one update old while the learner works.
-        """
-        self.start_pool()
-        submission = self.pending or self.pool.submit(self.requests(self.step))
-        self.pending = None
-        collected = self.pool.wait(submission)
-        result = merge_results(collected.results, self.tokenizer.pad_token_id)
-        expected = [uid for request in submission.requests for uid in request.uids]
-        if result.uids != expected:  # every dialogue exactly once, in row order
-            raise RuntimeError(f"step {self.step}: rollouts returned dialogues {result.uids}, expected {expected}")
-        self.dialogues = result.states
-        if self.max_staleness >= 1 and self.step + 1 < self.opsd.steps:
-            self.pending = self.pool.submit(self.requests(self.step + 1))
-        record = self.learn(result, idle_s=collected.wait_s, retries=collected.retries)
-        self.pool.publish(self.step, self.policy)
-        return record
-
-    def learn(self, result: RolloutResult, *, idle_s: float = 0.0, retries: int = 0) -> StepRecord:
+    def learn(self, result: RolloutResult) -> dict[str, Any]:
         """Distils the policy on one step's turns and takes one optimiser step."""
-        opsd = self.opsd
-        num, n = len(self.personas), opsd.dialogues_per_persona
+        num, n = len(self.personas), self.settings.episodes_per_persona
         if result.personas != self.row_persona:
             raise RuntimeError("the rollout rows do not follow the trainer's persona-major order")
-        staleness = self.step - result.version
-        start = time.perf_counter()
         teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
                            for p, o, fb in zip(result.personas, result.prompts, result.feedback)]
         t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
@@ -471,73 +253,34 @@ class OPSDTrainer:
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
                                      for p in range(num)])
         lr = self.optimizer.param_groups[0]["lr"]
-        head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch, topk=opsd.topk,
-                                            micro_batch=opsd.micro_batch, max_grad_norm=opsd.max_grad_norm)
-        self.scheduler.step()
-        learn_s = time.perf_counter() - start
-        self.step += 1
-
+        head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch,
+                                            topk=self.settings.topk, micro_batch=self.settings.micro_batch,
+                                            max_grad_norm=self.settings.max_grad_norm)
         names = [p.name for p in self.personas]
-        matched = [label.get("student_type") == self.personas[p].name
-                   for p, label in zip(result.personas, result.labels)]
-
-        def per_persona(values):
-            return {names[p]: float(np.mean(values[p * n:(p + 1) * n])) for p in range(num)}
+        matched = [label.get("persona") == self.personas[p].name for p, label in zip(result.personas, result.labels)]
 
         def mean_where(values, flags):
             chosen = [v for v, f in zip(values, flags) if f]
             return float(np.mean(chosen)) if chosen else float("nan")
 
-        return StepRecord(
-            loss=float(sum(a * l for a, l in zip(self.alphas, head_loss))),
-            head_loss=dict(zip(names, head_loss)),
-            reward=per_persona(result.rewards),
-            reward_matched=mean_where(result.rewards, matched),
-            reward_mismatched=mean_where(result.rewards, [not m for m in matched]),
-            questions=per_persona([count_questions(t) for t in result.texts]),
-            turn_tokens=float(result.completion_mask.sum(1).float().mean()),
-            gen_s=result.gen_s, env_s=result.env_s, learn_s=learn_s, idle_s=idle_s, grad_norm=grad_norm, lr=lr,
-            version=result.version, staleness=staleness, retries=retries, turns=result.turn_ids,
-        )
+        metrics: dict[str, Any] = {"loss/total": float(sum(a * loss for a, loss in zip(self.alphas, head_loss)))}
+        for p, name in enumerate(names):
+            rows = slice(p * n, (p + 1) * n)
+            metrics[f"loss/{name}"] = head_loss[p]
+            metrics[f"env/reward_{name}"] = float(np.mean(result.rewards[rows]))
+        metrics["env/reward_matched"] = mean_where(result.rewards, matched)
+        metrics["env/reward_mismatched"] = mean_where(result.rewards, [not m for m in matched])
+        for key, values in self.task.step_metrics(result.texts).items():
+            for p, name in enumerate(names):
+                metrics[f"env/{key}_{name}"] = float(np.mean(values[p * n:(p + 1) * n]))
+        metrics.update({"env/turn_tokens": float(result.completion_mask.sum(1).float().mean()),
+                        "train/grad_norm": grad_norm, "train/lr": lr, "turns": result.turn_ids})
+        return metrics
 
-    # ---- checkpoints -------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path:
-        """Writes everything needed to continue exactly (atomically: a crash leaves the last one intact)."""
-        state = {
-            "step": self.step,
-            "trainable": trainable_state(self.policy),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "dialogues": self.dialogues,
-            "rng": _rng_state(),
-        }
-        path = self.run_dir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if "dialogues" not in state:
-            raise ValueError(f"{path} was written by an older version that kept env objects, not dialogue states; "
-                             "start a new run (its policy/ folder still evaluates with evaluate=<run>).")
-        expected = {n for n, p in self.policy.named_parameters() if p.requires_grad}
-        if set(state["trainable"]) != expected:
-            raise ValueError(f"{path} was written for other trainable parameters (different agent or "
-                             "algorithm.trainable); resume with the run's own config.")
-        self.policy.load_state_dict(state["trainable"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.dialogues, self.step = state["dialogues"], state["step"]
-        _set_rng_state(state["rng"])
-
-    def save_policy(self) -> Path:
-        """Saves the trained policy as ``<run>/policy`` (LoRA adapters are merged into the backbone first)."""
-        if self.opsd.trainable == "lora" and hasattr(self.policy.model, "merge_and_unload"):
-            self.policy.model = self.policy.model.merge_and_unload()
-        return self.policy.save_pretrained(self.run_dir / "policy", tokenizer=self.tokenizer)
+    def progress(self, metrics: dict[str, Any]) -> dict[str, str]:
+        """Loss and matched / mismatched reward for the progress bar."""
+        return {"loss": f"{metrics['loss/total']:.4f}", "matched": f"{metrics['env/reward_matched']:+.2f}",
+                "mismatched": f"{metrics['env/reward_mismatched']:+.2f}"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,147 +288,43 @@ class OPSDTrainer:
 # ----------------------------------------------------------------------------------------------
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _log(writer: SummaryWriter, record: StepRecord, step: int, device) -> None:
-    writer.add_scalar("loss/total", record.loss, step)
-    for name, value in record.head_loss.items():
-        writer.add_scalar(f"loss/{name}", value, step)
-    for name, value in record.reward.items():
-        writer.add_scalar(f"env/reward_{name}", value, step)
-    for name, value in record.questions.items():
-        writer.add_scalar(f"env/questions_per_turn_{name}", value, step)
-    if not np.isnan(record.reward_matched):
-        writer.add_scalar("env/reward_matched", record.reward_matched, step)
-    if not np.isnan(record.reward_mismatched):
-        writer.add_scalar("env/reward_mismatched", record.reward_mismatched, step)
-    writer.add_scalar("env/turn_tokens", record.turn_tokens, step)
-    writer.add_scalar("train/grad_norm", record.grad_norm, step)
-    writer.add_scalar("train/lr", record.lr, step)
-    for key in ("gen_s", "env_s", "learn_s", "idle_s"):
-        writer.add_scalar(f"perf/{key}", getattr(record, key), step)
-    writer.add_scalar("rollout/weights_version", record.version, step)
-    writer.add_scalar("rollout/staleness", record.staleness, step)
-    writer.add_scalar("rollout/retries", record.retries, step)
-    writer.add_scalar("perf/peak_memory_mb", peak_memory_mb(device), step)
+def _evaluate(trainer: OPSDTrainer, writer) -> dict[str, Any]:
+    return evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, trainer.settings.eval, trainer.run_dir,
+                           head_for_persona=trainer.head_of, writer=writer, step=trainer.step)["summary"]
 
 
 def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Trains (or continues) one run and returns its summary.
-
-    Args:
-        cfg: The composed config.
-        run_dir: Output folder (``checkpoint.pt``, ``tb/``, ``history.jsonl``, ``policy/``, ``summary.json``).
-        resume: Continue from ``run_dir/checkpoint.pt``.
-
-    Returns:
-        The summary written to ``summary.json``.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    started = time.perf_counter()
-    trainer = OPSDTrainer(cfg, run_dir)
-    if resume:
-        trainer.load_checkpoint(run_dir / CHECKPOINT)
-        print(f"[opsd] resumed {run_dir} at step {trainer.step}/{trainer.opsd.steps}")
-    opsd = trainer.opsd
-    writer = SummaryWriter(str(run_dir / "tb"))
-    history = (run_dir / "history.jsonl").open("a")
-    bar = tqdm(total=opsd.steps, initial=trainer.step, desc="opsd", unit="step", dynamic_ncols=True)
-    steps_this_run = 0
-    last: StepRecord | None = None
-    records: list[StepRecord] = []
-    try:
-        while trainer.step < opsd.steps:
-            if opsd.stop_after is not None and steps_this_run >= opsd.stop_after:
-                print(f"[opsd] stopping after {steps_this_run} steps (stop_after); resume with resume={run_dir}")
-                break
-            last = trainer.train_step()
-            records.append(last)
-            steps_this_run += 1
-            _log(writer, last, trainer.step, trainer.device)
-            history.write(json.dumps({"step": trainer.step, **last.__dict__}) + "\n")
-            history.flush()
-            if trainer.step % opsd.save_every == 0 or trainer.step == opsd.steps:
-                trainer.save_checkpoint()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.loss:.4f}", matched=f"{last.reward_matched:+.2f}",
-                            mismatched=f"{last.reward_mismatched:+.2f}")
-    except KeyboardInterrupt:
-        print(f"\n[opsd] interrupted at step {trainer.step}; continue with: python -m algorithms.opsd resume={run_dir}")
-        raise
-    finally:
-        trainer.close()  # stops rollout workers (and a local Ray cluster) on success, error or Ctrl-C
-        bar.close()
-        writer.flush()
-        history.close()
-
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "variant": opsd.variant,
-        "model": cfg.agent.model,
-        "device": str(trainer.device),
-        "step": trainer.step,
-        "steps": opsd.steps,
-        "wall_s_this_process": round(time.perf_counter() - started, 1),
-        "peak_memory_mb": round(peak_memory_mb(trainer.device), 1),
-        "last_step": None if last is None else last.__dict__,
-        "rollout": {
-            "workers": f"ray x {trainer.ray.num_workers}" if trainer.ray.enabled else "in-process",
-            "max_staleness": trainer.max_staleness,
-            "mean_idle_s": round(float(np.mean([r.idle_s for r in records])), 2) if records else None,
-            "mean_learn_s": round(float(np.mean([r.learn_s for r in records])), 2) if records else None,
-            "retries": sum(r.retries for r in records),
-        },
-    }
-    if trainer.step >= opsd.steps:
-        summary["policy_dir"] = str(trainer.save_policy())
-        if cfg.algorithm.eval.enabled:
-            results = evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, cfg.algorithm.eval, run_dir,
-                                      head_for_persona=trainer.head_of, writer=writer, step=trainer.step)
-            summary["eval"] = results["summary"]
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    writer.close()
-    return summary
+    """Trains (or continues) one OPSD run and returns its summary (see :func:`algorithms.trainer.fit`)."""
+    return fit(OPSDTrainer, cfg, run_dir, resume=resume, evaluate=_evaluate)
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluates the saved policy of a finished run with the run's own task settings."""
     device = resolve_device(cfg.device)
-    policy = MultiHeadPolicy.from_pretrained(run_dir / "policy", device=device)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "policy")
+    policy_dir = run_dir / "policy"
+    if not (policy_dir / "pluralgym_policy.json").is_file():
+        raise FileNotFoundError(f"{run_dir} has no trained policy/ yet; finish it first with resume={run_dir}.")
+    policy = MultiHeadPolicy.from_pretrained(policy_dir, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     tokenizer.padding_side = "left"
-    variant = algorithm_config(cfg).variant
-    return evaluate_policy(policy, tokenizer, build_task(cfg), cfg.algorithm.eval, run_dir,
-                           head_for_persona=(lambda p: p) if variant == "mah" else (lambda p: 0))
+    settings = algorithm_config(cfg)
+    return evaluate_policy(policy, tokenizer, build_task(cfg), settings.eval, run_dir,
+                           head_for_persona=(lambda p: p) if settings.variant == "mah" else (lambda p: 0))
+
+
+def _run_dir(resume: str | None, evaluate: str | None, fresh: str) -> str:
+    """hydra.run.dir: the run folder named by resume= / evaluate=, else a fresh one (never a stray folder)."""
+    if resume and evaluate:
+        raise ValueError("Pass resume= or evaluate=, not both.")
+    target = resume or evaluate
+    if target and not (Path(target) / "config.yaml").is_file():
+        raise ValueError(f"{'resume' if resume else 'evaluate'}={target} is not a run folder (no config.yaml "
+                         "there); pass the folder a run wrote, e.g. runs/opsd/<date_time>.")
+    return target or fresh
+
+
+if not OmegaConf.has_resolver("pg_run_dir"):
+    OmegaConf.register_new_resolver("pg_run_dir", _run_dir)
 
 
 def _run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
@@ -694,34 +333,35 @@ def _run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
     if not target:
         return cfg, Path(HydraConfig.get().runtime.output_dir), "train"
     run_dir = Path(target)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{run_dir} is not an OPSD run folder (no config.yaml there).")
-    run_cfg = OmegaConf.load(saved)
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    run_cfg.algorithm.stop_after = None  # a per-process setting: it stopped the earlier process, not this one
     # Explicit command-line overrides (other than resume/evaluate) still apply, e.g. algorithm.stop_after.
     for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+")
+        key = override.partition("=")[0].lstrip("+~")
         if key not in ("resume", "evaluate") and "." in key:
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
     return run_cfg, run_dir, "resume" if cfg.get("resume") else "evaluate"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="opsd")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
+    check_top_level(cfg, ("seed", "device", "resume", "evaluate", "overwrite", "env", "agent", "algorithm", "ray"))
     cfg, run_dir, mode = _run_config(cfg)
     if mode == "evaluate":
-        results = evaluate_run(cfg, run_dir)
-        print(results["markdown"])
+        print(evaluate_run(cfg, run_dir)["markdown"])
         return
-    if mode == "resume" and not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT} to resume from.")
     summary = train(cfg, run_dir, resume=mode == "resume")
     print(f"\n[opsd] run folder: {run_dir}")
-    print(f"[opsd] steps {summary['step']}/{summary['steps']}, wall {summary['wall_s_this_process']} s, "
+    print(f"[opsd] steps {summary['step']}/{summary['steps']}, training wall {summary['wall_s_total']} s, "
           f"peak memory {summary['peak_memory_mb']} MiB")
     if "eval" in summary:
         print((run_dir / "eval.md").read_text())
+
+
+def main() -> None:
+    """Entry point: registers the structured configs, then lets Hydra compose and run."""
+    register()
+    _main()
 
 
 if __name__ == "__main__":

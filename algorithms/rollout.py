@@ -27,7 +27,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -37,15 +36,15 @@ from torch import nn
 
 from agents import MultiHeadPolicy, generate
 from agents.models import resolve_device
-from algorithms.components import apply_lora, build_policy, build_task, read_config
-from envs.tutoring import DialogueState
+from algorithms.components import apply_lora, build_policy, build_task
+from configs.validation import check_types, require, structured
 
 Messages = list[dict[str, str]]
 
 
 @dataclass
 class RayConfig:
-    """Where rollouts run (``cfg.ray``; values in configs/ray/default.yaml).
+    """Where rollouts run: the ``ray`` config group (``ray=default``; these defaults are its only source).
 
     Attributes:
         enabled: Run rollouts in Ray actors (false: in the learner's process).
@@ -54,47 +53,46 @@ class RayConfig:
         num_cpus_per_worker: CPUs each actor reserves (also its torch thread count).
         num_gpus_per_worker: GPUs each actor reserves (> 0 puts its policy copy on CUDA).
         num_shards: Requests per step (null: one per worker; one in-process). Sampling seeds depend
-            on the shard, so equal shards give equal dialogues whatever runs them.
+            on the shard, so equal shards give equal episodes whatever runs them.
         max_staleness: 0: workers wait for the newest weights (on-policy); 1: they collect the next
             step while the learner updates, with weights one update old.
         max_failures: Consecutive deaths of one worker before the run stops with an error (Ray
             restarts a dead actor up to this many times).
         startup_timeout_s: How long to wait for the actors to start.
         log_to_driver: Show the workers' output in this process.
-        runtime_env: Ray runtime environment for the workers (``env_vars``, ``working_dir``, ``pip``...).
+        runtime_env: Ray runtime environment for the workers (``env_vars``, ``working_dir``, ``pip``...),
+            e.g. ``{working_dir: ., env_vars: {HF_HOME: /data/hf}}`` for a cluster.
     """
 
-    enabled: bool
-    address: str | None
-    num_workers: int
-    num_cpus_per_worker: float
-    num_gpus_per_worker: float
-    num_shards: int | None
-    max_staleness: int
-    max_failures: int
-    startup_timeout_s: float
-    log_to_driver: bool
-    runtime_env: dict = field(default_factory=dict)
+    enabled: bool = False
+    address: str | None = None
+    num_workers: int = 2
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    num_shards: int | None = None
+    max_staleness: int = 0
+    max_failures: int = 3
+    startup_timeout_s: float = 300.0
+    log_to_driver: bool = True
+    runtime_env: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.max_staleness not in (0, 1):
-            raise ValueError(f"ray.max_staleness must be 0 or 1, got {self.max_staleness}: each step continues the "
-                             "dialogues of the one before, so at most one step can be collected ahead.")
-        if self.num_workers < 1 or self.max_failures < 0 or (self.num_shards is not None and self.num_shards < 1):
-            raise ValueError("ray.num_workers and ray.num_shards must be >= 1 and ray.max_failures >= 0, got "
-                             f"{self.num_workers}, {self.num_shards} and {self.max_failures}.")
-        if self.num_cpus_per_worker < 0 or self.num_gpus_per_worker < 0:
-            raise ValueError("ray.num_cpus_per_worker and ray.num_gpus_per_worker cannot be negative.")
+        check_types(self, "ray")
+        require(self.max_staleness in (0, 1), "ray.max_staleness", self.max_staleness,
+                "must be 0 or 1 (each step continues the episodes of the one before, so at most one step can be "
+                "collected ahead)")
+        require(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be an integer >= 1")
+        require(self.num_shards is None or self.num_shards >= 1, "ray.num_shards", self.num_shards,
+                "must be null or an integer >= 1")
+        require(self.max_failures >= 0, "ray.max_failures", self.max_failures, "must be an integer >= 0")
+        require(self.num_cpus_per_worker >= 0, "ray.num_cpus_per_worker", self.num_cpus_per_worker, "must be >= 0")
+        require(self.num_gpus_per_worker >= 0, "ray.num_gpus_per_worker", self.num_gpus_per_worker, "must be >= 0")
+        require(self.startup_timeout_s > 0, "ray.startup_timeout_s", self.startup_timeout_s, "must be > 0")
 
 
 def ray_config(cfg: DictConfig) -> RayConfig:
-    """Reads ``cfg.ray``; a config saved before the ray group existed gets its defaults (in-process)."""
-    node = cfg.get("ray")
-    if node is None:
-        import configs
-
-        node = OmegaConf.load(Path(configs.__file__).parent / "ray" / "default.yaml")
-    return read_config(RayConfig, node, where="ray", compare_with="configs/ray/default.yaml")
+    """The ``ray`` node as a checked :class:`RayConfig` (a config saved without one gets the defaults)."""
+    return structured(RayConfig, cfg.get("ray"), "ray")
 
 
 @dataclass
@@ -120,7 +118,7 @@ class RolloutRequest:
     heads: list[int]
     version: int
     gen_seed: int
-    states: list[DialogueState] | None = None
+    states: list[dict] | None = None
     reset_seeds: list[int] | None = None
 
     def __post_init__(self):
@@ -153,6 +151,8 @@ class RolloutResult:
         states: ``B`` dialogue states after the turn, to continue from.
         gen_s: Seconds spent sampling; env_s: seconds spent in the env (students and judge).
         worker: Name of the worker that ran it (with its process id).
+        chat: Traffic of the task's chat clients during the turn (``requests``, ``retries``,
+            ``failures``, ``fallbacks``, ...; empty when no plug-in talks to a chat model).
     """
 
     step: int
@@ -172,10 +172,11 @@ class RolloutResult:
     rewards: list[float]
     labels: list[dict[str, str]]
     turn_index: list[int]
-    states: list[DialogueState]
+    states: list[dict]
     gen_s: float = 0.0
     env_s: float = 0.0
     worker: str = ""
+    chat: dict[str, int] = field(default_factory=dict)
 
     @property
     def turn_ids(self) -> list[str]:
@@ -224,6 +225,7 @@ def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResul
         turn_index=cat("turn_index"), states=cat("states"),
         gen_s=sum(r.gen_s for r in results), env_s=sum(r.env_s for r in results),
         worker=",".join(sorted({r.worker for r in results})),
+        chat={k: sum(r.chat.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.chat})},
     )
 
 
@@ -260,8 +262,8 @@ class RolloutWorker:
         algo = cfg.algorithm
         self.shared = policy is not None
         if policy is None:
-            names = self.task.persona_names
-            policy, tokenizer = build_policy(cfg, names, algo.variant, self.device)
+            names = [p.name for p in self.task.personas]
+            policy, tokenizer, _ = build_policy(cfg, names, algo.get("variant", "mah"), self.device)
             if algo.trainable == "lora":
                 apply_lora(policy, algo.lora)
             policy.requires_grad_(False)
@@ -314,7 +316,7 @@ class RolloutWorker:
             prompts, _ = batch.reset(seed=[int(s) for s in request.reset_seeds])
         else:
             batch.set_states(request.states)
-            prompts = [[dict(m) for m in state.messages] for state in request.states]
+            prompts = [[dict(m) for m in state["messages"]] for state in request.states]
 
         start = time.perf_counter()
         policy = self.policy
@@ -330,8 +332,10 @@ class RolloutWorker:
         gen_s = time.perf_counter() - start
 
         start = time.perf_counter()
+        chat_before = self.task.chat_counters()
         _, rewards, _, _, infos = batch.step(texts)
         env_s = time.perf_counter() - start
+        chat_after = self.task.chat_counters()
         return RolloutResult(
             step=request.step, shard=request.shard, version=self.version, uids=list(request.uids),
             personas=list(request.personas), heads=list(request.heads), prompts=prompts,
@@ -341,6 +345,7 @@ class RolloutWorker:
             rewards=[float(r) for r in rewards], labels=[dict(info["label"]) for info in infos],
             turn_index=[int(info["turn"]) for info in infos], states=batch.get_states(),
             gen_s=gen_s, env_s=env_s, worker=f"{self.name} (pid {os.getpid()})",
+            chat={k: v - chat_before.get(k, 0) for k, v in chat_after.items()},
         )
 
 
@@ -389,9 +394,11 @@ class LocalRolloutPool:
         self.worker = worker
 
     def publish(self, version: int, policy: MultiHeadPolicy) -> None:
+        """Notes the version: the worker shares the learner's weights, so nothing moves."""
         self.worker.note_version(version)
 
     def submit(self, requests: Sequence[RolloutRequest]) -> Submission:
+        """Runs the requests now, in this process."""
         start = time.perf_counter()
         results = [self.worker.collect(r) for r in requests]
         return Submission(list(requests), results=results, run_s=time.perf_counter() - start)
@@ -401,6 +408,7 @@ class LocalRolloutPool:
         return Collected(sorted(submission.results, key=lambda r: r.shard), wait_s=submission.run_s)
 
     def close(self) -> None:
+        """Nothing to stop in-process."""
         pass
 
 
@@ -417,6 +425,7 @@ class RayRolloutWorker(RolloutWorker):
         super().__init__(cfg, name=name)
 
     def ready(self) -> dict[str, Any]:
+        """Answers once the actor is up: its name, process id and device."""
         return {"name": self.name, "pid": os.getpid(), "device": str(self.device)}
 
     def collect_version(self, version: int, weights: list, request: RolloutRequest) -> RolloutResult:

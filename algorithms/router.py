@@ -36,13 +36,11 @@ Outputs in the run folder: ``router/`` (the router), ``summary.json``, ``history
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -53,20 +51,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, set_seed
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.models import resolve_device
-from algorithms.components import build_task, read_config
+from algorithms.components import build_task
+from algorithms.runs import json_line, write_json
 from algorithms.tasks import TutoringTask, split_topics
-from envs.chat import ChatBacked
-from envs.judges.base import LABEL_SCORE, FallbackCounter, JudgeDialogue
-from envs.judges.heuristic import satisfaction_label
-from envs.judges.llm import format_dialogue
+from configs import check_top_level, register
+from configs.validation import check_types, require, require_choice, structured
+from envs.judges.base import LABEL_SCORE, JudgeDialogue
+from envs.judges.pairwise import PairwiseComparison, PairwiseJudge
 from envs.students.base import STUDENT_TYPES, StudentContext
 
 METHODS = ("matched", "pairwise", "hedge")
-PREFERENCE_LEVELS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 Messages = list[dict[str, str]]
 
 
@@ -77,13 +75,13 @@ Messages = list[dict[str, str]]
 
 @dataclass
 class RouterConfig:
-    """Hyper-parameters of router learning (values live in configs/router.yaml, node ``router``).
+    """Hyper-parameters of router learning (node ``router`` of configs/router.yaml; only source of these defaults).
 
     Attributes:
         method: ``matched``, ``pairwise`` or ``hedge`` (see the module docstring).
-        hidden_dim: Width of the router MLP's hidden layers.
-        num_layers: Linear layers of the router MLP.
-        dropout: Dropout after each hidden layer.
+        hidden_dim: Width of the router MLP's hidden layers (512, as in the paper).
+        num_layers: Linear layers of the router MLP (3, as in the paper).
+        dropout: Dropout after each hidden layer (0.1, as in the paper).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         epochs: Passes over the training prefixes.
@@ -118,16 +116,19 @@ class RouterConfig:
     feature_cache: str | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"router.method must be one of {METHODS}, got '{self.method}'.")
+        check_types(self, "router")
+        require_choice("router.method", self.method, METHODS)
+        require_choice("router.select_by", self.select_by, ("auto", "accuracy", "preference", "loss"))
         if self.select_by == "auto":
             self.select_by = "preference" if self.method == "pairwise" else "accuracy"
-        if self.select_by not in ("accuracy", "preference", "loss"):
-            raise ValueError(f"router.select_by must be accuracy, preference, loss or auto, got '{self.select_by}'.")
-        if self.hedge_loss not in ("satisfaction", "pairwise"):
-            raise ValueError(f"router.hedge_loss must be satisfaction or pairwise, got '{self.hedge_loss}'.")
-        if self.epochs < 1 or self.batch_size < 1 or self.hedge_tau <= 0:
-            raise ValueError("router.epochs and router.batch_size must be positive, router.hedge_tau > 0.")
+        require_choice("router.hedge_loss", self.hedge_loss, ("satisfaction", "pairwise"))
+        for key in ("hidden_dim", "num_layers", "epochs", "batch_size", "feature_batch_size"):
+            require(getattr(self, key) >= 1, f"router.{key}", getattr(self, key), "must be an integer >= 1")
+        require(0 <= self.dropout < 1, "router.dropout", self.dropout, "must be in [0, 1)")
+        require(self.lr > 0, "router.lr", self.lr, "must be a number > 0")
+        require(self.weight_decay >= 0, "router.weight_decay", self.weight_decay, "must be >= 0")
+        require(self.entropy_coef >= 0, "router.entropy_coef", self.entropy_coef, "must be >= 0")
+        require(self.hedge_tau > 0, "router.hedge_tau", self.hedge_tau, "must be a number > 0")
 
     @property
     def needs_candidates(self) -> bool:
@@ -140,36 +141,41 @@ class RouterDataConfig:
     """How the router's training prefixes are collected (node ``data`` of configs/router.yaml).
 
     Attributes:
-        dialogues: Training dialogues (training topics, both student types, balanced).
-        val_dialogues: Validation dialogues (a disjoint slice of the training topics).
-        val_every: Every n-th training topic is reserved for validation dialogues.
-        turns: Generated teacher turns per dialogue; the prefix before each is one example.
-        matched_fraction: Share of dialogues driven by the matched head (the rest by another head).
+        dialogues: Training episodes (training contexts, every persona label, half matched / half
+            mismatched head). 32 overfit on tutoring: validation accuracy 0.875 vs 0.896 with 128.
+        val_dialogues: Validation episodes (a disjoint slice of the training contexts).
+        val_every: Every n-th training context is reserved for validation episodes.
+        turns: Generated turns per episode; the prefix before each is one example.
+        matched_fraction: Share of episodes driven by the matched head (the rest by another head).
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature of the rollouts and the candidates.
         gen_batch_size: Prompts per ``generate`` call (null: all at once).
     """
 
-    dialogues: int
-    val_dialogues: int
-    val_every: int
-    turns: int
-    matched_fraction: float
-    max_new_tokens: int
-    temperature: float
-    gen_batch_size: int | None
+    dialogues: int = 128
+    val_dialogues: int = 16
+    val_every: int = 5
+    turns: int = 3
+    matched_fraction: float = 0.5
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    gen_batch_size: int | None = None
 
     def __post_init__(self):
-        if self.dialogues < 1 or self.val_dialogues < 1 or self.turns < 1:
-            raise ValueError("data.dialogues, data.val_dialogues and data.turns must be positive.")
-        if not 0.0 <= self.matched_fraction <= 1.0:
-            raise ValueError(f"data.matched_fraction must be in [0, 1], got {self.matched_fraction}.")
+        check_types(self, "data")
+        for key in ("dialogues", "val_dialogues", "turns", "max_new_tokens"):
+            require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "must be an integer >= 1")
+        require(self.val_every >= 2, "data.val_every", self.val_every, "must be an integer >= 2")
+        require(0.0 <= self.matched_fraction <= 1.0, "data.matched_fraction", self.matched_fraction,
+                "must be in [0, 1]")
+        require(self.temperature >= 0, "data.temperature", self.temperature, "must be >= 0")
+        require(self.gen_batch_size is None or self.gen_batch_size >= 1, "data.gen_batch_size", self.gen_batch_size,
+                "must be null or an integer >= 1")
 
 
 def router_config(cfg: DictConfig) -> tuple[RouterConfig, RouterDataConfig]:
-    """Reads ``cfg.router`` and ``cfg.data``, naming any unknown or missing key."""
-    return (read_config(RouterConfig, cfg.get("router"), where="router", compare_with="configs/router.yaml"),
-            read_config(RouterDataConfig, cfg.get("data"), where="data", compare_with="configs/router.yaml"))
+    """Reads ``cfg.router`` and ``cfg.data`` into checked configs (ConfigError names a bad key)."""
+    return structured(RouterConfig, cfg.get("router"), "router"), structured(RouterDataConfig, cfg.get("data"), "data")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,143 +288,6 @@ def reaction_head_losses(weights: torch.Tensor, reward: torch.Tensor) -> torch.T
         ``(B, K)`` losses.
     """
     return -reward.float().unsqueeze(-1) * weights.float()
-
-
-# ----------------------------------------------------------------------------------------------
-# Pairwise judges: is head d's candidate better than the equal blend's?
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairwiseComparison:
-    """Two candidate teacher turns written from the same dialogue prefix, with the student's answers.
-
-    Attributes:
-        topic: The session's topic.
-        prefix: The dialogue so far (roles ``system`` / ``teacher`` / ``student``).
-        first: The first candidate turn (a head's).
-        second: The second candidate turn (the baseline's, e.g. the equal blend's).
-        first_reply: The student's answer to ``first`` ("" when not available).
-        second_reply: The student's answer to ``second``.
-    """
-
-    topic: str
-    prefix: Messages
-    first: str
-    second: str
-    first_reply: str = ""
-    second_reply: str = ""
-
-
-@runtime_checkable
-class PairwiseJudge(Protocol):
-    """Scores the first candidate against the second, on ``PREFERENCE_LEVELS`` (positive: first is better)."""
-
-    def compare_batch(self, comparisons: Sequence[PairwiseComparison]) -> list[float]: ...
-
-
-class HeuristicPairwiseJudge:
-    """Offline pairwise judge: half the difference of the two answers' satisfaction scores.
-
-    Each answer is labelled by the rule-based satisfaction reader (good +1, neutral 0, bad -1), so
-    the verdict ``(score_first - score_second) / 2`` falls on ``{-1, -0.5, 0, 0.5, 1}``.
-    """
-
-    def compare_batch(self, comparisons: Sequence[PairwiseComparison]) -> list[float]:
-        out = []
-        for c in comparisons:
-            first = LABEL_SCORE[satisfaction_label(c.first_reply)[0]]
-            second = LABEL_SCORE[satisfaction_label(c.second_reply)[0]]
-            out.append((first - second) / 2.0)
-        return out
-
-
-PAIRWISE_SYSTEM = ("You referee tutoring sessions: you weigh two possible teacher turns against each other "
-                   "and say which one helped the student more. Your whole answer is one JSON object.")
-
-PAIRWISE_TEMPLATE = """The session is about: {topic}
-
-What has been said so far:
-{dialogue}
-
-From this point, two different next turns were tried out, and the student answered each of them.
-
-Option A (teacher): {a}
-Student's answer to option A: {reply_a}
-
-Option B (teacher): {b}
-Student's answer to option B: {reply_b}
-
-This student learns best in one particular way, which they do not spell out and which you are not
-told; the only evidence is how they answer. An answer showing curiosity, energy or genuine
-reasoning about the material means the turn suited them. A flat, confused, irritated or nervous
-answer, or a wish to learn it some other way, means it did not. Judge which option served this
-student better as the next step of the lesson; ignore length and polish.
-
-Pick "verdict" from exactly these five: "A much better", "A slightly better", "tie",
-"B slightly better", "B much better".
-Answer with this JSON shape only: {{"reason": "one or two sentences", "verdict": "..."}}"""
-
-VERDICTS = {"a much better": 1.0, "a slightly better": 0.5, "tie": 0.0, "b slightly better": -0.5,
-            "b much better": -1.0}
-
-
-def parse_verdict(data: Any) -> tuple[float | None, str | None]:
-    """Preference of option A over B from a parsed JSON reply; ``(None, why)`` when unusable."""
-    if not isinstance(data, dict):
-        return None, f"reply is {type(data).__name__}, not a JSON object"
-    verdict = data.get("verdict")
-    if isinstance(verdict, (int, float)) and not isinstance(verdict, bool) and float(verdict) in PREFERENCE_LEVELS:
-        return float(verdict), None
-    key = " ".join(str(verdict or "").strip().strip('".').lower().replace(">", " ").split())
-    if key in VERDICTS:
-        return VERDICTS[key], None
-    return None, f"unknown verdict {verdict!r}"
-
-
-class LLMPairwiseJudge(ChatBacked):
-    """Pairwise judge run by a chat model (any ``envs.chat.ChatClient``) through ``chat_json_batch``.
-
-    The two candidates are shown as A and B in a random order per comparison (from ``seed``), so a
-    model that favours one position cannot favour the head; the verdict is mapped back to the first
-    candidate's side. An unusable reply counts as a tie and is recorded in ``counter``.
-
-    Args:
-        client: The chat client; default ``LocalChatClient()`` on first use.
-        max_tokens: Reply length bound.
-        temperature: Sampling temperature.
-        seed: Seeds the A/B order.
-    """
-
-    def __init__(self, client: Any = None, max_tokens: int | None = 300, temperature: float | None = 0.0,
-                 seed: int = 0):
-        super().__init__(client, max_tokens, temperature)
-        self.rng = random.Random(seed)
-        self.counter = FallbackCounter()
-
-    def build_conversation(self, c: PairwiseComparison, swap: bool) -> Messages:
-        a, b = (c.second, c.first) if swap else (c.first, c.second)
-        ra, rb = (c.second_reply, c.first_reply) if swap else (c.first_reply, c.second_reply)
-        dialogue = format_dialogue(JudgeDialogue(c.topic, c.prefix), [])
-        user = PAIRWISE_TEMPLATE.format(topic=c.topic, dialogue=dialogue, a=a, b=b,
-                                        reply_a=ra or "(no answer)", reply_b=rb or "(no answer)")
-        return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
-
-    def compare_batch(self, comparisons: Sequence[PairwiseComparison]) -> list[float]:
-        if not comparisons:
-            return []
-        swaps = [self.rng.random() < 0.5 for _ in comparisons]
-        conversations = [self.build_conversation(c, s) for c, s in zip(comparisons, swaps)]
-        replies = self.client.chat_json_batch(conversations, default={}, max_tokens=self.max_tokens,
-                                              temperature=self.temperature)
-        out = []
-        for reply, swap in zip(replies, swaps):
-            ok = getattr(reply, "ok", True)
-            value, error = parse_verdict(getattr(reply, "data", reply)) if ok else (None, "malformed JSON reply")
-            self.counter.record(error)
-            value = 0.0 if value is None else value
-            out.append(-value if swap else value)
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -607,6 +476,7 @@ class RouterData:
         return self.features.shape[0]
 
     def subset(self, idx: torch.Tensor) -> RouterData:
+        """The rows ``idx`` of every tensor."""
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return RouterData(self.features[idx], self.target[idx], self.turn[idx], pick(self.deltas),
                           pick(self.head_losses))
@@ -761,12 +631,6 @@ def load_router(path: str | Path, device: str | torch.device = "cpu") -> Router:
     return Router.from_pretrained(path / "router" if (path / "router").is_dir() else path, device=device).eval()
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Collects prefixes with the frozen policy of ``cfg.policy``, trains a router and saves it.
 
@@ -784,7 +648,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     started = time.perf_counter()
-    _seed_everything(cfg.seed)
+    set_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
     policy, tokenizer, _ = load_run(cfg.policy, device)
     for t in STUDENT_TYPES:
@@ -825,10 +689,10 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     fit_s = time.perf_counter() - stamp
     fit.router.save_pretrained(out_dir / "router")
     with (out_dir / "history.jsonl").open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in fit.history)
+        f.writelines(json_line(row) for row in fit.history)
     with (out_dir / "data.jsonl").open("w") as f:
         for split, examples in (("train", train_ex), ("val", val_ex)):
-            f.writelines(json.dumps({"split": split, **asdict(e)}) + "\n" for e in examples)
+            f.writelines(json_line({"split": split, **asdict(e)}) for e in examples)
 
     def rate(examples, key):
         vals = [s for e in examples if getattr(e, key) is not None for s in np.atleast_1d(getattr(e, key))]
@@ -853,12 +717,13 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "fit_s": round(fit_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="router")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
+    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "data"))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = train(cfg, out_dir)
     val = summary["val"]
@@ -868,6 +733,12 @@ def main(cfg: DictConfig) -> None:
           + (f", expected preference {val['preference']:+.3f}" if "preference" in val else ""))
     print(f"[router] wall {summary['wall_s']} s; benchmark it with: python -m algorithms.benchmark env=tutoring "
           f"policy={summary['policy']} router={out_dir}")
+
+
+def main() -> None:
+    """Entry point: registers the structured configs, then lets Hydra compose and run."""
+    register()
+    _main()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ only by one block that holds the persona and the feedback. :class:`TutoringTask`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from envs.chat import chat_counters
 from envs.data import load_tutoring_topics
-from envs.tutoring import TutoringBatch
+from envs.tutoring import MAX_TURNS, TutoringBatch
 
 Messages = list[dict[str, str]]
 
@@ -40,6 +42,11 @@ class Persona:
     name: str
     label: str
     description: str
+
+
+def count_questions(text: str) -> int:
+    """Number of questions in a teacher turn (each run of '?' counts once)."""
+    return len(re.findall(r"\?+", text))
 
 
 def split_topics(topics: Sequence[str], heldout_every: int) -> tuple[list[str], list[str]]:
@@ -71,7 +78,7 @@ class TutoringTask:
         student: Any,
         satisfaction_judge: Any,
         style_judge: Any = None,
-        max_turns: int = 6,
+        max_turns: int = MAX_TURNS,
         heldout_every: int = 5,
         env_kwargs: dict[str, Any] | None = None,
     ):
@@ -89,6 +96,7 @@ class TutoringTask:
 
     @property
     def persona_names(self) -> list[str]:
+        """The personas' names, one per head."""
         return [p.name for p in self.personas]
 
     def make_batch(self, num: int, *, heldout: bool = False, **overrides: Any) -> TutoringBatch:
@@ -107,6 +115,15 @@ class TutoringTask:
     def actions(texts: Sequence[str]) -> list[str]:
         """Sampled teacher turns as env actions: stripped, an empty one replaced by ``EMPTY_TURN``."""
         return [text.strip() or EMPTY_TURN for text in texts]
+
+    def chat_counters(self) -> dict[str, int]:
+        """Traffic counters of the chat models behind the student and the judges (empty when none)."""
+        return chat_counters(self.student, self.satisfaction_judge, self.style_judge)
+
+    @staticmethod
+    def step_metrics(texts: Sequence[str]) -> dict[str, list[float]]:
+        """Per-turn figures the trainer logs for each persona: questions asked per turn."""
+        return {"questions_per_turn": [float(count_questions(t)) for t in texts]}
 
     def teacher_messages(self, obs: Messages, persona: Persona, feedback: str) -> Messages:
         """The privileged prompt: the policy's prompt plus one final block with the style and the reaction.

@@ -54,7 +54,9 @@ def step_worker(args) -> dict:
     """Runs in a child process: times ``args.repeats`` learner steps for ``args.heads`` heads."""
     from agents import MultiHeadPolicy, load_backbone
     from agents.models import resolve_device
-    from algorithms.opsd import distill_step, make_optimizer, peak_memory_mb
+    from algorithms.components import make_optimizer
+    from algorithms.opsd import distill_step
+    from algorithms.runs import peak_memory_mb
 
     device = resolve_device(args.device)
     backbone = load_backbone(args.model, device=device)
@@ -107,7 +109,8 @@ def loss_comparison(vocab: int, rows: int, tokens: int, k: int, repeats: int = 5
             samples.append(time.perf_counter() - start)
         timing[name] = statistics.median(samples)
     diff = float((ours() - trl()).abs().max())
-    return {"shape": [rows, tokens, vocab], "k": k, "ours_s": round(timing["ours"], 4), "trl_s": round(timing["trl"], 4),
+    return {"shape": [rows, tokens, vocab], "k": k, "ours_s": round(timing["ours"], 4),
+            "trl_s": round(timing["trl"], 4),
             "max_abs_diff": diff, "agree_1e-5": diff <= 1e-5}
 
 

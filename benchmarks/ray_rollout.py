@@ -29,20 +29,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 import algorithms.opsd as opsd
+import configs
 from algorithms.rollout import merge_results
-
-CONFIGS = str(Path(opsd.__file__).resolve().parent.parent / "configs")
 
 
 def config(args, *overrides):
-    with initialize_config_dir(CONFIGS, version_base="1.3"):
+    configs.register()
+    with initialize_config_module("configs", version_base="1.3"):
         return compose("opsd", overrides=[
             f"agent.model={args.model}", "device=cpu", "algorithm.eval.enabled=false", "ray.log_to_driver=false",
-            f"algorithm.dialogues_per_persona={args.dialogues}", f"algorithm.max_new_tokens={args.new_tokens}",
-            f"algorithm.turns_per_dialogue={max(args.turns, 2)}", *overrides,
+            f"algorithm.episodes_per_persona={args.dialogues}", f"algorithm.max_new_tokens={args.new_tokens}",
+            f"algorithm.turns_per_episode={max(args.turns, 2)}", *overrides,
         ])
 
 
@@ -58,7 +58,7 @@ def throughput(args, name: str, *overrides) -> dict:
             for step in range(args.turns):
                 collected = trainer.pool.wait(trainer.pool.submit(trainer.requests(step)))
                 result = merge_results(collected.results, trainer.tokenizer.pad_token_id)
-                trainer.dialogues = result.states
+                trainer.episodes = result.states
                 turns += len(result.uids)
             elapsed = time.perf_counter() - start
         finally:
@@ -90,10 +90,10 @@ def overlap(args, staleness: int) -> dict:
     row = {
         "max_staleness": staleness,
         "steps": args.steps,
-        "idle_s_per_step": round(float(np.mean([r.idle_s for r in records[steady]])), 2),
-        "learn_s_per_step": round(float(np.mean([r.learn_s for r in records[steady]])), 2),
+        "idle_s_per_step": round(float(np.mean([r["perf/idle_s"] for r in records[steady]])), 2),
+        "learn_s_per_step": round(float(np.mean([r["perf/learn_s"] for r in records[steady]])), 2),
         "wall_s_per_step": round(float(np.mean(walls[steady])), 2),
-        "staleness": [r.staleness for r in records],
+        "staleness": [r["rollout/staleness"] for r in records],
     }
     print(f"[ray_rollout] max_staleness={staleness}: learner idle {row['idle_s_per_step']} s/step, learning "
           f"{row['learn_s_per_step']} s/step, wall {row['wall_s_per_step']} s/step", flush=True)

@@ -1,1 +1,148 @@
-"""Hydra configuration groups shipped with the package (found by the apps under algorithms/)."""
+"""Hydra configuration of the entry points (``python -m algorithms.opsd``, ``.router``, ``.benchmark``).
+
+Where each default lives, once:
+
+- trainer settings: the config dataclasses next to the code that uses them (``OPSDConfig`` in
+  ``algorithms/opsd.py``, ``RayConfig`` in ``algorithms/rollout.py``, ``AgentConfig`` in
+  ``agents/models.py``, ...). They are registered here as structured configs, so Hydra checks
+  types when it composes, and their ``__post_init__`` checks ranges before anything is loaded.
+- plug-ins (students, judges, chat clients, tasks): their constructor signatures. hydra-zen turns
+  each signature into a config node, so every argument shows in a run's ``config.yaml`` and can be
+  overridden from the command line (``student.noise=0.2``).
+
+The YAML files in this folder only choose components and hold the values a preset changes
+(``algorithm=opsd_quick``, the personas of ``env=tutoring``). A key that does not exist fails at
+start-up with a message that names it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+_registered = False
+
+
+def register() -> None:
+    """Registers every structured config with Hydra's ConfigStore (idempotent; call before composing)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+    from hydra_zen import builds, make_config
+
+    from agents.models import AgentConfig
+    from algorithms.benchmark import BenchmarkConfig
+    from algorithms.opsd import OPSDConfig
+    from algorithms.rollout import RayConfig
+    from algorithms.router import RouterConfig, RouterDataConfig
+    from algorithms.tasks import TutoringTask
+    from envs.chat import LocalChatClient, OpenAIChatClient
+    from envs.judges import (
+        HeuristicPairwiseJudge,
+        HeuristicSatisfactionJudge,
+        HeuristicStyleJudge,
+        LLMPairwiseJudge,
+        LLMSatisfactionJudge,
+        LLMStyleJudge,
+    )
+    from envs.students import ChatModelStudent, ScriptedStudent
+
+    def plugin(target: Any, **kwargs: Any) -> Any:
+        return builds(target, populate_full_signature=True, **kwargs)
+
+    with_chat = ["_self_", {"/chat@client": "local"}]  # the client node comes from the chat group
+    cs = ConfigStore.instance()
+    entries = {
+        "agent": {"smollm2": AgentConfig},
+        "algorithm": {"opsd": OPSDConfig},
+        "ray": {"default": RayConfig},
+        "router_settings": {"default": RouterConfig},
+        "router_data": {"default": RouterDataConfig},
+        "benchmark_settings": {"default": BenchmarkConfig},
+        "chat": {"local": plugin(LocalChatClient), "openai": plugin(OpenAIChatClient)},
+        "student": {"scripted": plugin(ScriptedStudent),
+                    "chat_model": plugin(ChatModelStudent, hydra_defaults=with_chat)},
+        "judge": {
+            "heuristic": make_config(style=plugin(HeuristicStyleJudge),
+                                     satisfaction=plugin(HeuristicSatisfactionJudge)),
+            "llm": make_config(client=None, style=plugin(LLMStyleJudge, client="${..client}"),
+                               satisfaction=plugin(LLMSatisfactionJudge, client="${..client}"),
+                               hydra_defaults=with_chat),
+        },
+        "pairwise_judge": {"heuristic": plugin(HeuristicPairwiseJudge),
+                           "llm": plugin(LLMPairwiseJudge, seed="${seed}", hydra_defaults=with_chat)},
+        "task": {"tutoring": plugin(TutoringTask)},
+    }
+    for group in ("student", "pairwise_judge"):  # any class: <group>=custom <group>._target_=mypkg.X +<group>.arg=...
+        entries[group]["custom"] = {"_target_": "???"}
+    for group, options in entries.items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
+    _registered = True
+
+
+# Top-level keys every entry point accepts besides its own: the plug-in nodes that env configs put
+# at the top level (``student=...``, ``judge=...``).
+PLUGIN_KEYS = ("student", "judge", "pairwise_judge")
+
+
+def check_top_level(cfg: Any, own_keys: tuple[str, ...]) -> None:
+    """Refuses top-level keys that nothing reads (``+chat=openai``, ``+learning_rate=...``).
+
+    Args:
+        cfg: The composed config.
+        own_keys: The entry point's own top-level keys.
+
+    Raises:
+        configs.validation.ConfigError: naming the first unknown key, with a hint for ``chat``.
+    """
+    from configs.validation import ConfigError
+
+    allowed = set(own_keys) | set(PLUGIN_KEYS) | {"hydra"}
+    for key in cfg:
+        if key in allowed:
+            continue
+        if key == "chat":
+            raise ConfigError(
+                "The top-level key 'chat' is read by nothing: the chat group picks the backend of one plug-in "
+                "at a time, e.g. chat@student.client=openai or chat@judge.client=openai (then "
+                "student.client.model=... or judge.client.model=...).")
+        raise ConfigError(f"Unknown top-level key '{key}'; this entry point reads: {', '.join(sorted(allowed))}.")
+
+
+def _walk(node: Any, path: str = ""):
+    """Yields ``(key path, key, value)`` for every entry of nested dicts and lists."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield f"{path}{key}", str(key), value
+        yield from _walk(value, f"{path}{key}.")
+
+
+class StartupChecks:
+    """A Hydra callback (``hydra.callbacks`` in common.yaml) that vets the composed config before Hydra saves it.
+
+    It runs before the run folder or its ``.hydra/`` copy of the config is written, so an API key
+    pasted where the NAME of its environment variable belongs (``...client.api_key_env=sk-...``)
+    stops the run without ever reaching a file.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        """Refuses an API key given where the name of its environment variable belongs."""
+        from omegaconf import OmegaConf
+
+        from envs.chat import check_api_key_env
+
+        for path, key, value in _walk(OmegaConf.to_container(config, resolve=False)):
+            if key == "api_key_env" and isinstance(value, str) and not value.startswith("${"):
+                try:
+                    check_api_key_env(value)
+                except Exception as err:  # noqa: BLE001
+                    # Hydra turns an exception raised by a callback into a warning and goes on to save
+                    # the config; SystemExit is the one way to stop it first.
+                    print(f"Error: {path}: {err}", file=sys.stderr)
+                    raise SystemExit(2) from None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """The same check for a multirun."""
+        self.on_run_start(config)

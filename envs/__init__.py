@@ -5,9 +5,11 @@ Importing ``envs`` registers every environment id under the ``pluralgym/`` names
 
 import gymnasium
 
+from envs import tutoring
+
 _ENVS = [
     # (id, entry point, max_episode_steps)
-    ("pluralgym/Tutoring-v0", "envs.tutoring:TutoringEnv", 6),
+    ("pluralgym/Tutoring-v0", "envs.tutoring:TutoringEnv", tutoring.MAX_TURNS),
 ]
 
 for _id, _entry_point, _steps in _ENVS:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import copy
 import string
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +12,13 @@ from gymnasium import spaces
 
 from envs.data import load_tutoring_topics
 from envs.judges.base import JudgeDialogue, SatisfactionJudge, TurnJudgement
-from envs.students.base import REACTIONS, STUDENT_TYPES, StudentContext, StudentSimulator, check_labels
+from envs.students.base import (
+    REACTIONS,
+    STUDENT_TYPES,
+    StudentContext,
+    StudentSimulator,
+    check_labels,
+)
 
 MAX_ACTION_CHARS = 2000
 MAX_REPLY_CHARS = 2000
@@ -22,14 +27,13 @@ MAX_TURNS = 6
 
 
 
-@dataclass
-class DialogueState:
+class DialogueState(TypedDict):
     """Everything that determines how a tutoring dialogue goes on (see ``TutoringEnv.get_state``).
 
-    Small and picklable, so a dialogue can be checkpointed or continued in another process (a
-    rollout worker) with exactly the draws it would have made here.
+    Plain JSON-compatible data, so a dialogue can be checkpointed (as JSON, never a pickle) or
+    continued in another process (a rollout worker) with exactly the draws it would have made here.
 
-    Attributes:
+    Keys:
         messages: The dialogue so far, as in the observation.
         topic: The episode's topic.
         student_type: The hidden preference.
@@ -45,7 +49,7 @@ class DialogueState:
     reaction: str
     turn: int
     rng_state: dict[str, Any]
-    done: bool = False
+    done: bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,9 +68,11 @@ class ChatText(spaces.Text):
         super().__init__(max_length, min_length=min_length, charset=charset, seed=seed)
 
     def contains(self, x: Any) -> bool:
+        """Any string within the length bounds."""
         return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
     def sample(self, mask: Any = None, probability: Any = None) -> str:
+        """A random readable string that is never blank."""
         text = super().sample(mask=mask, probability=probability)
         if self.min_length > 0 and not text.strip():
             text = "?" + text[1:]
@@ -93,6 +99,7 @@ class ChatMessages(spaces.Sequence):
         super().__init__(message, seed=seed)
 
     def contains(self, x: Any) -> bool:
+        """A list or tuple of messages, each a valid role and content."""
         return isinstance(x, (list, tuple)) and all(self.feature_space.contains(item) for item in x)
 
 
@@ -183,7 +190,8 @@ class TutoringEnv(gym.Env):
     self-distillation; it is also appended to the next observation). The reward is the
     satisfaction judge's verdict on that reply: +1 good, 0 neutral, -1 bad (the judge reads only
     the reply, not the hidden preference). ``info["label"]`` holds the hidden ground truth
-    ``{"student_type": ..., "reaction": ...}``; ``info["satisfaction"]`` the judge's label.
+    ``{"persona": ..., "student_type": ..., "reaction": ...}`` (``persona`` is the student type,
+    the name of the matched head); ``info["satisfaction"]`` the judge's label.
 
     ## Episode end
 
@@ -266,16 +274,19 @@ class TutoringEnv(gym.Env):
     # -- gymnasium API --------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Starts a session: the seed teacher turn and the student's first reaction."""
         ctx = self._start_episode(seed=seed, options=options)
         return self._finish_reset(self.student.reply_batch([ctx])[0])
 
     def step(self, action: str):
+        """Takes the teacher's turn; returns the dialogue, the satisfaction reward, the student's reply in ``info``."""
         ctx, truncated_action = self._begin_step(action)
         self._record_reply(self.student.reply_batch([ctx])[0])
         judgement = self.satisfaction_judge.judge_batch([self._judge_input()])[0]
         return self._finish_step(judgement, truncated_action)
 
     def render(self) -> str | None:
+        """The transcript (``ansi``), or prints it (``human``)."""
         text = self.transcript()
         if self.render_mode == "human":
             print(text)
@@ -286,11 +297,12 @@ class TutoringEnv(gym.Env):
 
     @property
     def label(self) -> dict[str, str]:
-        """Hidden ground truth of the current episode."""
-        return {"student_type": self._student_type, "reaction": self._reaction}
+        """Hidden ground truth of the current episode; ``persona`` is the student type (the matched head's name)."""
+        return {"persona": self._student_type, "student_type": self._student_type, "reaction": self._reaction}
 
     @property
     def topic(self) -> str:
+        """The episode's topic."""
         return self._topic
 
     @property
@@ -299,24 +311,26 @@ class TutoringEnv(gym.Env):
         return self._turn
 
     def transcript(self) -> str:
+        """The dialogue so far as ``Role: text`` lines."""
         return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in self._messages)
 
     def get_state(self) -> DialogueState:
         """A snapshot of the current episode, including the random generator's state."""
         if not self._messages:
             raise RuntimeError("TutoringEnv.get_state: no episode yet; call reset() first")
-        return DialogueState(self._observation(), self._topic, self._student_type, self._reaction, self._turn,
-                             copy.deepcopy(self.np_random.bit_generator.state))
+        return DialogueState(messages=self._observation(), topic=self._topic, student_type=self._student_type,
+                             reaction=self._reaction, turn=self._turn,
+                             rng_state=copy.deepcopy(self.np_random.bit_generator.state), done=False)
 
     def set_state(self, state: DialogueState) -> None:
         """Continues the episode captured by :meth:`get_state` (same future draws and replies)."""
-        check_labels(state.student_type, state.reaction)
+        check_labels(state["student_type"], state["reaction"])
         rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = copy.deepcopy(state.rng_state)
+        rng.bit_generator.state = copy.deepcopy(state["rng_state"])
         self.np_random = rng
-        self._messages = [dict(m) for m in state.messages]
-        self._topic, self._student_type, self._reaction = state.topic, state.student_type, state.reaction
-        self._turn = int(state.turn)
+        self._messages = [dict(m) for m in state["messages"]]
+        self._topic, self._student_type, self._reaction = state["topic"], state["student_type"], state["reaction"]
+        self._turn = int(state["turn"])
 
     def check_action(self, action: Any) -> tuple[str, bool]:
         """Validate a teacher turn; return (text to use, whether it was cut to the limit)."""
@@ -325,7 +339,9 @@ class TutoringEnv(gym.Env):
                 f"TutoringEnv.step expects the teacher turn as a non-empty str; got "
                 f"{type(action).__name__}: {repr(action)[:80]}"
             )
-        text = action.strip()
+        # Lone surrogates (e.g. half of an emoji cut by a tokenizer) cannot be encoded as UTF-8 and would
+        # make the observation unwritable: they become "?".
+        text = action.encode("utf-8", errors="replace").decode("utf-8").strip()
         if not text:
             raise ValueError(
                 f"TutoringEnv.step expects a non-empty teacher turn; got a blank string {repr(action)[:80]}"
@@ -464,22 +480,26 @@ class TutoringBatch:
         self.student = self.envs[0].student
         self.satisfaction_judge = self.envs[0].satisfaction_judge
         for _ in range(int(num_envs) - 1):
-            self.envs.append(TutoringEnv(student=self.student, satisfaction_judge=self.satisfaction_judge, **env_kwargs))
+            self.envs.append(TutoringEnv(student=self.student, satisfaction_judge=self.satisfaction_judge,
+                                         **env_kwargs))
         self.max_turns = int(max_turns)
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self._done = [True] * len(self.envs)
 
     def close(self) -> None:
+        """Closes every dialogue's env."""
         for env in self.envs:
             env.close()
 
     @property
     def num_envs(self) -> int:
+        """Number of dialogues."""
         return len(self.envs)
 
     @property
     def labels(self) -> list[dict[str, str]]:
+        """The hidden labels of every dialogue."""
         return [env.label for env in self.envs]
 
     def reset(
@@ -488,6 +508,7 @@ class TutoringBatch:
         seed: int | Sequence[int | None] | None = None,
         options_list: Sequence[dict[str, Any] | None] | None = None,
     ) -> tuple[list[list[dict[str, str]]], list[dict[str, Any]]]:
+        """Starts every dialogue (dialogue i seeded with ``seed + i``, or per-dialogue seeds and options)."""
         n = self.num_envs
         if seed is None or isinstance(seed, (int, np.integer)):
             seeds = [None if seed is None else int(seed) + i for i in range(n)]
@@ -506,7 +527,7 @@ class TutoringBatch:
         """Snapshots of every dialogue (see ``TutoringEnv.get_state``)."""
         states = [env.get_state() for env in self.envs]
         for state, done in zip(states, self._done):
-            state.done = done
+            state["done"] = done
         return states
 
     def set_states(self, states: Sequence[DialogueState]) -> None:
@@ -515,9 +536,10 @@ class TutoringBatch:
             raise ValueError(f"expected {self.num_envs} dialogue states, got {len(states)}")
         for env, state in zip(self.envs, states):
             env.set_state(state)
-        self._done = [bool(state.done) for state in states]
+        self._done = [bool(state["done"]) for state in states]
 
     def step(self, actions: Sequence[str]):
+        """Takes one teacher turn in every dialogue, with one student call and one judge call."""
         if isinstance(actions, str) or len(actions) != self.num_envs:
             raise ValueError(f"TutoringBatch.step expects a list of {self.num_envs} teacher turns")
         if any(self._done):

@@ -1,9 +1,65 @@
-"""Shared fixtures: tiny random backbones (built locally in ~0.2 s with the real tokenizer)."""
+"""Shared fixtures: tiny random backbones (built locally in ~0.2 s with the real tokenizer) and tiny run configs."""
+
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+import configs
 from agents import MultiHeadPolicy, load_backbone
+
+configs.register()  # the structured configs every compose() in the tests needs
+
+CONFIGS = Path(configs.__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent
+
+# A two-step MAH-OPSD run on the tiny random model: seconds, same code paths as the real thing.
+TINY_OPSD = (
+    "agent=tiny",
+    "algorithm=opsd_quick",
+    "algorithm.steps=2",
+    "algorithm.episodes_per_persona=2",
+    "algorithm.micro_batch=1",
+    "algorithm.max_new_tokens=6",
+    "algorithm.eval.contexts=1",
+    "algorithm.eval.turns=1",
+    "algorithm.eval.max_new_tokens=4",
+    "device=cpu",
+)
+
+
+def compose_config(name: str, *overrides: str):
+    """Composes ``configs/<name>.yaml`` with overrides, as the command line would."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def group_options(group: str) -> list[str]:
+    """Every option of a config group: YAML presets and registered structured configs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
+def make_tiny_run(folder: Path) -> Path:
+    """A finished-run folder for router and benchmark tests: a fresh tiny two-head policy and its config."""
+    from omegaconf import OmegaConf
+
+    from algorithms.components import build_policy
+
+    cfg = compose_config("opsd", "agent=tiny", "device=cpu")
+    policy, tokenizer, _ = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return folder
+
+
+@pytest.fixture
+def opsd_config():
+    """``make(*overrides)``: a tiny OPSD config (TINY_OPSD plus the overrides)."""
+    return lambda *overrides: compose_config("opsd", *TINY_OPSD, *overrides)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A student plug-in that kills its own process: fault injection for the rollout-worker tests.
 
-Selected like any student (``student._target_=crashing_student.CrashingStudent``); the Ray
+Selected like any student (``student=custom student._target_=tests.crashing_student.CrashingStudent``); the Ray
 workers import it through ``PYTHONPATH`` in ``ray.runtime_env``.
 """
 

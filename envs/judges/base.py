@@ -87,14 +87,18 @@ class TurnJudgement:
 class StyleJudge(Protocol):
     """Labels each marked teacher turn for how well it follows one teaching style."""
 
-    def judge_batch(self, dialogues: Sequence[JudgeDialogue], style: str) -> list[TurnJudgement]: ...
+    def judge_batch(self, dialogues: Sequence[JudgeDialogue], style: str) -> list[TurnJudgement]:
+        """One judgement per dialogue, labelling its marked teacher turns for ``style``."""
+        ...
 
 
 @runtime_checkable
 class SatisfactionJudge(Protocol):
     """Labels each marked teacher turn from the student's very next reply, blind to the preference."""
 
-    def judge_batch(self, dialogues: Sequence[JudgeDialogue]) -> list[TurnJudgement]: ...
+    def judge_batch(self, dialogues: Sequence[JudgeDialogue]) -> list[TurnJudgement]:
+        """One judgement per dialogue, labelling each marked teacher turn from the reply after it."""
+        ...
 
 
 @dataclass
@@ -106,6 +110,7 @@ class FallbackCounter:
     reasons: list[str] = field(default_factory=list)
 
     def record(self, reason: str | None) -> None:
+        """Counts one call; ``reason`` (not None) marks it as a fallback and says why."""
         self.calls += 1
         if reason is not None:
             self.fallbacks += 1

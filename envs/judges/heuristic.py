@@ -20,6 +20,7 @@ class HeuristicStyleJudge:
     """
 
     def judge_batch(self, dialogues: Sequence[JudgeDialogue], style: str) -> list[TurnJudgement]:
+        """Labels each marked turn good / bad / neutral for ``style`` with the ask/explain reader."""
         want = _STYLE_KIND[normalize_style(style)]
         out = []
         for dialogue in dialogues:
@@ -99,6 +100,7 @@ class HeuristicSatisfactionJudge:
     """
 
     def judge_batch(self, dialogues: Sequence[JudgeDialogue]) -> list[TurnJudgement]:
+        """Labels each marked turn from the markers in the student's next reply."""
         out = []
         for dialogue in dialogues:
             labels, reasons = [], []

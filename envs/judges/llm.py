@@ -2,17 +2,26 @@
 
 Each dialogue becomes one request; a batch goes to the client in one ``chat_json_batch`` call.
 The model must answer ``{"critique": "...", "labels": ["good" | "neutral" | "bad", ...]}`` with
-one label per marked teacher turn. A reply that is not valid JSON, has the wrong number of
-labels or an unknown label is replaced by all-``"neutral"`` labels and counted in
-``judge.counter`` (``calls``, ``fallbacks``, ``reasons``).
+one label per marked teacher turn. The label check goes to the client as its ``validate`` hook,
+so the client neither caches nor counts as usable a reply that fails it. A reply that is not valid
+JSON, has the wrong number of labels or an unknown label, or whose request failed, is replaced by
+all-``"neutral"`` labels and counted in ``judge.counter`` (``calls``, ``fallbacks``, ``reasons``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from collections.abc import Sequence
+from typing import Any
 
 from envs.chat import ChatBacked
-from envs.judges.base import LABELS, FallbackCounter, JudgeDialogue, TurnJudgement, normalize_style
+from envs.judges.base import (
+    LABELS,
+    FallbackCounter,
+    JudgeDialogue,
+    TurnJudgement,
+    normalize_style,
+)
 
 # --- prompts ---------------------------------------------------------------------------------
 
@@ -58,7 +67,8 @@ Dialogue:
 
 Answer with exactly this JSON shape and {n} labels in order: {{"critique": "...", "labels": [...]}}"""
 
-SATISFACTION_SYSTEM = "You grade tutoring conversations strictly and even-handedly. Reply with a JSON object and nothing else."
+SATISFACTION_SYSTEM = ("You grade tutoring conversations strictly and even-handedly. "
+                       "Reply with a JSON object and nothing else.")
 
 SATISFACTION_TEMPLATE = """Topic of the tutoring session: {topic}
 
@@ -125,6 +135,11 @@ def parse_labels(data: Any, n: int) -> tuple[list[str] | None, str, str | None]:
     return cleaned, critique, None
 
 
+def label_problem(data: Any, n: int) -> str | None:
+    """Why a parsed reply does not hold ``n`` valid labels, or None (the client's validate hook)."""
+    return parse_labels(data, n)[2]
+
+
 class _LLMJudge(ChatBacked):
     def __init__(self, client: Any = None, max_tokens: int | None = 400, temperature: float | None = 0.0) -> None:
         super().__init__(client, max_tokens, temperature)
@@ -137,14 +152,20 @@ class _LLMJudge(ChatBacked):
         if not todo:
             return results
         conversations = [build(dialogues[i], marks[i]) for i in todo]
+        checks = [functools.partial(label_problem, n=len(marks[i])) for i in todo]
         replies = self.client.chat_json_batch(
-            conversations, default=dict(DEFAULT_REPLY), max_tokens=self.max_tokens, temperature=self.temperature
+            conversations,
+            default=dict(DEFAULT_REPLY),
+            validate=checks,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
         )
         for i, reply in zip(todo, replies):
             n = len(marks[i])
-            ok = getattr(reply, "ok", True)
-            data = getattr(reply, "data", reply)
-            labels, critique, error = parse_labels(data, n) if ok else (None, "", "malformed JSON reply")
+            if getattr(reply, "ok", True):
+                labels, critique, error = parse_labels(getattr(reply, "data", reply), n)
+            else:
+                labels, critique, error = None, "", getattr(reply, "error", None) or "malformed JSON reply"
             self.counter.record(error)
             if labels is None:
                 results[i] = TurnJudgement(["neutral"] * n, f"fallback: {error}", fallback=True)
@@ -162,6 +183,7 @@ class LLMStyleJudge(_LLMJudge):
     """
 
     def build_conversation(self, dialogue: JudgeDialogue, marked: Sequence[int], style: str) -> list[dict]:
+        """The chat request that asks the model to label the marked turns for ``style``."""
         style = normalize_style(style)
         name = "DIRECT INSTRUCTION" if style == "direct" else "INTERACTIVE"
         user = STYLE_TEMPLATE.format(
@@ -175,6 +197,7 @@ class LLMStyleJudge(_LLMJudge):
         return [{"role": "system", "content": STYLE_SYSTEM}, {"role": "user", "content": user}]
 
     def judge_batch(self, dialogues: Sequence[JudgeDialogue], style: str) -> list[TurnJudgement]:
+        """Labels each dialogue's marked turns for ``style`` (all neutral when the reply is unusable)."""
         style = normalize_style(style)
         return self._run(dialogues, lambda d, m: self.build_conversation(d, m, style), need_reply=False)
 
@@ -188,6 +211,7 @@ class LLMSatisfactionJudge(_LLMJudge):
     """
 
     def build_conversation(self, dialogue: JudgeDialogue, marked: Sequence[int]) -> list[dict]:
+        """The chat request that asks the model to label each marked turn from the student's reply."""
         user = SATISFACTION_TEMPLATE.format(
             topic=dialogue.topic,
             tags=_tags(len(marked)),
@@ -197,4 +221,5 @@ class LLMSatisfactionJudge(_LLMJudge):
         return [{"role": "system", "content": SATISFACTION_SYSTEM}, {"role": "user", "content": user}]
 
     def judge_batch(self, dialogues: Sequence[JudgeDialogue]) -> list[TurnJudgement]:
+        """Labels each dialogue's marked turns (all neutral when the reply is unusable)."""
         return self._run(dialogues, self.build_conversation, need_reply=True)

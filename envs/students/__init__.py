@@ -14,7 +14,11 @@ from envs.students.base import (
     check_labels,
 )
 from envs.students.chat_model import ChatModelStudent, student_system_prompt
-from envs.students.classifier import TurnAnalysis, analyze_teacher_turn, classify_teacher_turn
+from envs.students.classifier import (
+    TurnAnalysis,
+    analyze_teacher_turn,
+    classify_teacher_turn,
+)
 from envs.students.scripted import ScriptedStudent
 
 __all__ = [

@@ -35,6 +35,7 @@ class StudentContext:
 
     @property
     def last_teacher_turn(self) -> str:
+        """The newest teacher turn (empty when there is none)."""
         for message in reversed(self.messages):
             if message["role"] == "teacher":
                 return message["content"]
@@ -50,16 +51,20 @@ class StudentSimulator(Protocol):
     ``StudentBase`` to also get the one-dialogue convenience ``reply(ctx)``.
     """
 
-    def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]: ...
+    def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:
+        """One student reply per dialogue, in order."""
+        ...
 
 
 class StudentBase:
     """Mixin that supplies ``reply`` on top of ``reply_batch``."""
 
     def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:  # pragma: no cover
+        """One student reply per dialogue, in order."""
         raise NotImplementedError
 
     def reply(self, dialogue: StudentContext) -> str:
+        """The reply to a single dialogue."""
         return self.reply_batch([dialogue])[0]
 
 

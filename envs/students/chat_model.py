@@ -88,6 +88,7 @@ class ChatModelStudent(ChatBacked, StudentBase):
         super().__init__(client, max_tokens, temperature)
 
     def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:
+        """One reply per dialogue, all sent to the chat client in one batch."""
         if not dialogues:
             return []
         conversations = [student_conversation(ctx) for ctx in dialogues]

@@ -87,6 +87,7 @@ _NOT_INVITATION = re.compile(
 
 @dataclass(frozen=True)
 class Sentence:
+    """One sentence of a teacher turn with the role the classifier gave it."""
     text: str
     role: str  # "question" | "invitation" | "check" | "rhetorical" | "explain" | "setup" | "framing" | "encourage"
     words: int
@@ -108,6 +109,7 @@ class TurnAnalysis:
 
 
 def split_sentences(text: str) -> list[str]:
+    """Splits a turn into sentences at end punctuation and line breaks."""
     return [s.strip() for s in _SPLIT.split(text.strip()) if s and s.strip()]
 
 

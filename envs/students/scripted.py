@@ -258,6 +258,7 @@ class ScriptedStudent(StudentBase):
         self.noise = float(noise)
 
     def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:
+        """One templated reply per dialogue, drawn from each dialogue's own generator."""
         return [self._reply_one(ctx) for ctx in dialogues]
 
     def _reply_one(self, ctx: StudentContext) -> str:

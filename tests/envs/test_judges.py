@@ -41,24 +41,31 @@ class Reply:  # same fields as envs.chat.JsonReply
     data: Any
     raw: str
     ok: bool
+    error: str | None = None
 
 
 class FakeChatClient:
-    """Stands in for envs.chat.ChatClient: returns scripted raw strings, parsed like the real one."""
+    """Stands in for envs.chat.ChatClient: returns scripted raw strings, parsed and validated like the real one."""
 
     def __init__(self, raws):
         self.raws = list(raws)
         self.calls = []
+        self.validators = []
 
-    def chat_json_batch(self, conversations, *, default, max_tokens=None, temperature=None):
+    def chat_json_batch(self, conversations, *, default, validate=None, max_tokens=None, temperature=None):
         self.calls.append([list(c) for c in conversations])
+        checks = list(validate) if isinstance(validate, (list, tuple)) else [validate] * len(conversations)
+        self.validators.append(checks)
         out = []
-        for _ in conversations:
+        for check in checks:
             raw = self.raws.pop(0)
             try:
-                out.append(Reply(json.loads(raw), raw, True))
+                data = json.loads(raw)
             except json.JSONDecodeError:
-                out.append(Reply(dict(default), raw, False))
+                out.append(Reply(dict(default), raw, False, "reply is not JSON"))
+                continue
+            problem = check(data) if check is not None else None
+            out.append(Reply(dict(default), raw, False, problem) if problem else Reply(data, raw, True))
         return out
 
 
@@ -194,6 +201,11 @@ def test_llm_judges_fall_back_to_neutral_and_count_it():
     assert results[4].labels == ["bad", "neutral"] and not results[4].fallback
     assert judge.counter.calls == 5 and judge.counter.fallbacks == 4
     assert "expected 2 labels, got 1" in judge.counter.reasons
+    # the label check went to the client as one validate hook per conversation
+    checks = client.validators[0]
+    assert len(checks) == 5 and all(callable(c) for c in checks)
+    assert checks[0]({"labels": ["good", "bad"]}) is None
+    assert checks[0]({"labels": ["good"]}) == "expected 2 labels, got 1"
 
 
 def test_llm_satisfaction_prompt_marks_only_replied_turns():
@@ -232,28 +244,38 @@ def test_llm_satisfaction_judge_drives_env_reward_in_one_call_per_step():
     assert env.step("Hello there.")[1] == 0.0
 
 
-def test_works_with_a_real_chat_client_subclass():
-    """The same judges and student on top of envs.chat.ChatClient's own batching and JSON parsing."""
-    chat = pytest.importorskip("envs.chat")
-    from envs.students import ChatModelStudent
+def _scripted_backend(chat):
+    """A ChatClient subclass that answers from a list of raw replies (or errors to yield)."""
 
     class ScriptedBackend(chat.ChatClient):
         backend = "scripted"
         model = "scripted"
 
-        def __init__(self, raws):
-            super().__init__(cache_path=None, temperature=0.0, max_tokens=64)
+        def __init__(self, raws, cache_path=None):
+            super().__init__(cache_path=cache_path, temperature=0.0, max_tokens=64)
             self.raws = list(raws)
+            self.sent = 0
 
         def _cache_fields(self):
             return {}
 
         def _generate(self, requests):
             for i, _ in enumerate(requests):
+                self.sent += 1
                 yield i, self.raws.pop(0)
 
         def check(self):
             return None
+
+    return ScriptedBackend
+
+
+def test_works_with_a_real_chat_client_subclass():
+    """The same judges and student on top of envs.chat.ChatClient's own batching and JSON parsing."""
+    chat = pytest.importorskip("envs.chat")
+    from envs.students import ChatModelStudent
+
+    ScriptedBackend = _scripted_backend(chat)
 
     judge = LLMSatisfactionJudge(client=ScriptedBackend(['```json\n{"critique": "", "labels": ["good"]}\n```', "no json here"]))
     d = _dialogue(("A", "ok"))
@@ -264,3 +286,39 @@ def test_works_with_a_real_chat_client_subclass():
     env = TutoringEnv(student=student)
     obs, _ = env.reset(seed=0)
     assert obs[-1] == {"role": "student", "content": "Oh wow, okay!"}
+
+
+def test_real_client_does_not_cache_replies_the_judge_rejects(tmp_path):
+    """A reply with the wrong number of labels is a counted fallback, and a rerun asks again."""
+    chat = pytest.importorskip("envs.chat")
+    ScriptedBackend = _scripted_backend(chat)
+    path = tmp_path / "judge.sqlite"
+    d = _dialogue(("A", "ok"), ("B", "ohh cool"))
+
+    first = ScriptedBackend(['{"critique": "c", "labels": ["good"]}'], cache_path=path)
+    judge = LLMSatisfactionJudge(client=first)
+    result = judge.judge_batch([d])[0]
+    assert result.fallback and result.labels == ["neutral", "neutral"]
+    assert judge.counter.reasons == ["expected 2 labels, got 1"]
+    assert first.stats.fallbacks == 1 and first.stats.failures == 0
+
+    second = ScriptedBackend(['{"critique": "c", "labels": ["good", "bad"]}'], cache_path=path)
+    assert LLMSatisfactionJudge(client=second).judge_batch([d])[0].labels == ["good", "bad"]
+    assert second.sent == 1 and second.stats.cache_hits == 0
+
+    third = ScriptedBackend([], cache_path=path)  # the accepted reply was cached
+    assert LLMSatisfactionJudge(client=third).judge_batch([d])[0].labels == ["good", "bad"]
+    assert third.sent == 0 and third.stats.cache_hits == 1
+
+
+def test_failed_request_becomes_neutral_labels_not_a_crash():
+    chat = pytest.importorskip("envs.chat")
+    ScriptedBackend = _scripted_backend(chat)
+    client = ScriptedBackend([chat.TransientChatError("Chat request failed after 3 attempts; last status: HTTP 503"),
+                              '{"critique": "", "labels": ["good"]}'])
+    judge = LLMStyleJudge(client=client)
+    results = judge.judge_batch([_dialogue(("A", "ok")), _dialogue(("B", "ok"))], "direct")
+    assert results[0].fallback and results[0].labels == ["neutral"] and "HTTP 503" in results[0].rationale
+    assert results[1].labels == ["good"] and not results[1].fallback
+    assert client.stats.failures == 1 and client.stats.fallbacks == 1
+    assert judge.counter.fallbacks == 1 and "HTTP 503" in judge.counter.reasons[0]

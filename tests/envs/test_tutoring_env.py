@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from pathlib import Path
 
 import gymnasium
 import pytest
@@ -17,7 +16,6 @@ from envs.students import ScriptedStudent, classify_teacher_turn
 from envs.tutoring import SEED_TURNS_ASK, SEED_TURNS_EXPLAIN, TutoringBatch, TutoringEnv
 
 ENV_ID = "pluralgym/Tutoring-v0"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 HIDDEN = re.compile(r"\b(direct|interactive|frustrated|rude|anxious)\b|learning style|prefer", re.IGNORECASE)
 
 ACTIONS = [
@@ -100,7 +98,8 @@ def test_dialogue_structure_and_info():
     assert [m["role"] for m in obs] == ["system"] + ["teacher", "student"] * 3
     assert obs[-2]["content"] == ACTIONS[1]
     assert info["feedback"] == obs[-1]["content"]
-    assert set(info["label"]) == {"student_type", "reaction"}
+    assert set(info["label"]) == {"persona", "student_type", "reaction"}
+    assert info["label"]["persona"] == info["label"]["student_type"]
     assert reward in (-1.0, 0.0, 1.0)
     assert info["satisfaction"] in ("good", "neutral", "bad")
     assert info["truncated_action"] is False and info["turn"] == 2
@@ -130,7 +129,7 @@ def test_options_override_draws_and_leave_the_rest():
     obs, info = env.reset(
         seed=3, options={"topic": "Volcanoes", "student_type": "interactive", "reaction": "anxious", "seed_turn": "Hi!"}
     )
-    assert info["label"] == {"student_type": "interactive", "reaction": "anxious"}
+    assert info["label"] == {"persona": "interactive", "student_type": "interactive", "reaction": "anxious"}
     assert obs[1] == {"role": "teacher", "content": "Hi!"}
     assert "Volcanoes" in obs[0]["content"]
     _, info = env.reset(seed=3, options={"reaction": "rude"})
@@ -145,7 +144,7 @@ def test_fixed_type_and_topics_kwargs():
     env = TutoringEnv(student_type="direct", reaction="rude", topics=["Tides"])
     for seed in range(10):
         _, info = env.reset(seed=seed)
-        assert info["label"] == {"student_type": "direct", "reaction": "rude"} and info["topic"] == "Tides"
+        assert info["label"] == {"persona": "direct", "student_type": "direct", "reaction": "rude"} and info["topic"] == "Tides"
     with pytest.raises(ValueError):
         TutoringEnv(student_type="visual")
 
@@ -269,7 +268,7 @@ def test_dialogue_state_continues_elsewhere_exactly_as_here():
         actions = [ACTIONS[(t + i) % len(ACTIONS)] for i in range(3)]
         ours, theirs = here.step(actions), there.step(actions)
         assert ours[0] == theirs[0] and ours[1].tolist() == theirs[1].tolist() and ours[4] == theirs[4]
-    assert there.get_states() == here.get_states() and all(s.done for s in there.get_states())
+    assert there.get_states() == here.get_states() and all(s["done"] for s in there.get_states())
     with pytest.raises(ValueError, match="expected 3 dialogue states"):
         there.set_states(states[:2])
     with pytest.raises(RuntimeError, match="call reset"):
@@ -290,33 +289,31 @@ def test_batch_validates_every_action_before_stepping_any():
 
 
 def test_hydra_configs_compose_and_build_the_env():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(overrides=["+env=tutoring"])
-        assert cfg.env.id == ENV_ID and cfg.env.max_turns == gymnasium.spec(ENV_ID).max_episode_steps
-        student = instantiate(cfg.student)
-        judge = instantiate(cfg.judge.satisfaction)
-        env = gymnasium.make(cfg.env.id, student=student, satisfaction_judge=judge, **cfg.env.kwargs)
-        obs, _ = env.reset(seed=0)
-        assert isinstance(student, ScriptedStudent) and len(obs) == 3
-        assert instantiate(cfg.judge.style).judge_batch([], "direct") == []
+    from algorithms.components import build_task
+    from tests.conftest import compose_config
 
-        cfg = compose(overrides=["+env=tutoring", "student=chat_model", "judge=llm"])
-        assert cfg.student._target_ == "envs.students.ChatModelStudent"
-        assert cfg.student.client._target_ == "envs.chat.LocalChatClient"
-        assert cfg.judge.style._target_ == "envs.judges.LLMStyleJudge"
-        assert cfg.judge.satisfaction.client._target_ == "envs.chat.LocalChatClient"
+    cfg = compose_config("opsd", "env=tutoring")
+    task = build_task(cfg)
+    assert task.max_turns == gymnasium.spec(ENV_ID).max_episode_steps and isinstance(task.student, ScriptedStudent)
+    obs, _ = task.make_batch(2).reset(seed=0)
+    assert [len(o) for o in obs] == [3, 3]
+    assert instantiate(cfg.judge.style).judge_batch([], "direct") == []
 
-        cfg = compose(overrides=["+env=tutoring", "student=chat_model", "chat@student.client=openai"])
-        assert cfg.student.client._target_ == "envs.chat.OpenAIChatClient"
+    cfg = compose_config("opsd", "student=chat_model", "judge=llm")
+    assert cfg.student._target_.endswith("ChatModelStudent") and cfg.student.client._target_.endswith("LocalChatClient")
+    assert cfg.judge.style._target_.endswith("LLMStyleJudge")
+    assert cfg.judge.satisfaction.client._target_.endswith("LocalChatClient")
+    cfg = compose_config("opsd", "student=chat_model", "chat@student.client=openai")
+    assert cfg.student.client._target_.endswith("OpenAIChatClient")
 
 
 def test_user_student_class_selected_from_the_command_line(tmp_path, monkeypatch):
     """What a user does: a StudentSimulator in their own module, picked with a Hydra override."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
 
     pkg = tmp_path / "mypkg"
     pkg.mkdir()
@@ -329,10 +326,16 @@ def test_user_student_class_selected_from_the_command_line(tmp_path, monkeypatch
         "        return [f'{self.prefix}: {d.last_teacher_turn[:40]}' for d in dialogues]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    overrides = ["+env=tutoring", "student._target_=mypkg.students.EchoStudent", "~student.noise", "+student.prefix=Echo"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(overrides=overrides)
-    env = gymnasium.make(cfg.env.id, student=instantiate(cfg.student))
+    cfg = compose_config("opsd", "student=custom", "student._target_=mypkg.students.EchoStudent", "+student.prefix=Echo")
+    env = gymnasium.make(ENV_ID, student=instantiate(cfg.student))
     env.reset(seed=0)
     obs, _, _, _, info = env.step("Tell me what you know about tides.")
     assert info["feedback"] == obs[-1]["content"] == "Echo: Tell me what you know about tides."
+
+
+def test_lone_surrogates_in_an_action_never_make_the_observation_unencodable():
+    env = gymnasium.make(ENV_ID)
+    env.reset(seed=0)
+    obs, _, _, _, _ = env.step("Half an emoji \ud83d here, and \udc00 there.")
+    assert obs[-2]["content"] == "Half an emoji ? here, and ? there."
+    json.dumps(obs, ensure_ascii=False).encode("utf-8")  # would raise on a lone surrogate

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 
 import algorithms.opsd as opsd
+from algorithms.checkpoint import load_checkpoint
 from algorithms.rollout import (
     RolloutRequest,
     RolloutWorker,
@@ -17,31 +18,33 @@ from algorithms.rollout import (
     publishable_weights,
     ray_config,
 )
+from algorithms.trainer import CHECKPOINT
+from configs.validation import ConfigError
+from tests.conftest import compose_config
 
-CONFIGS = Path(opsd.__file__).resolve().parent.parent / "configs"
-TESTS = str(Path(__file__).resolve().parent)
+ROOT = str(Path(__file__).resolve().parents[2])  # Ray workers import tests.crashing_student from here
 FAST = [
     "agent=tiny",
     "algorithm=opsd_quick",
     "algorithm.steps=3",
-    "algorithm.dialogues_per_persona=2",
-    "algorithm.turns_per_dialogue=2",
+    "algorithm.episodes_per_persona=2",
+    "algorithm.turns_per_episode=2",
     "algorithm.micro_batch=2",
     "algorithm.max_new_tokens=6",
     "algorithm.eval.enabled=false",
+    "algorithm.keep_checkpoint=true",
     "device=cpu",
 ]
 
 
 def config(*overrides):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose("opsd", overrides=[*FAST, *overrides])
+    return compose_config("opsd", *FAST, *overrides)
 
 
 def ray_overrides(*extra):
     """Two local workers that can import this folder's plug-ins."""
     return ["ray.enabled=true", "ray.num_workers=2", "ray.log_to_driver=false",
-            f"+ray.runtime_env.env_vars.PYTHONPATH={TESTS}", *extra]
+            f"+ray.runtime_env.env_vars.PYTHONPATH={ROOT}", *extra]
 
 
 def history(run_dir):
@@ -49,7 +52,7 @@ def history(run_dir):
 
 
 def trainable(run_dir):
-    return torch.load(Path(run_dir) / opsd.CHECKPOINT, weights_only=False)["trainable"]
+    return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
 
 
 def assert_same_params(a, b):
@@ -69,7 +72,7 @@ def test_standalone_worker_reproduces_in_process_collection(tmp_path, trainable)
     worker = RolloutWorker(cfg, name="copy")  # its own task and its own policy copy
     trainer.train_step()  # move the weights away from the initial ones: the copy must mirror the update
     worker.set_weights(1, publishable_weights(trainer.policy))
-    trainer.dialogues = None
+    trainer.episodes = None
     states = None
     for step in range(2):  # a fresh turn, then a continued one
         request = trainer.requests(step)[0]
@@ -83,7 +86,7 @@ def test_standalone_worker_reproduces_in_process_collection(tmp_path, trainable)
         torch.testing.assert_close(theirs.logprobs, ours.logprobs, atol=1e-5, rtol=0)
         assert theirs.states == ours.states and theirs.turn_index == [step + 1] * 4
         states = ours.states
-        trainer.dialogues = states  # continue the same dialogues at the next step
+        trainer.episodes = states  # continue the same dialogues at the next step
     trainer.close()
 
 
@@ -120,10 +123,10 @@ def test_shards_split_rows_and_merge_back_in_order(tmp_path):
 def test_request_and_ray_config_validation():
     with pytest.raises(ValueError, match="either dialogue states or reset seeds"):
         RolloutRequest(step=0, shard=0, uids=["a"], personas=[0], heads=[0], version=0, gen_seed=0)
-    with pytest.raises(ValueError, match="max_staleness must be 0 or 1"):
+    with pytest.raises(ConfigError, match="ray.max_staleness=2 is not allowed: must be 0 or 1"):
         ray_config(config("ray.max_staleness=2"))
-    with pytest.raises(ValueError, match="Compare with configs/ray/default.yaml"):
-        ray_config(config("+ray.workers=2"))
+    with pytest.raises(ConfigCompositionException, match="ray.workers"):
+        config("ray.workers=2")
     old = config()
     with open_dict(old):
         del old["ray"]  # a run saved before the ray group existed
@@ -139,8 +142,8 @@ def test_two_ray_workers_train_and_log_versions_and_staleness(tmp_path):
     summary = opsd.train(config(*ray_overrides("ray.max_staleness=1")), run)
     assert summary["step"] == 3 and summary["rollout"]["workers"] == "ray x 2"
     records = history(run)
-    assert [r["version"] for r in records] == [0, 0, 1]  # steps 2 and 3 were sampled one update behind
-    assert [r["staleness"] for r in records] == [0, 1, 1]
+    assert [r["rollout/weights_version"] for r in records] == [0, 0, 1]  # steps 2 and 3 were sampled one update behind
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
     turns = [t for r in records for t in r["turns"]]
     assert len(turns) == 3 * 4 == len(set(turns))
     assert not ray.is_initialized()  # the local cluster this run started is gone
@@ -150,14 +153,14 @@ def test_two_ray_workers_train_and_log_versions_and_staleness(tmp_path):
 def ray_cluster():
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": TESTS}})
+             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
     yield ray
     ray.shutdown()
 
 
 def crashing(marker, **kwargs):
     args = [f"+student.{k}={v}" for k, v in kwargs.items()]
-    return ["student._target_=crashing_student.CrashingStudent", f"+student.marker={marker}", *args]
+    return ["student=custom", "student._target_=tests.crashing_student.CrashingStudent", f"+student.marker={marker}", *args]
 
 
 def test_a_killed_worker_is_restarted_and_reruns_exactly_its_dialogues(tmp_path, ray_cluster):
@@ -168,7 +171,7 @@ def test_a_killed_worker_is_restarted_and_reruns_exactly_its_dialogues(tmp_path,
     opsd.train(config(*ray_overrides(), *crashing(marker)), run)
     assert marker.exists()  # one worker really died mid-collection
     records = history(run)
-    assert sum(r["retries"] for r in records) == 1
+    assert sum(r["rollout/retries"] for r in records) == 1
     turns = [t for r in records for t in r["turns"]]
     assert len(turns) == 3 * 4 == len(set(turns))  # nothing lost, nothing counted twice
     assert [r["turns"] for r in records] == [r["turns"] for r in history(reference)]

@@ -4,8 +4,7 @@ import time
 import pytest
 import torch
 
-from agents import BackboneError, MultiHeadPolicy, generate, load_backbone
-from agents import models
+from agents import BackboneError, MultiHeadPolicy, generate, load_backbone, models
 
 
 def test_tiny_random_is_seeded_llama_with_real_tokenizer():
@@ -104,6 +103,30 @@ def test_damaged_cache_entry_is_detected_and_rebuilt(tmp_path, damage):
     assert models._cached(folder, src, rec.build, rec.load) == expected
     assert rec.builds == 2
     assert models.verify_cache_entry(folder, src, full=True) is None
+
+
+@pytest.mark.parametrize("new_process", [False, True], ids=["same-process", "new-process"])
+def test_same_size_damage_that_still_loads_is_caught_by_the_digest_and_rebuilt(tmp_path, new_process, monkeypatch):
+    # Bytes overwritten in place: the size is unchanged and the loader would read garbage (as
+    # NaN weights would, far from their cause) without complaint. Only the content digest sees it.
+    rec, folder, src = _Recorder(), tmp_path / "entry", {"v": 1}
+    expected = models._cached(folder, src, rec.build, rec.load)
+    with (folder / "b.bin").open("r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 50)
+    if new_process:
+        monkeypatch.setattr(models, "_VERIFIED", {})
+    assert models._cached(folder, src, rec.build, rec.load) == expected
+    assert rec.builds == 2
+
+
+def test_a_verified_entry_is_not_hashed_again_in_the_same_process(tmp_path, monkeypatch):
+    rec, folder, src = _Recorder(), tmp_path / "entry", {"v": 1}
+    models._cached(folder, src, rec.build, rec.load)
+    hashed = []
+    monkeypatch.setattr(models, "_digest", lambda path, *a: hashed.append(path) or "x")
+    models._cached(folder, src, rec.build, rec.load)
+    assert hashed == [] and rec.builds == 1
 
 
 def test_cache_entry_from_another_source_is_rebuilt(tmp_path):

@@ -1,36 +1,24 @@
 """Router learning: the pure losses, the pairwise judges, toy problems with a known answer, and a tiny run."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
 
-from algorithms.components import build_policy
 import algorithms.router as rl
 from agents import Router, RouterFeatures
+from configs.validation import ConfigError
+from envs import judges
 from envs.chat import JsonReply
+from tests.conftest import compose_config, group_options, make_tiny_run
 
-CONFIGS = Path(rl.__file__).resolve().parent.parent / "configs"
 TINY_ROUTER = ["router.hidden_dim=16", "router.num_layers=2", "router.epochs=3", "router.batch_size=4",
                "data.dialogues=4", "data.val_dialogues=2", "data.turns=2", "data.max_new_tokens=4", "device=cpu"]
 
 
-def make_tiny_run(folder: Path) -> Path:
-    """A finished-run folder for tests: a fresh tiny two-head policy plus the config it came from."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
-    policy, tokenizer = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
-    policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return folder
-
-
 def router_cfg(policy_dir, *overrides):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose("router", overrides=[f"policy={policy_dir}", *TINY_ROUTER, *overrides])
+    return compose_config("router", f"policy={policy_dir}", *TINY_ROUTER, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +84,16 @@ def test_online_hedge_step_follows_reactions():
 
 def comparison(first_reply, second_reply):
     prefix = [{"role": "teacher", "content": "Hi"}, {"role": "student", "content": "hey"}]
-    return rl.PairwiseComparison("volcanoes", prefix, "turn one", "turn two", first_reply, second_reply)
+    return judges.PairwiseComparison("volcanoes", prefix, "turn one", "turn two", first_reply, second_reply)
 
 
 def test_heuristic_pairwise_judge_uses_the_preference_levels():
     good = "Ohh, okay, that makes so much sense now! I get it, that's cool."
     bad = "Ugh, whatever. I don't know."
-    judge = rl.HeuristicPairwiseJudge()
+    judge = judges.HeuristicPairwiseJudge()
     scores = judge.compare_batch([comparison(good, bad), comparison(bad, good), comparison(good, good)])
     assert scores == [1.0, -1.0, 0.0]
-    assert isinstance(judge, rl.PairwiseJudge)
+    assert isinstance(judge, judges.PairwiseJudge)
 
 
 class FakeClient:
@@ -127,8 +115,8 @@ class FakeClient:
 
 
 def test_llm_pairwise_judge_randomises_order_and_maps_back():
-    judge = rl.LLMPairwiseJudge(client=FakeClient("A slightly better"), seed=3)
-    items = [rl.PairwiseComparison("t", [], "first candidate", "second candidate", "r1", "r2") for _ in range(40)]
+    judge = judges.LLMPairwiseJudge(client=FakeClient("A slightly better"), seed=3)
+    items = [judges.PairwiseComparison("t", [], "first candidate", "second candidate", "r1", "r2") for _ in range(40)]
     scores = judge.compare_batch(items)
     assert scores == [0.5] * 40  # the first candidate wins whatever side it was shown on
     shown_first = ["Option A (teacher): first" in c[-1]["content"] for c in judge.client.calls[0]]
@@ -141,12 +129,12 @@ def test_llm_pairwise_judge_falls_back_to_a_tie_on_bad_replies():
         def chat_json_batch(self, conversations, *, default, max_tokens=None, temperature=None):
             return [JsonReply(data={"verdict": "no idea"}, raw="", ok=True), JsonReply(data={}, raw="?", ok=False)]
 
-    judge = rl.LLMPairwiseJudge(client=Broken())
+    judge = judges.LLMPairwiseJudge(client=Broken())
     assert judge.compare_batch([comparison("a", "b"), comparison("a", "b")]) == [0.0, 0.0]
     assert judge.counter.fallbacks == 2
-    assert rl.parse_verdict({"verdict": "B much better"}) == (-1.0, None)
-    assert rl.parse_verdict({"verdict": 0.5}) == (0.5, None)
-    assert rl.parse_verdict({"verdict": "A > B"})[0] is None
+    assert judges.parse_verdict({"verdict": "B much better"}) == (-1.0, None)
+    assert judges.parse_verdict({"verdict": 0.5}) == (0.5, None)
+    assert judges.parse_verdict({"verdict": "A > B"})[0] is None
 
 
 # ---- toy problems with a known answer ---------------------------------------------------------
@@ -186,12 +174,11 @@ def test_selection_keeps_the_best_validation_epoch():
 
 
 def test_bad_router_config_values_get_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="router.method must be one of"):
+    with pytest.raises(ConfigError, match="router.method='vote' is not allowed: must be one of"):
         rl.router_config(router_cfg("somewhere", "router.method=vote"))
-    with pytest.raises(ValueError, match="Compare with configs/router.yaml"):
-        rl.router_config(router_cfg("somewhere", "+router.learning_rate=1"))
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        no_policy = compose("router")
+    with pytest.raises(ConfigCompositionException, match="router.learning_rate"):
+        router_cfg("somewhere", "router.learning_rate=1")
+    no_policy = compose_config("router")
     with pytest.raises(ValueError, match="Set policy="):
         rl.train(no_policy, tmp_path)
     with pytest.raises(ValueError, match="No head is named after student type"):
@@ -212,7 +199,7 @@ def test_router_output_ignores_the_hidden_label(tiny_policy):
     data = rl.build_router_data(rl.prefix_features(features, [e.messages for e in examples]), examples,
                                 ["direct", "interactive", "c"])
     assert data.target.tolist() == [0, 1]  # the labels differ ...
-    router = Router(policy.config.hidden_size, 3, hidden_dim=16)
+    router = Router(policy.config.hidden_size, 3, hidden_dim=16, num_layers=3, dropout=0.1)
     out = rl.route(router, features, [e.messages for e in examples])
     assert torch.equal(data.features[0], data.features[1])  # ... the inputs do not
     assert torch.equal(out.weights[0], out.weights[1])
@@ -237,7 +224,7 @@ def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
     assert all(r["driver"] == r["student_type"] for r in train if r["matched"])
     assert all(r["driver"] != r["student_type"] for r in train if not r["matched"])
     if method != "matched":
-        assert all(len(r["deltas"]) == 2 and set(r["deltas"]) <= set(rl.PREFERENCE_LEVELS) for r in rows)
+        assert all(len(r["deltas"]) == 2 and set(r["deltas"]) <= set(judges.PREFERENCE_LEVELS) for r in rows)
         assert all(len(r["candidates"]) == 3 for r in rows)
         assert "preference" in summary["val"]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -245,7 +232,7 @@ def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("judge", sorted(p.stem for p in (CONFIGS / "pairwise_judge").glob("*.yaml")))
+@pytest.mark.parametrize("judge", [j for j in group_options("pairwise_judge") if j != "custom"])
 def test_every_pairwise_judge_config_instantiates(judge, monkeypatch):
     from hydra.utils import instantiate
 
@@ -253,6 +240,6 @@ def test_every_pairwise_judge_config_instantiates(judge, monkeypatch):
     extra = ["chat@pairwise_judge.client=openai"] if judge == "llm" else []
     cfg = router_cfg("somewhere", f"pairwise_judge={judge}", "router.method=pairwise", *extra)
     built = instantiate(cfg.pairwise_judge)  # chat clients connect lazily: nothing heavy happens here
-    assert isinstance(built, rl.PairwiseJudge)
+    assert isinstance(built, judges.PairwiseJudge)
     if judge == "llm":
         assert type(built.client).__name__ == "OpenAIChatClient"

@@ -1,19 +1,17 @@
 """Tests of envs.chat against a scripted OpenAI-compatible server on 127.0.0.1, plus JSON parsing.
 
-The server is a real ``http.server`` in a background thread; the ``openai`` package is not mocked.
+The server is a real ``http.server`` in a background thread; the ``openai`` package is not mocked,
+so retries and their backoff are the SDK's own. Error replies carry ``retry-after-ms: 10`` unless a
+test sets its own header, which keeps the SDK's waits short.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
 import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections import Counter
 
 import pytest
 
@@ -23,110 +21,15 @@ from envs.chat import (
     JsonReply,
     LocalChatClient,
     OpenAIChatClient,
+    TransientChatError,
+    check_api_key_env,
     parse_json_reply,
     resolve_cache_path,
 )
+from tests.chat_server import MODEL, Reply, ScriptedServer
 
 KEY_ENV = "PLURALGYM_TEST_CHAT_KEY"
 SECRET = "sk-test-SECRET-4f9c2e71"
-MODEL = "test-model"
-
-
-# --------------------------------------------------------------------------------------------
-# A scripted chat-completions server
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    """One scripted answer: HTTP status, assistant text (or a function of the request), delay."""
-
-    content: object = "hello"
-    status: int = 200
-    delay: float = 0.0
-    headers: dict = field(default_factory=dict)
-
-
-class ScriptedServer:
-    """Serves POST /v1/chat/completions from a queue of replies (then ``fallback``) and GET /v1/models."""
-
-    def __init__(self) -> None:
-        self.script: deque[Reply] = deque()
-        self.fallback = Reply()
-        self.models_route = True
-        self.chat_requests: list[dict] = []
-        self.auth_headers: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    @property
-    def count(self) -> int:
-        return len(self.chat_requests)
-
-    def _next(self, body: dict) -> Reply:
-        with self.lock:
-            self.chat_requests.append(body)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self.script.popleft() if self.script else self.fallback
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in (headers or {}).items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/v1/models" and server.models_route:
-                    models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "tests"}]
-                    self._send(200, {"object": "list", "data": models})
-                else:
-                    self._send(404, {"error": {"message": "no such route"}})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.auth_headers.append(self.headers.get("Authorization", ""))
-                reply = server._next(body)
-                try:
-                    time.sleep(reply.delay)
-                    if reply.status != 200:
-                        self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}}, reply.headers)
-                        return
-                    content = reply.content(body) if callable(reply.content) else reply.content
-                    message = {"role": "assistant", "content": content}
-                    payload = {
-                        "id": "chatcmpl-test",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    }
-                    self._send(200, payload, reply.headers)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        return Handler
 
 
 @pytest.fixture()
@@ -140,20 +43,18 @@ def server():
 
 @pytest.fixture()
 def make_client(server, monkeypatch):
-    """Builds OpenAIChatClients for the scripted server with fast timeouts and backoff."""
+    """Builds OpenAIChatClients for the scripted server with fast timeouts."""
     monkeypatch.setenv(KEY_ENV, SECRET)
 
     def make(**overrides) -> OpenAIChatClient:
-        kwargs = dict(
-            model=MODEL,
-            base_url=server.url,
-            api_key_env=KEY_ENV,
-            timeout=2.0,
-            max_retries=3,
-            backoff_base=0.01,
-            backoff_max=0.05,
-            cache_path=None,
-        )
+        kwargs = {
+            "model": MODEL,
+            "base_url": server.url,
+            "api_key_env": KEY_ENV,
+            "timeout": 2.0,
+            "max_retries": 3,
+            "cache_path": None,
+        }
         kwargs.update(overrides)
         return OpenAIChatClient(**kwargs)
 
@@ -182,7 +83,8 @@ def test_success_sends_request_and_key(server, make_client):
     assert body["model"] == MODEL and body["messages"] == USER
     assert body["temperature"] == 0.3 and body["max_tokens"] == 17 and body["seed"] == 5
     assert server.auth_headers[0] == f"Bearer {SECRET}"
-    assert client.stats.as_dict() == dict(requests=1, cache_hits=0, retries=0, json_fallbacks=0, json_repairs=0)
+    counts = {"requests": 1, "cache_hits": 0, "retries": 0, "failures": 0, "fallbacks": 0, "json_repairs": 0}
+    assert client.stats.as_dict() == counts
 
 
 def test_per_call_overrides(server, make_client):
@@ -208,12 +110,23 @@ def test_rate_limit_then_success_honours_retry_after(server, make_client):
     assert client.stats.retries == 1 and server.count == 2
 
 
-def test_retry_after_is_capped_by_backoff_max(server, make_client):
-    server.script.extend([Reply(status=503, headers={"Retry-After": "120"}), Reply("done")])
-    client = make_client(backoff_max=0.05)
+def test_retry_after_is_honoured_by_the_sdk(server, make_client):
+    server.script.extend([Reply(status=503, headers={"Retry-After": "1"}), Reply("done")])
+    client = make_client()
     t0 = time.monotonic()
     assert client.chat(USER) == "done"
-    assert time.monotonic() - t0 < 1.0
+    assert 0.9 < time.monotonic() - t0 < 5.0
+    assert client.stats.retries == 1 and client.stats.requests == 2
+
+
+def test_retry_after_beyond_the_sdk_limit_ends_at_once(server, make_client):
+    # The SDK waits at most two minutes for a Retry-After; a longer one stops the retries.
+    server.fallback = Reply(status=503, headers={"Retry-After": "600"})
+    client = make_client(max_retries=3)
+    t0 = time.monotonic()
+    with pytest.raises(TransientChatError, match="1 attempt; last status: HTTP 503"):
+        client.chat(USER)
+    assert time.monotonic() - t0 < 2.0 and server.count == 1
 
 
 def test_server_error_forever_gives_clear_error(server, make_client):
@@ -345,11 +258,12 @@ def test_chat_json_repairs_and_falls_back(server, make_client):
     assert not bad.ok and bad.data == default and bad.raw.startswith("I would rather")
     bad.data["score"] = 99
     assert default == {"score": 0}  # the caller's default is copied, never shared
-    assert client.stats.json_repairs == 1 and client.stats.json_fallbacks == 1
+    assert client.stats.json_repairs == 1 and client.stats.fallbacks == 1 and client.stats.failures == 0
+    assert bad.error == "reply is not JSON" and good.error is None
 
 
 def test_chat_json_batch_keeps_order(server, make_client):
-    server.fallback = Reply(lambda body: '{"n": %s}' % body["messages"][0]["content"])
+    server.fallback = Reply(lambda body: f'{{"n": {body["messages"][0]["content"]}}}')
     client = make_client(max_workers=4)
     replies = client.chat_json_batch([[{"role": "user", "content": str(i)}] for i in range(6)], default=None)
     assert [r.data["n"] for r in replies] == list(range(6))
@@ -385,6 +299,183 @@ def test_default_cache_path_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PLURALGYM_CACHE", str(tmp_path))
     assert resolve_cache_path("auto") == tmp_path / "chat_cache.sqlite"
     assert resolve_cache_path(None) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: SDK retries, attempt deadlines, unusable replies, counted failures, cache hygiene
+# --------------------------------------------------------------------------------------------
+
+
+def test_retries_belong_to_the_sdk(make_client):
+    client = make_client(max_retries=4)
+    assert client.client.max_retries == 4
+    with pytest.raises(TypeError):
+        make_client(backoff_base=0.5)  # the SDK's backoff replaced the project's
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 503])
+def test_transient_statuses_are_retried(server, make_client, status):
+    server.script.extend([Reply(status=status), Reply("recovered")])
+    client = make_client()
+    assert client.chat(USER) == "recovered"
+    assert server.count == 2 and client.stats.requests == 2 and client.stats.retries == 1
+
+
+def test_attempts_are_counted_per_request_across_threads(server, make_client):
+    seen, lock = Counter(), threading.Lock()
+
+    def fail_first_try(body):
+        key = body["messages"][0]["content"]
+        with lock:
+            seen[key] += 1
+            first = seen[key] == 1
+        return Reply(status=500) if first else Reply(f"ok {key}")
+
+    server.route = fail_first_try
+    client = make_client(max_workers=4, max_retries=2)
+    replies = client.chat_batch([[{"role": "user", "content": str(i)}] for i in range(6)])
+    assert replies == [f"ok {i}" for i in range(6)]
+    assert client.stats.requests == 12 and client.stats.retries == 6 and client.stats.failures == 0
+
+
+def test_trickling_reply_is_cut_at_the_attempt_deadline(server, make_client):
+    # Every byte arrives well within the read timeout; the whole body would take about 15 s.
+    server.fallback = Reply("x" * 100, trickle=0.05)
+    client = make_client(timeout=0.5, max_retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(TransientChatError, match="2 attempts; last status: timeout") as info:
+        client.chat(USER)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 0.5 * 2 + 0.5 + 2.0  # two deadlines, one SDK backoff, generous slack
+    assert server.count == 2 and client.stats.retries == 1 and client.stats.failures == 1
+    assert SECRET not in str(info.value)
+
+    t0 = time.monotonic()
+    reply = client.chat_json([{"role": "user", "content": "json please"}], default={"score": 0})
+    assert time.monotonic() - t0 < 3.5
+    assert not reply.ok and reply.data == {"score": 0} and "timeout" in reply.error
+    assert client.stats.failures == 2 and client.stats.fallbacks == 1
+
+
+def test_truncated_body_is_retried_then_fails_clearly(server, make_client):
+    server.script.extend([Reply("cut", truncate=True), Reply("whole")])
+    client = make_client(max_retries=2)
+    assert client.chat(USER) == "whole"
+    assert client.stats.retries == 1 and client.stats.failures == 0
+
+    server.fallback = Reply("cut", truncate=True)
+    with pytest.raises(ChatClientError, match="unusable reply") as info:
+        client.chat([{"role": "user", "content": "again"}])
+    assert "3 attempts" in str(info.value) and "not valid JSON" in str(info.value)
+    assert info.value.transient and server.count == 5
+    reply = client.chat_json([{"role": "user", "content": "json"}], default={"a": 1})
+    assert not reply.ok and reply.data == {"a": 1} and reply.raw == "" and "unusable reply" in reply.error
+
+
+@pytest.mark.parametrize(
+    "unusable", [Reply(choices=False), Reply(None), Reply("   ")], ids=["no-choices", "null", "blank"]
+)
+def test_unusable_200_is_a_counted_failure_and_never_cached(server, make_client, tmp_path, unusable):
+    server.fallback = unusable
+    client = make_client(max_retries=1, cache_path=str(tmp_path / "c.sqlite"))
+    with pytest.raises(TransientChatError, match="unusable reply"):
+        client.chat(USER)
+    reply = client.chat_json(USER, default={"d": 0})
+    assert not reply.ok and reply.data == {"d": 0} and "unusable reply" in reply.error
+    assert client.stats.failures == 2 and client.stats.fallbacks == 1 and server.count == 4
+
+    server.fallback = Reply('{"d": 1}')
+    assert client.chat_json(USER, default={"d": 0}).data == {"d": 1}  # nothing had been cached
+    assert server.count == 5
+
+
+def test_json_batch_degrades_on_transient_failures(server, make_client):
+    def reply_for(body):
+        n = body["messages"][0]["content"]
+        return Reply(status=503) if n == "2" else Reply(f'{{"n": {n}}}')
+
+    server.route = reply_for
+    client = make_client(max_retries=1, max_workers=3)
+    replies = client.chat_json_batch([[{"role": "user", "content": str(i)}] for i in range(5)], default={"n": -1})
+    assert [r.data["n"] for r in replies] == [0, 1, -1, 3, 4]
+    assert [r.ok for r in replies] == [True, True, False, True, True]
+    assert "HTTP 503" in replies[2].error and "2 attempts" in replies[2].error and replies[2].raw == ""
+    assert client.stats.failures == 1 and client.stats.fallbacks == 1 and client.stats.retries == 1
+    with pytest.raises(TransientChatError, match="HTTP 503"):  # free text still raises
+        client.chat_batch([[{"role": "user", "content": "2"}]])
+    assert client.stats.failures == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_json_batch_raises_for_configuration_errors(server, make_client, status):
+    server.fallback = Reply(status=status)
+    client = make_client(max_retries=3)
+    with pytest.raises(ChatClientError, match=f"HTTP {status}") as info:
+        client.chat_json(USER, default={})
+    assert not info.value.transient and server.count == 1
+    assert SECRET not in str(info.value) and "1 attempt;" in str(info.value)
+
+
+def test_unusable_json_reply_is_never_cached(server, make_client, tmp_path):
+    path = str(tmp_path / "cache.sqlite")
+    server.fallback = Reply("Sorry, I cannot grade this.")
+    first = make_client(cache_path=path)
+    assert not first.chat_json(USER, default={"score": 0}).ok
+    assert first.stats.fallbacks == 1 and first.stats.failures == 0
+
+    server.fallback = Reply('{"score": 4}')  # the server is healthy again
+    second = make_client(cache_path=path)
+    reply = second.chat_json(USER, default={"score": 0})
+    assert reply.ok and reply.data == {"score": 4}
+    assert server.count == 2 and second.stats.requests == 1 and second.stats.cache_hits == 0
+
+    third = make_client(cache_path=path)  # the usable reply was cached
+    assert third.chat_json(USER, default={"score": 0}).data == {"score": 4}
+    assert server.count == 2 and third.stats.cache_hits == 1
+
+
+def test_validate_hook_rejects_counts_and_skips_the_cache(server, make_client, tmp_path):
+    def two_labels(data):
+        labels = data.get("labels") if isinstance(data, dict) else None
+        return None if isinstance(labels, list) and len(labels) == 2 else "expected 2 labels"
+
+    other = [{"role": "user", "content": "other"}]
+    server.fallback = Reply('{"labels": ["good"]}')
+    client = make_client(cache_path=str(tmp_path / "c.sqlite"))
+    reply = client.chat_json(USER, default={"labels": []}, validate=two_labels)
+    assert reply == JsonReply({"labels": []}, '{"labels": ["good"]}', False, "expected 2 labels")
+    assert client.stats.fallbacks == 1 and client.stats.failures == 0
+
+    # One validator per conversation; the rejected reply was not cached, the accepted one is.
+    replies = client.chat_json_batch([USER, other], default={}, validate=[two_labels, None])
+    assert [r.ok for r in replies] == [False, True] and server.count == 3
+    assert client.chat_json(other, default={}).ok and server.count == 3
+    with pytest.raises(ValueError, match="validate"):
+        client.chat_json_batch([USER], default={}, validate=[None, None])
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "my_key", "_X1", "PLURALGYM_TEST_CHAT_KEY", None, ""])
+def test_api_key_env_accepts_variable_names(name):
+    check_api_key_env(name)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["sk-proj-abc123DEF456ghi", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "a1b2c3d4e5f6g7h8i9j0k1l2m3n4",
+     "my api token", "1ABC", "OPENAI-API-KEY", "Bearer abc"],
+)
+def test_api_key_env_rejects_values_without_echoing_them(value):
+    with pytest.raises(ChatClientError) as info:
+        check_api_key_env(value)
+    message = str(info.value)
+    assert "OPENAI_API_KEY" in message and "NAME" in message and value not in message
+
+
+def test_client_refuses_a_key_given_as_api_key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with pytest.raises(ChatClientError, match="looks like a key") as info:
+        OpenAIChatClient(model=MODEL, base_url="http://127.0.0.1:9/v1", api_key_env=SECRET, cache_path=None)
+    assert SECRET not in str(info.value) and "sk-test" not in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,6 +519,20 @@ def test_broken_outer_object_does_not_yield_inner_fragment():
         parse_json_reply('{"scores": {"a": 1}, "x": ???}')
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b"',  # cut inside a key: the repair would invent a value
+        '{"a": "x" "y"}',  # a stray string: the repair would invent a key or drop it
+        "[1 2]",  # a missing comma between values
+        '{"labels": ["good"], "note": maybe}',  # a bare word that is neither a key nor a literal
+    ],
+)
+def test_repairs_that_invent_or_drop_content_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_json_reply(text)
+
+
 # --------------------------------------------------------------------------------------------
 # LocalChatClient (tiny random model: gibberish replies, real plumbing)
 # --------------------------------------------------------------------------------------------
@@ -459,7 +564,6 @@ def test_local_batch_is_reproducible_per_request(local_client):
 
 def test_local_seed_and_greedy(local_client):
     other_seed = LocalChatClient(model="tiny-random", max_new_tokens=6, temperature=0.9, seed=2)
-    other_seed._backbone = local_client.backbone
     assert other_seed.chat_batch(CONVS) != local_client.chat_batch(CONVS)
     greedy = [local_client.chat(c, temperature=0.0) for c in CONVS]
     assert local_client.chat_batch(CONVS, temperature=0.0) == greedy
@@ -469,16 +573,15 @@ def test_local_max_tokens_and_json_fallback(local_client):
     tokenizer = local_client.backbone.tokenizer
     reply = local_client.chat(CONVS[0], max_tokens=2)
     assert len(tokenizer(reply, add_special_tokens=False)["input_ids"]) <= 3
-    before = local_client.stats.json_fallbacks
+    before = local_client.stats.fallbacks
     result = local_client.chat_json(CONVS[0], default={"fallback": True}, max_tokens=2)
     assert isinstance(result, JsonReply)
-    assert result.ok or (result.data == {"fallback": True} and local_client.stats.json_fallbacks == before + 1)
+    assert result.ok or (result.data == {"fallback": True} and local_client.stats.fallbacks == before + 1)
 
 
 def test_local_cache(local_client, tmp_path):
     path = tmp_path / "local.sqlite"
     cached = LocalChatClient(model="tiny-random", max_new_tokens=6, temperature=0.9, seed=1, cache_path=path)
-    cached._backbone = local_client.backbone
     first = cached.chat_batch(CONVS)
     assert cached.stats.requests == 3
     assert cached.chat_batch(CONVS) == first and cached.stats.requests == 3 and cached.stats.cache_hits == 3
@@ -492,16 +595,22 @@ def test_local_unknown_model_raises_clear_error(tmp_path):
         client.check()
 
 
-def test_hydra_configs_instantiate(monkeypatch, tmp_path):
+def test_chat_configs_instantiate_from_the_constructor_defaults(monkeypatch, tmp_path):
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "chat"
+    from tests.conftest import compose_config
+
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("PLURALGYM_CACHE", str(tmp_path))
-    remote = instantiate(OmegaConf.load(root / "openai.yaml"))
+    cfg = compose_config("opsd", "student=chat_model", "chat@student.client=openai")
+    remote = instantiate(cfg.student.client)
     assert isinstance(remote, OpenAIChatClient) and remote.model == "gpt-4o-mini"
     assert remote.cache.path == tmp_path / "chat_cache.sqlite"
-    local_cfg = OmegaConf.merge(OmegaConf.load(root / "local.yaml"), {"model": "tiny-random"})
-    local = instantiate(local_cfg)
+    assert "backoff_base" not in cfg.student.client and cfg.student.client.timeout == 60.0
+    local = instantiate(compose_config("opsd", "student=chat_model", "student.client.model=tiny-random").student.client)
     assert isinstance(local, LocalChatClient) and local.cache is None and local._backbone is None
+
+def test_local_clients_of_one_process_share_one_model(local_client):
+    twin = LocalChatClient(model="tiny-random", max_new_tokens=6, temperature=0.9, seed=1)
+    assert twin.backbone is local_client.backbone  # the student, judges and critic load it once
+    assert twin.chat_batch(CONVS) == local_client.chat_batch(CONVS)

@@ -1,20 +1,16 @@
 """The routing benchmark on tiny-random: end to end, metrics on known records, rows added by config."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import algorithms.benchmark as bm
-from algorithms.components import build_policy
 import algorithms.router as rl
 from agents import Router
 from algorithms.evaluation import DialogueRecord
+from tests.conftest import compose_config, make_tiny_run
 
-CONFIGS = Path(bm.__file__).resolve().parent.parent / "configs"
 TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_tokens=4", "benchmark.bootstrap=50",
               "device=cpu"]
 
@@ -23,22 +19,16 @@ TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_to
 def tiny_run(tmp_path_factory):
     """A tiny two-head policy run folder and a matched-head router trained on it."""
     folder = tmp_path_factory.mktemp("bench")
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("opsd", overrides=["agent=tiny", "device=cpu"])
-    policy, tokenizer = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
-    policy.save_pretrained(folder / "run" / "policy", tokenizer=tokenizer)
-    (folder / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        rcfg = compose("router", overrides=[f"policy={folder / 'run'}", "router.hidden_dim=16", "router.num_layers=2",
-                                            "router.epochs=2", "data.dialogues=4", "data.val_dialogues=2",
-                                            "data.turns=1", "data.max_new_tokens=4", "device=cpu"])
+    make_tiny_run(folder / "run")
+    rcfg = compose_config("router", f"policy={folder / 'run'}", "router.hidden_dim=16", "router.num_layers=2",
+                          "router.epochs=2", "data.dialogues=4", "data.val_dialogues=2", "data.turns=1",
+                          "data.max_new_tokens=4", "device=cpu")
     rl.train(rcfg, folder / "router")
     return folder / "run", folder / "router"
 
 
 def bench_cfg(*overrides):
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose("benchmark", overrides=[*TINY_BENCH, *overrides])
+    return compose_config("benchmark", *TINY_BENCH, *overrides)
 
 
 def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
@@ -79,7 +69,7 @@ def test_without_a_router_the_router_rows_are_skipped_and_rows_come_from_config(
     run, _ = tiny_run
     cfg = bench_cfg(f"policy={run}", "benchmark.entries.base=null",
                     "benchmark.entries.heads.heads=[interactive]", "benchmark.entries.heads.label='just-{head}'",
-                    "+benchmark.entries.fixed_mix={_target_: test_benchmark.FixedMix, weights: [0.25, 0.75]}")
+                    "+benchmark.entries.fixed_mix={_target_: tests.algorithms.test_benchmark.FixedMix, weights: [0.25, 0.75]}")
     results = bm.run_benchmark(cfg, tmp_path)
     assert list(results["rows"]) == ["head_interactive", "blend", "fixed_mix"]
     assert results["rows"]["head_interactive"]["label"] == "just-interactive"
@@ -136,7 +126,7 @@ def test_router_statistics_on_known_weights():
 
 def test_online_selector_moves_weights_with_the_reactions(tiny_policy):
     policy, tok = tiny_policy
-    router = Router(policy.config.hidden_size, 3, hidden_dim=8)
+    router = Router(policy.config.hidden_size, 3, hidden_dim=8, num_layers=3, dropout=0.1)
     from agents import RouterFeatures
 
     selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), lr=2.0, floor=0.0)

@@ -5,7 +5,7 @@ from agents import Router, RouterFeatures
 
 
 def test_router_shapes_defaults_and_softmax():
-    router = Router(input_dim=64, num_heads=2)
+    router = Router(input_dim=64, num_heads=2, hidden_dim=512, num_layers=3, dropout=0.1)
     linears = [m for m in router.mlp if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == [512, 512, 2]
     assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in router.mlp) == 2
@@ -17,17 +17,17 @@ def test_router_shapes_defaults_and_softmax():
 
 def test_router_parameter_count_matches_paper_scale():
     # 3-layer MLP of width 512 over a 3072-wide backbone has about 1.8M parameters.
-    router = Router(input_dim=3072, num_heads=2)
+    router = Router(input_dim=3072, num_heads=2, hidden_dim=512, num_layers=3, dropout=0.1)
     assert 1.7e6 < sum(p.numel() for p in router.parameters()) < 1.9e6
 
 
 def test_router_rejects_wrong_feature_width():
     with pytest.raises(ValueError, match=r"expects \(B, 64\) features"):
-        Router(64, 2)(torch.randn(3, 32))
+        Router(64, 2, 512, 3, 0.1)(torch.randn(3, 32))
 
 
 def test_router_save_load_round_trip(tmp_path):
-    router = Router(16, 3, hidden_dim=8, num_layers=2).eval()
+    router = Router(16, 3, hidden_dim=8, num_layers=2, dropout=0.1).eval()
     x = torch.randn(4, 16)
     router.save_pretrained(tmp_path)
     loaded = Router.from_pretrained(tmp_path).eval()

@@ -1,0 +1,58 @@
+"""A trainer with LLM judges behind a faulty OpenAI-compatible server: failures are counted, logged and acted on."""
+
+import json
+
+import pytest
+
+import algorithms.opsd as opsd
+from algorithms.trainer import ChatHealthError
+from tests.chat_server import MODEL, Reply, ScriptedServer
+
+GOOD = '{"critique": "fine", "labels": ["good"]}'
+
+
+@pytest.fixture()
+def server():
+    srv = ScriptedServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+def llm_judges(server, tmp_path, *extra):
+    return ["judge=llm", "chat@judge.client=openai", f"judge.client.base_url={server.url}",
+            "judge.client.api_key_env=null", f"judge.client.model={MODEL}", "judge.client.max_retries=1",
+            f"judge.client.cache_path={tmp_path / 'chat.sqlite'}", "algorithm.eval.enabled=false", *extra]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_unusable_judge_replies_are_counted_warned_about_and_never_replayed(server, tmp_path, opsd_config):
+    server.fallback = Reply("I would rather not grade this.")
+    with pytest.warns(UserWarning, match="chat-model replies were unusable"):
+        opsd.train(opsd_config(*llm_judges(server, tmp_path)), tmp_path / "bad")
+    history = rows(tmp_path / "bad")
+    assert [r["chat/fallbacks"] for r in history] == [4, 4]  # every judged turn fell back to "neutral"
+    assert all(r["chat/fallback_rate"] == 1.0 and r["chat/requests"] == 4 for r in history)
+    assert all(r[f"env/reward_{p}"] == 0.0 for r in history for p in ("direct", "interactive"))
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert summary["chat"]["fallbacks"] == 8 and summary["chat"]["requests"] == 8
+
+    server.fallback = Reply(GOOD)  # the server is healthy again: nothing unusable was cached
+    opsd.train(opsd_config(*llm_judges(server, tmp_path)), tmp_path / "good")
+    history = rows(tmp_path / "good")
+    assert [r["chat/requests"] for r in history] == [4, 4] and all(r["chat/fallbacks"] == 0 for r in history)
+    assert all(r["env/reward_direct"] == 1.0 for r in history)
+
+
+def test_failed_requests_are_counted_and_can_stop_the_run(server, tmp_path, opsd_config):
+    server.fallback = Reply(status=500)
+    cfg = opsd_config(*llm_judges(server, tmp_path, "algorithm.chat_fallback_stop=0.5"))
+    with pytest.raises(ChatHealthError, match="chat_fallback_stop=0.5") as info:
+        opsd.train(cfg, tmp_path / "run")
+    assert "4 requests failed after 4 retries" in str(info.value)
+    assert not (tmp_path / "run" / "history.jsonl").read_text()  # stopped before learning on the step
+    assert server.count == 8  # two attempts per judged turn (max_retries=1), then it stopped
