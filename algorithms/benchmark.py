@@ -1,4 +1,4 @@
-"""Routers against fixed heads: end-to-end tutoring satisfaction when each policy drives the dialogue.
+"""Routers against fixed heads and baselines: every policy drives the same held-out episodes.
 
 Run it with Hydra (configs/benchmark.yaml)::
 
@@ -9,14 +9,16 @@ Run it with Hydra (configs/benchmark.yaml)::
 Every entry of ``benchmark.entries`` is a Hydra ``_target_`` that contributes one or more rows
 (:class:`Contender`). The defaults compare the untrained base model, each fixed head, the equal
 blend, the offline router (re-reads the prefix before every turn) and the online router (starts
-from the router's weights and then follows the student's reactions with Hedge steps). Each row
-drives full dialogues turn by turn on the same held-out contexts x both student types.
+from the router's weights and then follows the feedback with Hedge steps: the project's own
+test-time extension, not part of any paper's protocol). Each row plays the same held-out episodes
+(the task's ``eval`` split, every context against every persona label) turn by turn.
 
-Reported per row: satisfaction (good-turn rate) per student type and their mean, with bootstrap
-95% intervals over dialogues; for rows that mix heads, the share of turns whose largest weight is
-on the student's matched head (at the first generated turn and over all turns), the mean weights
-and their entropy. Written to the output folder as ``benchmark.json``, ``benchmark.md`` (the
-paper's Table 5 layout), ``satisfaction.png``, ``router_weights.png`` and ``dialogues.jsonl``.
+Reported: the task's own report of every row (for tutoring, satisfaction per student type and
+their mean with bootstrap intervals over dialogues, the style matrix and questions per turn), and
+for rows that mix heads, the share of turns whose largest weight is on the matched head
+(``label["persona"]``; at the first turn and over all turns), the mean weights and their entropy.
+Written to the output folder as ``benchmark.json``, ``benchmark.md``, ``benchmark.png``,
+``router_weights.png`` and ``episodes.jsonl``.
 
 Adding a row needs no change here: write a class with ``build(ctx) -> list[Contender]`` and add
 ``benchmark.entries.<name>={_target_: mypkg.MyEntry, ...}`` (``+benchmark.entries...`` on the
@@ -26,7 +28,7 @@ command line); set an entry to null to drop it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +42,15 @@ from omegaconf import DictConfig, OmegaConf
 from agents import Router, RouterFeatures
 from agents.models import resolve_device
 from algorithms.components import agent_config, build_task
-from algorithms.evaluation import (
-    DialogueRecord,
-    Selection,
-    Selector,
-    good_rate,
-    rollout_dialogues,
-)
-from algorithms.router import (
-    hedge_step,
-    load_router,
-    load_run,
-    matched_head,
-    reaction_head_losses,
-    route,
-    weight_entropy,
-)
+from algorithms.episodes import EpisodeRecord, Selection, Selector, play_episodes
+from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
+from algorithms.router import load_router, load_run
+from algorithms.router_data import matched_head, route
 from algorithms.runs import json_line, write_json
-from algorithms.tasks import TutoringTask
+from algorithms.tasks.base import Task
+from algorithms.tasks.reporting import markdown_table, pyplot, save_figure
 from configs import check_top_level, register
 from configs.validation import check_types, require, structured
-from envs.students.base import STUDENT_TYPES
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -124,7 +114,7 @@ class BenchmarkContext:
     Attributes:
         policy: The frozen multi-head policy of ``policy=``.
         tokenizer: Its tokenizer (left padding).
-        task: The tutoring task (held-out topics, student, satisfaction judge).
+        task: The task (held-out episodes and their report).
         run_cfg: The OPSD run's own config (its ``agent`` node says which base model it started from).
         router_dir: The ``router=`` folder, or None.
         device: Where the models run.
@@ -133,7 +123,7 @@ class BenchmarkContext:
 
     policy: Any
     tokenizer: Any
-    task: TutoringTask
+    task: Task
     run_cfg: DictConfig | None
     router_dir: str | None
     device: torch.device
@@ -171,8 +161,7 @@ class Contender:
         selector: ``generate`` keyword arguments, or ``(observations, turn) -> kwargs``.
         model: What generates (default: the context's policy); a plain causal LM takes ``selector={}``.
         tokenizer: Its tokenizer (default: the context's).
-        task: The task to roll out in (default: the context's).
-        mixes: Whether it picks per-dialogue head weights (router statistics are reported).
+        mixes: Whether it picks per-episode head weights (router statistics are reported).
     """
 
     name: str
@@ -180,7 +169,6 @@ class Contender:
     selector: Selector | Selection
     model: Any = None
     tokenizer: Any = None
-    task: TutoringTask | None = None
     mixes: bool = False
 
 
@@ -229,7 +217,7 @@ class EqualBlend:
 
 
 class OfflineRouter:
-    """The trained router: before every turn it reads the dialogue prefix and sets the head weights.
+    """The trained router: before every turn it reads the episode prefix and sets the head weights.
 
     Args:
         path: A router folder (default: the benchmark's ``router=``); skipped when neither is set.
@@ -246,10 +234,10 @@ class OfflineRouter:
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
-        features = ctx.features
+        features, task = ctx.features, ctx.task
 
         def select(observations, turn):
-            return {"weights": route(router, features, observations).weights.float()}
+            return {"weights": route(router, features, task, observations).weights.float()}
 
         return [Contender(self.name, self.label, select, mixes=True)]
 
@@ -257,8 +245,8 @@ class OfflineRouter:
 class _OnlineSelector:
     """Router weights at the first turn, then a Hedge step after every observed reaction."""
 
-    def __init__(self, router: Router, features: RouterFeatures, lr: float, floor: float):
-        self.router, self.features = router, features
+    def __init__(self, router: Router, features: RouterFeatures, task: Task, lr: float, floor: float):
+        self.router, self.features, self.task = router, features, task
         self.lr, self.floor = lr, floor
         self.weights: torch.Tensor | None = None
         self.rewards: torch.Tensor | None = None
@@ -269,7 +257,7 @@ class _OnlineSelector:
 
     def __call__(self, observations, turn):
         if turn == 0 or self.weights is None or self.weights.shape[0] != len(observations):
-            self.weights = route(self.router, self.features, observations).weights.float()  # (B, K)
+            self.weights = route(self.router, self.features, self.task, observations).weights.float()  # (B, K)
         else:
             if self.rewards is None or len(self.rewards) != len(observations):
                 raise RuntimeError("The online router was not shown the previous turn's rewards.")
@@ -305,179 +293,82 @@ class OnlineRouter:
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
-        selector = _OnlineSelector(router, ctx.features, self.lr, self.floor)
+        selector = _OnlineSelector(router, ctx.features, ctx.task, self.lr, self.floor)
         return [Contender(self.name, self.label, selector, mixes=True)]
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics
+# Router statistics and reports
 # ----------------------------------------------------------------------------------------------
 
 
-def bootstrap_satisfaction(records: Sequence[DialogueRecord], *, samples: int, confidence: float,
-                           seed: int) -> dict[str, dict[str, float]]:
-    """Good-turn rate per student type and their mean, with percentile bootstrap intervals.
-
-    Dialogues are the resampled unit (drawn with replacement within each student type); the mean's
-    interval comes from averaging the per-type rates of the same replicate.
-
-    Returns:
-        ``{type or "mean": {"value", "low", "high", "dialogues"}}``.
-    """
-    rng = np.random.default_rng(seed)
-    alpha = (1.0 - confidence) / 2.0
-    out, reps = {}, {}
-    for t in STUDENT_TYPES:
-        rows = [r.satisfaction for r in records if r.student_type == t]
-        good = np.array([sum(lab == "good" for lab in s) for s in rows], dtype=float)
-        total = np.array([len(s) for s in rows], dtype=float)
-        value = good_rate([lab for s in rows for lab in s], exclude_neutral=False)
-        if len(rows) and total.sum() > 0:
-            idx = rng.integers(0, len(rows), size=(samples, len(rows)))
-            reps[t] = good[idx].sum(1) / np.maximum(total[idx].sum(1), 1)
-        else:
-            reps[t] = np.full(samples, np.nan)
-        out[t] = {"value": value, "low": float(np.nanquantile(reps[t], alpha)) if len(rows) else float("nan"),
-                  "high": float(np.nanquantile(reps[t], 1 - alpha)) if len(rows) else float("nan"),
-                  "dialogues": len(rows)}
-    mean_reps = np.nanmean(np.stack([reps[t] for t in STUDENT_TYPES]), axis=0)
-    out["mean"] = {"value": float(np.nanmean([out[t]["value"] for t in STUDENT_TYPES])),
-                   "low": float(np.nanquantile(mean_reps, alpha)), "high": float(np.nanquantile(mean_reps, 1 - alpha)),
-                   "dialogues": len(records)}
-    return out
-
-
-def router_statistics(records: Sequence[DialogueRecord], head_names: Sequence[str]) -> dict[str, Any]:
+def router_statistics(records: Sequence[EpisodeRecord], head_names: Sequence[str]) -> dict[str, Any]:
     """Statistics of the per-turn head weights recorded by a mixing row.
 
     Returns:
         ``accuracy_turn1`` / ``accuracy``: share of first / all generated turns whose largest weight
-        is on the student's matched head; ``mean_weights`` overall and ``mean_weights_by_type``;
-        ``entropy`` (nats); ``weights_by_turn[type][turn]``: mean weight vector at each turn.
+        is on the head named after ``label["persona"]``; ``mean_weights`` overall and
+        ``mean_weights_by_persona``; ``entropy`` (nats); ``weights_by_turn[persona][turn]``: the mean
+        weight vector at each turn.
     """
-    rows = [(r.student_type, t, w) for r in records for t, w in enumerate(r.weights)]
+    rows = [(r.label["persona"], t, w) for r in records for t, w in enumerate(r.weights)]
     if not rows:
         return {}
     weights = torch.tensor([w for _, _, w in rows], dtype=torch.float32)  # (N, K)
-    target = torch.tensor([matched_head(head_names, s) for s, _, _ in rows])
+    target = torch.tensor([matched_head(head_names, p) for p, _, _ in rows])
     turn = torch.tensor([t for _, t, _ in rows])
     hit = (weights.argmax(-1) == target).float()
     by_turn: dict[str, list[list[float]]] = {}
-    by_type: dict[str, dict[str, float]] = {}
-    for s in STUDENT_TYPES:
-        mask = target == matched_head(head_names, s)
-        if mask.any():
-            by_type[s] = dict(zip(head_names, weights[mask].mean(0).tolist()))
-        by_turn[s] = [weights[mask & (turn == t)].mean(0).tolist() for t in range(int(turn.max()) + 1)
-                      if (mask & (turn == t)).any()]
+    by_persona: dict[str, dict[str, float]] = {}
+    for persona in dict.fromkeys(p for p, _, _ in rows):
+        mask = target == matched_head(head_names, persona)
+        by_persona[persona] = dict(zip(head_names, weights[mask].mean(0).tolist()))
+        by_turn[persona] = [weights[mask & (turn == t)].mean(0).tolist() for t in range(int(turn.max()) + 1)
+                            if (mask & (turn == t)).any()]
     return {
         "accuracy_turn1": float(hit[turn == 0].mean()),
         "accuracy": float(hit.mean()),
         "mean_weights": dict(zip(head_names, weights.mean(0).tolist())),
-        "mean_weights_by_type": by_type,
+        "mean_weights_by_persona": by_persona,
         "entropy": float(weight_entropy(weights).mean()),
         "weights_by_turn": by_turn,
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Reports
-# ----------------------------------------------------------------------------------------------
-
-
-def _cell(stat: dict[str, float], bold: bool = False) -> str:
-    if stat["value"] != stat["value"]:
-        return "n/a"
-    value = f"**{stat['value']:.3f}**" if bold else f"{stat['value']:.3f}"
-    return f"{value} [{stat['low']:.3f}, {stat['high']:.3f}]"
-
-
-def markdown_table(results: dict[str, Any], confidence: float) -> str:
-    """The satisfaction table (Policy | Direct stu. | Interactive stu. | Mean) and the router table."""
-    rows = results["rows"]
-    best = max((r["satisfaction"]["mean"]["value"] for r in rows.values()
-                if r["satisfaction"]["mean"]["value"] == r["satisfaction"]["mean"]["value"]), default=None)
-    types = [f"{t.capitalize()} stu." for t in STUDENT_TYPES]
-    lines = [f"Satisfaction (good-turn rate) with bootstrap {confidence:.0%} intervals, "
-             f"{results['contexts']} held-out contexts x {len(STUDENT_TYPES)} student types, "
-             f"{results['turns']} generated turns each.", "",
-             "| Policy | " + " | ".join(types) + " | Mean |", "| --- |" + " --- |" * (len(types) + 1)]
-    for row in rows.values():
-        sat = row["satisfaction"]
-        cells = [_cell(sat[t]) for t in STUDENT_TYPES] + [_cell(sat["mean"], bold=sat["mean"]["value"] == best)]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    mixing = {k: r for k, r in rows.items() if r.get("router")}
-    if mixing:
-        heads = results["head_names"]
-        lines += ["", "Head weights of the mixing rows (accuracy: largest weight on the student's matched head):", "",
-                  "| Policy | Acc. turn 1 | Acc. all turns | " + " | ".join(f"mean w({h})" for h in heads)
-                  + " | Entropy |", "| --- |" + " --- |" * (len(heads) + 3)]
-        for row in mixing.values():
-            st = row["router"]
-            lines.append(f"| {row['label']} | {st['accuracy_turn1']:.3f} | {st['accuracy']:.3f} | "
-                         + " | ".join(f"{st['mean_weights'][h]:.3f}" for h in heads) + f" | {st['entropy']:.3f} |")
+def router_markdown(routers: dict[str, dict[str, Any]], head_names: Sequence[str]) -> str:
+    """The table of the mixing rows' head weights (empty when there is no mixing row)."""
+    if not routers:
+        return ""
+    lines = ["", "Head weights of the mixing rows (accuracy: largest weight on the episode's matched head):", ""]
+    lines += markdown_table(
+        ["Policy", "Acc. turn 1", "Acc. all turns"] + [f"mean w({h})" for h in head_names] + ["Entropy"],
+        [[label, f"{st['accuracy_turn1']:.3f}", f"{st['accuracy']:.3f}"]
+         + [f"{st['mean_weights'][h]:.3f}" for h in head_names] + [f"{st['entropy']:.3f}"]
+         for label, st in routers.items()])
     return "\n".join(lines) + "\n"
 
 
-def plot_satisfaction(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: satisfaction per student type and mean for every row, with the intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(results["rows"].values())
-    groups = list(STUDENT_TYPES) + ["mean"]
-    width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups) + 0.3 * len(rows), 4))
-    x = np.arange(len(groups))
-    for i, row in enumerate(rows):
-        vals = np.array([row["satisfaction"][g]["value"] for g in groups], dtype=float)
-        low = np.array([row["satisfaction"][g]["low"] for g in groups], dtype=float)
-        high = np.array([row["satisfaction"][g]["high"] for g in groups], dtype=float)
-        err = np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, np.nan_to_num(vals), width, yerr=err, capsize=3,
-               label=row["label"])
-    ax.set_xticks(x, [f"{g} student" if g != "mean" else "mean" for g in groups])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("good-turn rate")
-    ax.set_title("Student satisfaction by policy")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_router_weights(results: dict[str, Any], path: Path) -> None:
-    """Mean weight on each head at each generated turn, per student type, one panel per mixing row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mixing = [r for r in results["rows"].values() if r.get("router")]
-    heads = results["head_names"]
-    fig, axes = plt.subplots(1, max(len(mixing), 1), figsize=(5 * max(len(mixing), 1), 3.6), squeeze=False)
-    if not mixing:
+def plot_router_weights(routers: dict[str, dict[str, Any]], head_names: Sequence[str], path: Path) -> None:
+    """Mean weight on each head at each generated turn, per persona label, one panel per mixing row."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, max(len(routers), 1), figsize=(5 * max(len(routers), 1), 3.6), squeeze=False)
+    if not routers:
         axes[0, 0].text(0.5, 0.5, "no router rows in this benchmark", ha="center", va="center")
         axes[0, 0].set_axis_off()
-    for ax, row in zip(axes[0], mixing):
-        for s, style in zip(STUDENT_TYPES, ("-", "--")):
-            curve = np.array(row["router"]["weights_by_turn"].get(s, []), dtype=float)  # (T, K)
-            if curve.size == 0:
-                continue
-            for k, h in enumerate(heads):
-                ax.plot(np.arange(1, len(curve) + 1), curve[:, k], style, color=f"C{k}", marker="o",
-                        label=f"w({h}), {s} student")
+    styles = ("-", "--", ":", "-.")
+    for ax, (label, stats) in zip(axes[0], routers.items()):
+        for j, (persona, curve) in enumerate(stats["weights_by_turn"].items()):
+            curve = np.array(curve, dtype=float)  # (T, K)
+            for k, h in enumerate(head_names):
+                ax.plot(np.arange(1, len(curve) + 1), curve[:, k], styles[j % len(styles)], color=f"C{k}",
+                        marker="o", label=f"w({h}), {persona}")
         ax.set_ylim(0, 1)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("generated turn")
         ax.set_ylabel("mean head weight")
-        ax.set_title(row["label"])
+        ax.set_title(label)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,53 +386,56 @@ def build_contenders(cfg: DictConfig, ctx: BenchmarkContext) -> list[Contender]:
         if not hasattr(entry, "build"):
             raise TypeError(f"benchmark.entries.{key} ({type(entry).__name__}) has no build(ctx) method.")
         contenders += entry.build(ctx)
-    names = [c.name for c in contenders]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Two benchmark rows share a name: {names}; give the entries distinct name=.")
+    for kind, values in (("name", [c.name for c in contenders]), ("label", [c.label for c in contenders])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"Two benchmark rows share a {kind}: {values}; give the entries distinct {kind}=.")
     if not contenders:
         raise ValueError("benchmark.entries produced no rows.")
     return contenders
 
 
 def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Runs every row on the same held-out dialogues and writes the reports into ``out_dir``.
+    """Runs every row on the same held-out episodes and writes the reports into ``out_dir``.
 
     Returns:
-        The results written to ``benchmark.json`` (without the dialogues).
+        The results written to ``benchmark.json`` (without the episodes), plus ``markdown``.
     """
     if OmegaConf.is_missing(cfg, "policy") or not cfg.get("policy"):
         raise ValueError("Set policy=<OPSD run folder> (the folder holding policy/ and config.yaml).")
+    b = structured(BenchmarkConfig, cfg.benchmark, "benchmark")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    b = structured(BenchmarkConfig, cfg.benchmark, "benchmark")
     device = resolve_device(cfg.device)
     policy, tokenizer, run_cfg = load_run(cfg.policy, device)
-    ctx = BenchmarkContext(policy, tokenizer, build_task(cfg), run_cfg, cfg.get("router"), device, b)
+    task = build_task(cfg)
+    ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
     contenders = build_contenders(cfg, ctx)
-    results: dict[str, Any] = {"policy": str(cfg.policy), "router": cfg.get("router"), "contexts": b.contexts,
-                               "turns": b.turns, "head_names": list(policy.head_names), "rows": {}}
-    dialogues = (out_dir / "dialogues.jsonl").open("w")
-    try:
+    options = task.eval_options(b.contexts)
+    rows: dict[str, list[EpisodeRecord]] = {}
+    routers: dict[str, dict[str, Any]] = {}
+    with (out_dir / "episodes.jsonl").open("w") as episodes:
         for c in contenders:
-            print(f"[benchmark] {c.label}: {b.contexts} contexts x {len(STUDENT_TYPES)} student types, {b.turns} turns")
-            records = rollout_dialogues(c.model or policy, c.tokenizer or tokenizer, c.task or ctx.task, c.selector,
-                                        driver=c.name, contexts=b.contexts, turns=b.turns,
-                                        max_new_tokens=b.max_new_tokens, temperature=b.temperature, seed=b.seed)
-            row = {"label": c.label,
-                   "satisfaction": bootstrap_satisfaction(records, samples=b.bootstrap, confidence=b.confidence,
-                                                          seed=b.seed)}
+            print(f"[benchmark] {c.label}: {len(options)} episodes, {b.turns} turns")
+            records = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector, options,
+                                    driver=c.name, turns=b.turns, max_new_tokens=b.max_new_tokens,
+                                    temperature=b.temperature, seed=b.seed)
+            rows[c.label] = records
             if c.mixes:
-                row["router"] = router_statistics(records, policy.head_names)
-            results["rows"][c.name] = row
-            dialogues.writelines(json_line(asdict(r)) for r in records)
-    finally:
-        dialogues.close()
-    markdown = markdown_table(results, b.confidence)
+                routers[c.label] = router_statistics(records, policy.head_names)
+            episodes.writelines(json_line(r.to_json()) for r in records)
+    head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
+    report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
+    results = {"policy": str(cfg.policy), "router": cfg.get("router"), "contexts": b.contexts, "turns": b.turns,
+               "episodes_per_row": len(options), "head_names": list(policy.head_names),
+               "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers}
+    markdown = (f"{len(options)} held-out episodes per row ({b.contexts} contexts x every persona label), "
+                f"{b.turns} generated turns each.\n\n" + report.markdown + router_markdown(routers, policy.head_names))
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)
-    plot_satisfaction(results, out_dir / "satisfaction.png")
-    plot_router_weights(results, out_dir / "router_weights.png")
+    if report.plot is not None:
+        report.plot(out_dir / "benchmark.png")
+    plot_router_weights(routers, policy.head_names, out_dir / "router_weights.png")
     results["markdown"] = markdown
     return results
 

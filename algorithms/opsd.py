@@ -40,7 +40,7 @@ from transformers import AutoTokenizer
 from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
 from agents.models import resolve_device
-from algorithms.components import build_task
+from algorithms.components import agent_config, build_task
 from algorithms.evaluation import evaluate_policy
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
@@ -234,6 +234,7 @@ class OPSDTrainer(Trainer):
                 step=step, shard=k, uids=[uids[r] for r in part], personas=personas,
                 heads=[self.head_of(p) for p in personas], version=self.step,
                 gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
+                turn=step % self.settings.turns_per_episode + 1,
                 reset_seeds=[self.cfg.seed * 10_000_019 + episode * num * n + r for r in part] if fresh else None,
                 states=None if fresh else [self.episodes[r] for r in part],
             ))
@@ -270,7 +271,7 @@ class OPSDTrainer(Trainer):
             metrics[f"env/reward_{name}"] = float(np.mean(result.rewards[rows]))
         metrics["env/reward_matched"] = mean_where(result.rewards, matched)
         metrics["env/reward_mismatched"] = mean_where(result.rewards, [not m for m in matched])
-        for key, values in self.task.step_metrics(result.texts).items():
+        for key, values in self.task.step_metrics(result.texts, result.infos).items():
             for p, name in enumerate(names):
                 metrics[f"env/{key}_{name}"] = float(np.mean(values[p * n:(p + 1) * n]))
         metrics.update({"env/turn_tokens": float(result.completion_mask.sum(1).float().mean()),
@@ -288,9 +289,18 @@ class OPSDTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------
 
 
+def _base_model(cfg: DictConfig, device) -> tuple[Any, Any]:
+    backbone = agent_config(cfg).load(device)
+    backbone.tokenizer.padding_side = "left"
+    return backbone.model, backbone.tokenizer
+
+
 def _evaluate(trainer: OPSDTrainer, writer) -> dict[str, Any]:
-    return evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, trainer.settings.eval, trainer.run_dir,
-                           head_for_persona=trainer.head_of, writer=writer, step=trainer.step)["summary"]
+    settings = trainer.settings.eval
+    base = _base_model(trainer.cfg, trainer.device) if settings.baselines else None
+    heads = [trainer.head_of(p) for p in range(len(trainer.personas))]
+    return evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, settings, trainer.run_dir,
+                           head_for_persona=heads, base=base, writer=writer, step=trainer.step)["summary"]
 
 
 def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -308,8 +318,10 @@ def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     tokenizer.padding_side = "left"
     settings = algorithm_config(cfg)
-    return evaluate_policy(policy, tokenizer, build_task(cfg), settings.eval, run_dir,
-                           head_for_persona=(lambda p: p) if settings.variant == "mah" else (lambda p: 0))
+    task = build_task(cfg)
+    heads = [p if settings.variant == "mah" else 0 for p in range(len(task.personas))]
+    base = _base_model(cfg, device) if settings.eval.baselines else None
+    return evaluate_policy(policy, tokenizer, task, settings.eval, run_dir, head_for_persona=heads, base=base)
 
 
 def _run_dir(resume: str | None, evaluate: str | None, fresh: str) -> str:

@@ -1,12 +1,12 @@
-"""Rollout workers: sample teacher turns and step the students, in-process or on Ray.
+"""Rollout workers: sample turns and step the environments, in-process or on Ray.
 
-A :class:`RolloutWorker` is a plain class. It holds a copy of the policy (or shares the learner's),
-the task's environments and their student simulator. Given a :class:`RolloutRequest` it takes one
-turn in each requested dialogue and returns a :class:`RolloutResult`: the sampled tokens with their
-log-probabilities, the students' replies (the privileged feedback), the rewards, the hidden labels
-and the dialogue states to continue from.
+A :class:`RolloutWorker` is a plain class. It holds a copy of the policy (or shares the learner's)
+and the task (its environments and their plug-ins: students, critics, judges). Given a
+:class:`RolloutRequest` it takes one turn in each requested episode and returns a
+:class:`RolloutResult`: the sampled tokens with their log-probabilities, the privileged feedback,
+the rewards, the hidden labels and the episode states to continue from.
 
-A request is a pure function of its dialogue states, its seeds and the weight version, so it can
+A request is a pure function of its episode states, its seeds and the weight version, so it can
 be run again anywhere with the same outcome. That is what makes the Ray pool fault tolerant: when
 a worker dies mid-rollout, Ray restarts the actor and the pool sends it exactly the lost request.
 
@@ -34,9 +34,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from agents import MultiHeadPolicy, generate
+from agents import MultiHeadPolicy
 from agents.models import resolve_device
 from algorithms.components import apply_lora, build_policy, build_task
+from algorithms.episodes import take_turn
 from configs.validation import check_types, require, structured
 
 Messages = list[dict[str, str]]
@@ -97,18 +98,20 @@ def ray_config(cfg: DictConfig) -> RayConfig:
 
 @dataclass
 class RolloutRequest:
-    """One turn in each of a few dialogues, for one worker.
+    """One turn in each of a few episodes, for one worker.
 
     Attributes:
         step: The trainer step this turn feeds.
         shard: Index of this request among the step's requests.
-        uids: A stable id per dialogue (unique over the run).
-        personas: Persona index per dialogue (whose privileged block the learner will build).
-        heads: Head index that samples each dialogue's turn.
+        uids: A stable id per episode (unique over the run).
+        personas: Persona index per episode (whose privileged prompt the learner will build).
+        heads: Head index that samples each episode's turn.
         version: Weight version to sample with (the number of updates behind those weights).
         gen_seed: Seed of the sampling.
-        states: Dialogue states to continue (``None`` when ``reset_seeds`` is given).
-        reset_seeds: Seeds to start fresh dialogues with, one per dialogue.
+        turn: Which turn of its episode this is (1-based), the same for every row.
+        states: Episode states to continue (``None`` when ``reset_seeds`` is given).
+        reset_seeds: Seeds to start fresh episodes with, one per episode.
+        reset_options: Reset options of those fresh episodes (None: every draw left to the seed).
     """
 
     step: int
@@ -118,15 +121,17 @@ class RolloutRequest:
     heads: list[int]
     version: int
     gen_seed: int
+    turn: int = 1
     states: list[dict] | None = None
     reset_seeds: list[int] | None = None
+    reset_options: list[dict] | None = None
 
     def __post_init__(self):
         n = len(self.uids)
         if len(self.personas) != n or len(self.heads) != n:
             raise ValueError(f"request has {n} uids but {len(self.personas)} personas and {len(self.heads)} heads")
         if (self.states is None) == (self.reset_seeds is None):
-            raise ValueError("a rollout request needs either dialogue states or reset seeds, not both")
+            raise ValueError("a rollout request needs either episode states or reset seeds, not both")
         if len(self.states if self.states is not None else self.reset_seeds) != n:
             raise ValueError(f"request has {n} uids but a different number of states or seeds")
 
@@ -137,7 +142,7 @@ class RolloutResult:
 
     Attributes:
         step, shard, version, uids, personas, heads: Copied from the request.
-        prompts: ``B`` observations the turns answer (the dialogue before each turn).
+        prompts: ``B`` observations the turns answer.
         prompt_ids: ``(B, P)`` the policy's prompts, left-padded.
         prompt_mask: ``(B, P)``.
         completion_ids: ``(B, T)`` the sampled turns, right-padded.
@@ -146,9 +151,10 @@ class RolloutResult:
         texts: ``B`` decoded turns as sent to the env.
         feedback: ``B`` student replies (the privileged signal).
         rewards: ``B`` satisfaction rewards.
-        labels: ``B`` hidden labels (``student_type``, ``reaction``).
-        turn_index: ``B`` teacher-turn number of each sampled turn within its dialogue (1-based).
-        states: ``B`` dialogue states after the turn, to continue from.
+        labels: ``B`` hidden labels (``label["persona"]`` and the task's own keys).
+        infos: ``B`` step infos.
+        turn_index: ``B`` turn number of each sampled turn within its episode (1-based).
+        states: ``B`` episode states after the turn, to continue from.
         gen_s: Seconds spent sampling; env_s: seconds spent in the env (students and judge).
         worker: Name of the worker that ran it (with its process id).
         chat: Traffic of the task's chat clients during the turn (``requests``, ``retries``,
@@ -170,7 +176,8 @@ class RolloutResult:
     texts: list[str]
     feedback: list[str]
     rewards: list[float]
-    labels: list[dict[str, str]]
+    labels: list[dict[str, Any]]
+    infos: list[dict[str, Any]]
     turn_index: list[int]
     states: list[dict]
     gen_s: float = 0.0
@@ -180,7 +187,7 @@ class RolloutResult:
 
     @property
     def turn_ids(self) -> list[str]:
-        """One id per sampled turn, ``<dialogue uid>@<turn>``: unique over a run."""
+        """One id per sampled turn, ``<episode uid>@<turn>``: unique over a run."""
         return [f"{uid}@{turn}" for uid, turn in zip(self.uids, self.turn_index)]
 
 
@@ -221,7 +228,7 @@ def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResul
         completion_ids=_pad([r.completion_ids for r in results], pad_id, left=False),
         completion_mask=_pad([r.completion_mask for r in results], 0, left=False),
         logprobs=_pad([r.logprobs for r in results], 0, left=False),
-        texts=cat("texts"), feedback=cat("feedback"), rewards=cat("rewards"), labels=cat("labels"),
+        texts=cat("texts"), feedback=cat("feedback"), rewards=cat("rewards"), labels=cat("labels"), infos=cat("infos"),
         turn_index=cat("turn_index"), states=cat("states"),
         gen_s=sum(r.gen_s for r in results), env_s=sum(r.env_s for r in results),
         worker=",".join(sorted({r.worker for r in results})),
@@ -230,7 +237,7 @@ def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResul
 
 
 class RolloutWorker:
-    """Takes turns in tutoring dialogues with a policy copy, an env batch and its student simulator.
+    """Takes turns in a task's episodes with a policy copy (or the learner's policy) and the task.
 
     Args:
         cfg: The run's composed config (``agent``, ``algorithm``, ``env``, ``student``, ``judge``,
@@ -303,7 +310,7 @@ class RolloutWorker:
         return self._batches[num]
 
     def collect(self, request: RolloutRequest) -> RolloutResult:
-        """Takes one teacher turn in each requested dialogue.
+        """Takes one turn in each requested episode.
 
         Raises:
             RuntimeError: if the worker holds a different weight version than the request names.
@@ -313,38 +320,27 @@ class RolloutWorker:
                                f"step {request.step} needs version {request.version}")
         batch = self._batch(len(request.uids))
         if request.reset_seeds is not None:
-            prompts, _ = batch.reset(seed=[int(s) for s in request.reset_seeds])
+            prompts, _ = batch.reset(seed=[int(s) for s in request.reset_seeds], options_list=request.reset_options)
         else:
-            batch.set_states(request.states)
-            prompts = [[dict(m) for m in state["messages"]] for state in request.states]
-
-        start = time.perf_counter()
+            prompts = batch.set_states(request.states)
         policy = self.policy
         selection = {"head": 0} if policy.num_heads == 1 else \
             {"weights": nn.functional.one_hot(torch.tensor(request.heads), policy.num_heads).float()}
-        was_training = policy.training
-        policy.eval()
-        gen = generate(policy, self.tokenizer, [self.task.policy_messages(o) for o in prompts],
-                       max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                       seed=request.gen_seed, **selection)
-        policy.train(was_training)
-        texts = self.task.actions(gen.texts)
-        gen_s = time.perf_counter() - start
-
-        start = time.perf_counter()
         chat_before = self.task.chat_counters()
-        _, rewards, _, _, infos = batch.step(texts)
-        env_s = time.perf_counter() - start
+        turn = take_turn(policy, self.tokenizer, self.task, batch, prompts, selection,
+                         max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                         seed=request.gen_seed)
         chat_after = self.task.chat_counters()
+        gen, infos = turn.generation, turn.infos
         return RolloutResult(
             step=request.step, shard=request.shard, version=self.version, uids=list(request.uids),
-            personas=list(request.personas), heads=list(request.heads), prompts=prompts,
+            personas=list(request.personas), heads=list(request.heads), prompts=list(prompts),
             prompt_ids=gen.prompt_ids.cpu(), prompt_mask=gen.prompt_mask.cpu(),
             completion_ids=gen.completion_ids.cpu(), completion_mask=gen.completion_mask.cpu(),
-            logprobs=gen.logprobs.cpu(), texts=texts, feedback=[info["feedback"] for info in infos],
-            rewards=[float(r) for r in rewards], labels=[dict(info["label"]) for info in infos],
-            turn_index=[int(info["turn"]) for info in infos], states=batch.get_states(),
-            gen_s=gen_s, env_s=env_s, worker=f"{self.name} (pid {os.getpid()})",
+            logprobs=gen.logprobs.cpu(), texts=turn.actions, feedback=[info["feedback"] for info in infos],
+            rewards=[float(r) for r in turn.rewards], labels=[dict(info["label"]) for info in infos], infos=infos,
+            turn_index=[request.turn] * len(infos), states=batch.get_states(),
+            gen_s=turn.gen_s, env_s=turn.env_s, worker=f"{self.name} (pid {os.getpid()})",
             chat={k: v - chat_before.get(k, 0) for k, v in chat_after.items()},
         )
 
@@ -578,7 +574,7 @@ class RayRolloutPool:
                     ) from err
                 retries += 1
                 self._await_restart(flight.worker)
-                self._send(flight)  # the same request: the same dialogues, seeds and weights
+                self._send(flight)  # the same request: the same episodes, seeds and weights
                 continue
             except ray.exceptions.RayTaskError as err:
                 raise RolloutWorkerError(f"Rollout worker {name} failed on step {flight.request.step}: "

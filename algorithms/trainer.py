@@ -106,6 +106,9 @@ class EvalSettings:
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature (0: greedy).
         seed: Fixes the held-out contexts and the sampling.
+        baselines: Also evaluate the equal blend of the heads and the untrained base model.
+        bootstrap: Bootstrap resamples of the report's intervals.
+        confidence: Level of those intervals.
     """
 
     enabled: bool = True
@@ -114,12 +117,16 @@ class EvalSettings:
     max_new_tokens: int = 48
     temperature: float = 0.7
     seed: int = 1234
+    baselines: bool = True
+    bootstrap: int = 1000
+    confidence: float = 0.95
 
     def __post_init__(self):
         check_types(self, "algorithm.eval")
-        for key in ("contexts", "turns", "max_new_tokens"):
+        for key in ("contexts", "turns", "max_new_tokens", "bootstrap"):
             require(getattr(self, key) >= 1, f"algorithm.eval.{key}", getattr(self, key), "must be an integer >= 1")
         require(self.temperature >= 0, "algorithm.eval.temperature", self.temperature, "must be >= 0 (0: greedy)")
+        require(0 < self.confidence < 1, "algorithm.eval.confidence", self.confidence, "must be in (0, 1)")
 
 
 @dataclass

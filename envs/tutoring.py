@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.data import load_tutoring_topics
-from envs.judges.base import JudgeDialogue, SatisfactionJudge, TurnJudgement
+from envs.judges.base import LABEL_SCORE, JudgeDialogue, SatisfactionJudge, TurnJudgement
 from envs.students.base import (
     REACTIONS,
     STUDENT_TYPES,
@@ -429,7 +429,7 @@ class TutoringEnv(gym.Env):
 
     def _finish_step(self, judgement: TurnJudgement, truncated_action: bool):
         label = judgement.labels[-1] if judgement.labels else "neutral"
-        reward = {"good": 1.0, "neutral": 0.0, "bad": -1.0}.get(label, 0.0)
+        reward = LABEL_SCORE.get(label, 0.0)
         info = {
             "feedback": self._messages[-1]["content"],
             "label": self.label,
@@ -530,13 +530,14 @@ class TutoringBatch:
             state["done"] = done
         return states
 
-    def set_states(self, states: Sequence[DialogueState]) -> None:
-        """Continues the dialogues captured by :meth:`get_states`, one per env."""
+    def set_states(self, states: Sequence[DialogueState]) -> list[list[dict[str, str]]]:
+        """Continues the dialogues captured by :meth:`get_states`, one per env; returns their observations."""
         if len(states) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} dialogue states, got {len(states)}")
         for env, state in zip(self.envs, states):
             env.set_state(state)
         self._done = [bool(state["done"]) for state in states]
+        return [env._observation() for env in self.envs]
 
     def step(self, actions: Sequence[str]):
         """Takes one teacher turn in every dialogue, with one student call and one judge call."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from envs.students.base import STUDENT_TYPES
+
 LABELS = ("good", "neutral", "bad")
 LABEL_SCORE = {"good": 1.0, "neutral": 0.0, "bad": -1.0}
-STYLES = ("direct", "interactive")
+STYLES = STUDENT_TYPES  # a style is named after the student type it suits
 _STYLE_ALIASES = {"direct_instruction": "direct", "direct-instruction": "direct", "elicit": "interactive"}
 
 

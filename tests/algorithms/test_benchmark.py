@@ -8,7 +8,8 @@ import torch
 import algorithms.benchmark as bm
 import algorithms.router as rl
 from agents import Router
-from algorithms.evaluation import DialogueRecord
+from algorithms.episodes import EpisodeRecord
+from algorithms.tasks import TutoringTask
 from tests.conftest import compose_config, make_tiny_run
 
 TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_tokens=4", "benchmark.bootstrap=50",
@@ -21,7 +22,7 @@ def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     make_tiny_run(folder / "run")
     rcfg = compose_config("router", f"policy={folder / 'run'}", "router.hidden_dim=16", "router.num_layers=2",
-                          "router.epochs=2", "data.dialogues=4", "data.val_dialogues=2", "data.turns=1",
+                          "router.epochs=2", "data.episodes=4", "data.val_episodes=2", "data.turns=1",
                           "data.max_new_tokens=4", "device=cpu")
     rl.train(rcfg, folder / "router")
     return folder / "run", folder / "router"
@@ -34,32 +35,35 @@ def bench_cfg(*overrides):
 def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     run, router = tiny_run
     results = bm.run_benchmark(bench_cfg(f"policy={run}", f"router={router}"), tmp_path)
-    for name in ("benchmark.json", "benchmark.md", "satisfaction.png", "router_weights.png", "dialogues.jsonl"):
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png", "router_weights.png", "episodes.jsonl"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "benchmark.json").read_text())
-    assert list(saved["rows"]) == ["base", "head_direct", "head_interactive", "blend", "router", "online_router"]
-    for row in saved["rows"].values():
+    labels = ["Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Router", "Online router"]
+    assert list(saved["rows"]) == labels
+    assert list(saved["rows"].values()) == ["base", "head_direct", "head_interactive", "blend", "router",
+                                            "online_router"]
+    for row in saved["report"]["rows"].values():
         for key in ("direct", "interactive", "mean"):
             stat = row["satisfaction"][key]
             assert 0 <= stat["low"] <= stat["value"] <= stat["high"] <= 1
-        assert row["satisfaction"]["direct"]["dialogues"] == 4
-    for name in ("router", "online_router"):
-        st = saved["rows"][name]["router"]
+        assert row["satisfaction"]["direct"]["n"] == 4
+    for label in ("Router", "Online router"):
+        st = saved["routers"][label]
         assert 0 <= st["accuracy_turn1"] <= 1 and 0 <= st["accuracy"] <= 1
         assert sum(st["mean_weights"].values()) == pytest.approx(1.0, abs=1e-5)
         assert len(st["weights_by_turn"]["direct"]) == 2
-    assert "router" not in saved["rows"]["blend"]
-    # both router rows start each dialogue from the same router weights
-    dialogues = [json.loads(line) for line in (tmp_path / "dialogues.jsonl").read_text().splitlines()]
-    assert len(dialogues) == 6 * 8
-    first = {name: [r["weights"][0] for r in dialogues if r["driver"] == name] for name in ("router", "online_router")}
+    assert set(saved["routers"]) == {"Router", "Online router"}
+    # both router rows start each episode from the same router weights
+    episodes = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 6 * 8 and all("states" not in e for e in episodes)
+    first = {name: [e["weights"][0] for e in episodes if e["driver"] == name] for name in ("router", "online_router")}
     torch.testing.assert_close(torch.tensor(first["router"]), torch.tensor(first["online_router"]))
     # every row met the same openings
-    openings = {tuple(m["content"] for m in d["messages"][:3]) for d in dialogues}
+    openings = {tuple(m["content"] for m in e["final"][:3]) for e in episodes}
     assert len(openings) == 8
     table = (tmp_path / "benchmark.md").read_text()
     assert "| Policy | Direct stu. | Interactive stu. | Mean |" in table
-    for label in ("Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Router", "Online router"):
+    for label in labels:
         assert f"| {label} |" in table
     assert table.count("**") >= 2  # the best mean is bold
     assert results["markdown"] == table
@@ -71,9 +75,8 @@ def test_without_a_router_the_router_rows_are_skipped_and_rows_come_from_config(
                     "benchmark.entries.heads.heads=[interactive]", "benchmark.entries.heads.label='just-{head}'",
                     "+benchmark.entries.fixed_mix={_target_: tests.algorithms.test_benchmark.FixedMix, weights: [0.25, 0.75]}")
     results = bm.run_benchmark(cfg, tmp_path)
-    assert list(results["rows"]) == ["head_interactive", "blend", "fixed_mix"]
-    assert results["rows"]["head_interactive"]["label"] == "just-interactive"
-    mix = results["rows"]["fixed_mix"]["router"]
+    assert results["rows"] == {"just-interactive": "head_interactive", "Equal blend": "blend", "fixed mix": "fixed_mix"}
+    mix = results["routers"]["fixed mix"]
     assert mix["mean_weights"] == pytest.approx({"direct": 0.25, "interactive": 0.75})
     assert mix["accuracy"] == pytest.approx(0.5)  # argmax is always 'interactive': right for half the students
     assert (tmp_path / "router_weights.png").is_file()
@@ -96,21 +99,37 @@ class FixedMix:
 
 
 def record(student_type, labels, weights=()):
-    return DialogueRecord(driver="x", topic="t", student_type=student_type, reaction="rude", messages=[],
-                          first_generated=1, satisfaction=list(labels), weights=[list(w) for w in weights])
+    dialogue = [{"role": "system", "content": "Topic: t"}, {"role": "teacher", "content": "Hello."},
+                {"role": "student", "content": "hi"}]
+    for _ in labels:
+        dialogue += [{"role": "teacher", "content": "The sun is a star that burns hydrogen into helium."},
+                     {"role": "student", "content": "ok"}]
+    return EpisodeRecord(driver="x", options={}, label={"persona": student_type}, start={"topic": "t"},
+                         actions=["The sun is a star."] * len(labels), infos=[{"satisfaction": lab} for lab in labels],
+                         final=dialogue, weights=[list(w) for w in weights])
+
+
+def tutoring_task():
+    from envs.judges import HeuristicSatisfactionJudge, HeuristicStyleJudge
+    from envs.students import ScriptedStudent
+
+    personas = [{"name": "direct", "label": "DIRECT"}, {"name": "interactive", "label": "INTERACTIVE"}]
+    return TutoringTask(personas, ScriptedStudent(), HeuristicSatisfactionJudge(), HeuristicStyleJudge())
 
 
 def test_bootstrap_intervals_on_known_records():
     records = [record("direct", ["good", "good"]), record("direct", ["good", "bad"]),
                record("interactive", ["bad", "neutral"]), record("interactive", ["bad", "bad"])]
-    sat = bm.bootstrap_satisfaction(records, samples=500, confidence=0.95, seed=0)
+    report = tutoring_task().evaluate({"x": records}, heads=[], bootstrap=500, confidence=0.95, seed=0)
+    sat = report.metrics["rows"]["x"]["satisfaction"]
     assert sat["direct"]["value"] == 0.75 and sat["interactive"]["value"] == 0.0
     assert sat["mean"]["value"] == 0.375
     assert sat["interactive"]["low"] == sat["interactive"]["high"] == 0.0
     assert 0.5 <= sat["direct"]["low"] < 0.75 < sat["direct"]["high"] <= 1.0
     assert sat["mean"]["low"] <= 0.375 <= sat["mean"]["high"]
-    again = bm.bootstrap_satisfaction(records, samples=500, confidence=0.95, seed=0)
-    assert again == sat
+    assert report.metrics["rows"]["x"]["style"] == {"direct": 1.0, "interactive": 0.0}  # every turn explains
+    again = tutoring_task().evaluate({"x": records}, heads=[], bootstrap=500, confidence=0.95, seed=0)
+    assert again.metrics == report.metrics
 
 
 def test_router_statistics_on_known_weights():
@@ -120,7 +139,7 @@ def test_router_statistics_on_known_weights():
     assert st["accuracy_turn1"] == 1.0 and st["accuracy"] == 0.75
     assert st["mean_weights"] == pytest.approx({"direct": 0.4, "interactive": 0.6})
     torch.testing.assert_close(torch.tensor(st["weights_by_turn"]["direct"]), torch.tensor([[0.8, 0.2], [0.4, 0.6]]))
-    assert st["mean_weights_by_type"]["interactive"] == pytest.approx({"direct": 0.2, "interactive": 0.8})
+    assert st["mean_weights_by_persona"]["interactive"] == pytest.approx({"direct": 0.2, "interactive": 0.8})
     assert bm.router_statistics([record("direct", ["good"])], ["direct", "interactive"]) == {}
 
 
@@ -129,7 +148,7 @@ def test_online_selector_moves_weights_with_the_reactions(tiny_policy):
     router = Router(policy.config.hidden_size, 3, hidden_dim=8, num_layers=3, dropout=0.1)
     from agents import RouterFeatures
 
-    selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), lr=2.0, floor=0.0)
+    selector = bm._OnlineSelector(router, RouterFeatures(policy, tok), TutoringTask, lr=2.0, floor=0.0)
     obs = [[{"role": "teacher", "content": "Hi"}, {"role": "student", "content": "hey"}]] * 2
     start = selector(obs, 0)["weights"]
     torch.testing.assert_close(start[0], start[1])

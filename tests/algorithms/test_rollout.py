@@ -121,7 +121,7 @@ def test_shards_split_rows_and_merge_back_in_order(tmp_path):
 
 
 def test_request_and_ray_config_validation():
-    with pytest.raises(ValueError, match="either dialogue states or reset seeds"):
+    with pytest.raises(ValueError, match="either episode states or reset seeds"):
         RolloutRequest(step=0, shard=0, uids=["a"], personas=[0], heads=[0], version=0, gen_seed=0)
     with pytest.raises(ConfigError, match="ray.max_staleness=2 is not allowed: must be 0 or 1"):
         ray_config(config("ray.max_staleness=2"))

@@ -8,13 +8,24 @@ from hydra.errors import ConfigCompositionException
 
 import algorithms.router as rl
 from agents import Router, RouterFeatures
+from algorithms.losses import (
+    hedge_router_loss,
+    hedge_step,
+    hedge_targets,
+    matched_head_loss,
+    pairwise_preference_loss,
+    reaction_head_losses,
+    soft_cross_entropy,
+)
+from algorithms.router_data import PrefixExample, matched_head, prefix_features, route
+from algorithms.tasks import TutoringTask
 from configs.validation import ConfigError
 from envs import judges
 from envs.chat import JsonReply
 from tests.conftest import compose_config, group_options, make_tiny_run
 
 TINY_ROUTER = ["router.hidden_dim=16", "router.num_layers=2", "router.epochs=3", "router.batch_size=4",
-               "data.dialogues=4", "data.val_dialogues=2", "data.turns=2", "data.max_new_tokens=4", "device=cpu"]
+               "data.episodes=4", "data.val_episodes=2", "data.turns=2", "data.max_new_tokens=4", "device=cpu"]
 
 
 def router_cfg(policy_dir, *overrides):
@@ -32,38 +43,38 @@ def tiny_run(tmp_path_factory):
 def test_matched_loss_is_cross_entropy_to_the_matched_head():
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))) / 2
-    torch.testing.assert_close(rl.matched_head_loss(logits, torch.tensor([0, 1])), expected)
+    torch.testing.assert_close(matched_head_loss(logits, torch.tensor([0, 1])), expected)
 
 
 def test_pairwise_loss_values():
     delta = torch.tensor([[1.0, -1.0], [0.5, -0.5]])
     onehot = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    torch.testing.assert_close(rl.pairwise_preference_loss(onehot, delta), torch.tensor(-0.75))
+    torch.testing.assert_close(pairwise_preference_loss(onehot, delta), torch.tensor(-0.75))
     uniform = torch.full((2, 2), 0.5)
     # w.delta = 0 on both rows; entropy log 2 each: loss = -lambda log 2
-    torch.testing.assert_close(rl.pairwise_preference_loss(uniform, delta, 0.1), -0.1 * torch.log(torch.tensor(2.0)))
+    torch.testing.assert_close(pairwise_preference_loss(uniform, delta, 0.1), -0.1 * torch.log(torch.tensor(2.0)))
 
 
 def test_hedge_targets_are_multiplicative_weights():
     prior = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
     losses = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    got = rl.hedge_targets(prior, losses, tau=1.0)
+    got = hedge_targets(prior, losses, tau=1.0)
     e = torch.exp(torch.tensor(-1.0))
     want = torch.stack([torch.stack([1 / (1 + e), e / (1 + e)]),
                         torch.stack([0.9 * e / (0.9 * e + 0.1), 0.1 / (0.9 * e + 0.1)])])
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got.sum(-1), torch.ones(2))
     # equal losses leave the prior unchanged; a huge tau too
-    torch.testing.assert_close(rl.hedge_targets(prior, torch.ones(2, 2), 0.3), prior)
-    torch.testing.assert_close(rl.hedge_targets(prior, losses, 1e9), prior)
+    torch.testing.assert_close(hedge_targets(prior, torch.ones(2, 2), 0.3), prior)
+    torch.testing.assert_close(hedge_targets(prior, losses, 1e9), prior)
 
 
 def test_hedge_router_loss_targets_are_detached_and_soft_ce_matches_ce_on_one_hot():
     logits = torch.tensor([[0.3, -0.2, 1.0]], requires_grad=True)
     target = torch.tensor([[0.0, 0.0, 1.0]])
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([2]))
-    torch.testing.assert_close(rl.soft_cross_entropy(logits, target), ce)
-    loss = rl.hedge_router_loss(logits, torch.tensor([[1.0, 1.0, 0.0]]), tau=0.5)
+    torch.testing.assert_close(soft_cross_entropy(logits, target), ce)
+    loss = hedge_router_loss(logits, torch.tensor([[1.0, 1.0, 0.0]]), tau=0.5)
     loss.backward()
     assert logits.grad[0, 2] < 0  # pushes weight towards the lowest-loss head
 
@@ -71,11 +82,11 @@ def test_hedge_router_loss_targets_are_detached_and_soft_ce_matches_ce_on_one_ho
 def test_online_hedge_step_follows_reactions():
     w = torch.tensor([[0.7, 0.3], [0.7, 0.3], [0.5, 0.5]])
     reward = torch.tensor([1.0, -1.0, -1.0])
-    new = rl.hedge_step(w, rl.reaction_head_losses(w, reward), lr=2.0)
+    new = hedge_step(w, reaction_head_losses(w, reward), lr=2.0)
     assert new[0, 0] > 0.7 and new[1, 0] < 0.7  # good: more of the same; bad: move away
     torch.testing.assert_close(new[2], torch.tensor([0.5, 0.5]))  # equal weights: no evidence
-    torch.testing.assert_close(rl.hedge_step(w, torch.randn(3, 2), lr=0.0), w)
-    floored = rl.hedge_step(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), lr=1.0, floor=0.1)
+    torch.testing.assert_close(hedge_step(w, torch.randn(3, 2), lr=0.0), w)
+    floored = hedge_step(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), lr=1.0, floor=0.1)
     torch.testing.assert_close(floored, torch.tensor([[0.95, 0.05]]))
 
 
@@ -181,26 +192,27 @@ def test_bad_router_config_values_get_clear_errors(tmp_path):
     no_policy = compose_config("router")
     with pytest.raises(ValueError, match="Set policy="):
         rl.train(no_policy, tmp_path)
-    with pytest.raises(ValueError, match="No head is named after student type"):
-        rl.matched_head(["shared"], "direct")
+    with pytest.raises(ValueError, match="No head is named after persona"):
+        matched_head(["shared"], "direct")
 
 
-# ---- the router never sees the student type ---------------------------------------------------
+# ---- the router never sees the hidden label ---------------------------------------------------
 
 
 def test_router_output_ignores_the_hidden_label(tiny_policy):
     policy, tok = tiny_policy
     messages = [{"role": "system", "content": "Topic: volcanoes"}, {"role": "teacher", "content": "What erupts?"},
                 {"role": "student", "content": "Ooh, let me think... magma?"}]
-    examples = [rl.PrefixExample(messages=[dict(m) for m in messages], topic="volcanoes", student_type=t,
-                                 reaction=r, dialogue=i, turn=0, driver="a", matched=bool(i))
-                for i, (t, r) in enumerate([("direct", "rude"), ("interactive", "anxious")])]
+    examples = [PrefixExample(observation=[dict(m) for m in messages], persona=t, context={"topic": "volcanoes"},
+                              episode=i, turn=0, driver="a", matched=bool(i), state={})
+                for i, t in enumerate(["direct", "interactive"])]
     features = RouterFeatures(policy, tok)
-    data = rl.build_router_data(rl.prefix_features(features, [e.messages for e in examples]), examples,
+    task = TutoringTask
+    data = rl.build_router_data(prefix_features(features, task, [e.observation for e in examples]), examples,
                                 ["direct", "interactive", "c"])
     assert data.target.tolist() == [0, 1]  # the labels differ ...
     router = Router(policy.config.hidden_size, 3, hidden_dim=16, num_layers=3, dropout=0.1)
-    out = rl.route(router, features, [e.messages for e in examples])
+    out = route(router, features, task, [e.observation for e in examples])
     assert torch.equal(data.features[0], data.features[1])  # ... the inputs do not
     assert torch.equal(out.weights[0], out.weights[1])
 
@@ -219,10 +231,11 @@ def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert len(rows) == 12
     train = [r for r in rows if r["split"] == "train"]
-    assert sorted(r["student_type"] for r in train) == ["direct"] * 4 + ["interactive"] * 4
+    assert sorted(r["persona"] for r in train) == ["direct"] * 4 + ["interactive"] * 4
     assert sum(r["matched"] for r in train) == 4  # half matched, half mismatched
-    assert all(r["driver"] == r["student_type"] for r in train if r["matched"])
-    assert all(r["driver"] != r["student_type"] for r in train if not r["matched"])
+    assert all(r["driver"] == r["persona"] for r in train if r["matched"])
+    assert all(r["driver"] != r["persona"] for r in train if not r["matched"])
+    assert all("state" not in r for r in rows)  # replay states stay out of the written data
     if method != "matched":
         assert all(len(r["deltas"]) == 2 and set(r["deltas"]) <= set(judges.PREFERENCE_LEVELS) for r in rows)
         assert all(len(r["candidates"]) == 3 for r in rows)

@@ -1,0 +1,167 @@
+"""The router's data: episode prefixes played by fixed heads, and every head's candidate from each prefix.
+
+Written against the task contract only (:mod:`algorithms.tasks.base`): the label that supervises a
+router is ``label["persona"]``, the prefixes are observations, candidates are scored by replaying
+the episode's state with each candidate turn, so the environment's own feedback and reward (the
+student's reply and the satisfaction judge in tutoring) judge them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agents import MultiHeadPolicy, Router, RouterFeatures, generate
+from algorithms.episodes import play_episodes
+from algorithms.tasks.base import Task
+from envs.judges.pairwise import PairwiseComparison, PairwiseJudge
+
+
+@dataclass
+class PrefixExample:
+    """One episode prefix the router learns from.
+
+    Attributes:
+        observation: The observation before the next turn (the only thing the router reads).
+        persona: ``label["persona"]``, the hidden ground truth (supervision only, never an input).
+        context: The episode's reset info (its topic, request...).
+        episode: Index of the episode it comes from.
+        turn: Index of the generated turn that follows (0: the first one).
+        driver: Name of the head that drove the episode.
+        matched: Whether that head is the persona's own.
+        state: The episode's state at the prefix (to replay it with other candidates).
+        head_scores: The env reward of each head's candidate turn (with candidates).
+        blend_score: The env reward of the equal blend's candidate.
+        deltas: Judged preference of each head's candidate over the blend's.
+        candidates: The candidate turns: one per head, then the blend's.
+        feedback: The env's feedback on each candidate, in the same order.
+    """
+
+    observation: Any
+    persona: str
+    context: dict[str, Any]
+    episode: int
+    turn: int
+    driver: str
+    matched: bool
+    state: dict[str, Any]
+    head_scores: list[float] | None = None
+    blend_score: float | None = None
+    deltas: list[float] | None = None
+    candidates: list[str] | None = None
+    feedback: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The example without its replay state, as JSON-compatible data."""
+        return {k: v for k, v in self.__dict__.items() if k != "state"}
+
+
+def matched_head(policy_or_names, persona: str) -> int:
+    """Index of the head named after ``persona`` (the heads of a MAH policy are named after the personas)."""
+    names = list(getattr(policy_or_names, "head_names", policy_or_names))
+    if persona not in names:
+        raise ValueError(f"No head is named after persona '{persona}' (heads: {names}); router supervision "
+                         "needs a MAH policy whose head names are the persona names.")
+    return names.index(persona)
+
+
+def _drivers(personas: Sequence[str], names: Sequence[str], matched_fraction: float) -> tuple[list[int], list[bool]]:
+    """One driving head per episode: the matched head for ``matched_fraction`` of each persona's episodes."""
+    drivers, matched, seen = [], [], {}
+    for persona in personas:
+        own, j = matched_head(names, persona), seen.get(persona, 0)
+        others = [d for d in range(len(names)) if d != own]
+        is_matched = not others or int((j + 1) * matched_fraction) > int(j * matched_fraction)  # spread evenly
+        drivers.append(own if is_matched else others[j % len(others)])
+        matched.append(is_matched)
+        seen[persona] = j + 1
+    return drivers, matched
+
+
+@torch.no_grad()
+def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, *, split: str, episodes: int,
+                     seed: int) -> list[PrefixExample]:
+    """Plays ``episodes`` episodes of ``split``, each driven by one fixed head, and returns every prefix.
+
+    The episodes cover every persona label equally (``task.eval_options`` of the split); within
+    each label, ``data.matched_fraction`` of them are driven by the matched head and the rest by
+    another head, so the prefixes show both engaged and disengaged feedback.
+    """
+    if data.turns > task.max_turns:
+        raise ValueError(f"data.turns={data.turns} exceeds the env's {task.max_turns} turns per episode.")
+    contexts = max(1, -(-episodes // len(task.personas)))
+    options = task.eval_options(contexts, split=split)[:episodes]
+    personas = _option_personas(task, options, split, seed)
+    names = policy.head_names
+    drivers, matched = _drivers(personas, names, data.matched_fraction)
+    one_hot = F.one_hot(torch.tensor(drivers), policy.num_heads).float()  # (N, K)
+    records = play_episodes(policy, tokenizer, task, {"weights": one_hot}, options, driver="router-data",
+                            turns=data.turns, max_new_tokens=data.max_new_tokens, temperature=data.temperature,
+                            seed=seed, split=split, batch_size=data.gen_batch_size, keep_states=True)
+    return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start, episode=i,
+                          turn=t, driver=names[drivers[i]], matched=matched[i], state=r.states[t])
+            for t in range(len(records[0].observations)) for i, r in enumerate(records)]
+
+
+def _option_personas(task: Task, options: Sequence[dict], split: str, seed: int) -> list[str]:
+    """The persona label each option gives its episode, read from one reset (options use the env's own keys)."""
+    batch = task.make_batch(len(options), split=split)
+    _, infos = batch.reset(seed=seed, options_list=list(options))
+    batch.close()
+    return [info["label"]["persona"] for info in infos]
+
+
+@torch.no_grad()
+def score_candidates(policy: MultiHeadPolicy, tokenizer, task: Task, examples: Sequence[PrefixExample],
+                     judge: PairwiseJudge, data: Any, *, split: str, seed: int) -> None:
+    """Fills ``candidates``, ``feedback``, ``head_scores``, ``blend_score`` and ``deltas`` in place.
+
+    From each prefix every head and the equal blend write one turn. Each candidate is sent to a copy
+    of the episode restored from the prefix's state (the same draws for every candidate), so the
+    environment's feedback and reward score it; ``judge`` then compares each head's candidate with
+    the blend's.
+    """
+    if not examples:
+        return
+    prompts = [task.policy_messages(e.observation) for e in examples]
+    selections = [{"head": d} for d in range(policy.num_heads)] + [{}]  # the heads, then the equal blend
+    batch = task.make_batch(len(examples), split=split)
+    texts, feedback, rewards = [], [], []
+    for s, selection in enumerate(selections):
+        out = generate(policy, tokenizer, prompts, max_new_tokens=data.max_new_tokens, temperature=data.temperature,
+                       seed=seed * 104729 + s, batch_size=data.gen_batch_size, **selection)
+        actions = task.actions(out.texts)
+        batch.set_states([e.state for e in examples])
+        _, reward, _, _, infos = batch.step(actions)
+        texts.append(actions)
+        feedback.append([info["feedback"] for info in infos])
+        rewards.append([float(r) for r in reward])
+    batch.close()
+    blend = len(selections) - 1
+    comparisons = [PairwiseComparison(e.context.get("topic", ""), e.observation, texts[d][i], texts[blend][i],
+                                      feedback[d][i], feedback[blend][i])
+                   for d in range(blend) for i, e in enumerate(examples)]
+    deltas = judge.compare_batch(comparisons)
+    n = len(examples)
+    for i, e in enumerate(examples):
+        e.candidates = [texts[s][i] for s in range(len(selections))]
+        e.feedback = [feedback[s][i] for s in range(len(selections))]
+        e.head_scores = [rewards[d][i] for d in range(blend)]
+        e.blend_score = rewards[blend][i]
+        e.deltas = [float(deltas[d * n + i]) for d in range(blend)]
+
+
+def prefix_features(features: RouterFeatures, task: Task, observations: Sequence[Any]) -> torch.Tensor:
+    """``(N, H)`` router inputs: the frozen backbone's features of the policy's prompts; nothing else is read."""
+    return features([task.policy_messages(o) for o in observations])
+
+
+@torch.no_grad()
+def route(router: Router, features: RouterFeatures, task: Task, observations: Sequence[Any]):
+    """The router's :class:`agents.RouterOutput` for observations (in eval mode)."""
+    router.eval()
+    return router(prefix_features(features, task, observations).to(next(router.parameters()).device))

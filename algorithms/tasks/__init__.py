@@ -1,0 +1,6 @@
+"""Tasks: environments as the trainers see them, through one contract (:mod:`algorithms.tasks.base`)."""
+
+from algorithms.tasks.base import SPLITS, EpisodeBatch, EvalReport, Persona, Task, personas_from
+from algorithms.tasks.tutoring import TutoringTask
+
+__all__ = ["SPLITS", "EpisodeBatch", "EvalReport", "Persona", "Task", "TutoringTask", "personas_from"]

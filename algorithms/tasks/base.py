@@ -1,0 +1,182 @@
+"""The task contract: everything a trainer, evaluation, router or benchmark needs from an environment.
+
+A *task* is the trainers' view of one environment that gives privileged feedback. Every algorithm in
+this project (``algorithms.opsd``, ``.rlvr``, ``.router``, ``.benchmark`` and the rollout workers)
+talks to environments only through :class:`Task` and :class:`EpisodeBatch`; none of them imports a
+concrete env. Adding an environment means writing one class that satisfies :class:`Task` (see
+:class:`algorithms.tasks.tutoring.TutoringTask` and :class:`algorithms.tasks.persona.PersonaTask`)
+and one YAML under ``configs/env/`` that builds it; no trainer changes.
+
+What a task provides, in the order a trainer uses it:
+
+1. **Personas** (:attr:`Task.personas`): one head each. Their ``name`` is also the head's name, and
+   every episode's hidden label carries ``label["persona"]``, the name of the persona the episode
+   is about (the student's learning style in tutoring, the focal facet in the persona critic), so
+   matched/mismatched metrics and router targets are computed the same way for every task.
+2. **Live episodes** (:meth:`Task.make_batch`): an :class:`EpisodeBatch` of N episodes stepped
+   together, whose states are plain JSON-compatible data (:meth:`EpisodeBatch.get_states`), so they
+   can be checkpointed as JSON and sent to rollout workers in other processes.
+3. **The policy's prompt** (:meth:`Task.policy_messages`): chat messages built from an observation
+   alone. The same prompt serves every head, MT-OPSD, the base model and inference.
+4. **The privileged prompt** (:meth:`Task.teacher_messages`): what the frozen teacher sees. It keeps
+   the policy's conversation (every user and assistant message, in order) and differs only in its
+   system text, which names the persona and holds the feedback (the student's reply, the critique).
+5. **Actions** (:meth:`Task.actions`): sampled text turned into valid env actions.
+6. **Per-step figures** (:meth:`Task.step_metrics`): per-turn values the trainer logs per persona.
+7. **Evaluation** (:meth:`Task.eval_options`, :meth:`Task.evaluate`): the held-out episodes, and
+   the task's own report of rows of :class:`algorithms.episodes.EpisodeRecord` (one row per head,
+   the equal blend, the base model, a router...).
+8. **Chat traffic** (:meth:`Task.chat_counters`): counters of the chat models behind its plug-ins.
+
+Splits are named ``train`` (the trainer's episodes), ``router_train`` and ``router_val`` (router
+learning) and ``eval`` (held-out evaluation and benchmarks); a task may reuse contexts across
+``train`` and the router splits, never with ``eval``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from algorithms.episodes import EpisodeRecord
+
+Messages = list[dict[str, str]]
+SPLITS = ("train", "router_train", "router_val", "eval")
+
+
+@dataclass(frozen=True)
+class Persona:
+    """One persona or teaching style, trained into its own head.
+
+    Attributes:
+        name: Short identifier, also the head name and the value of ``label["persona"]``.
+        label: How prompts name it (e.g. ``"INTERACTIVE"``, ``"Culinary"``).
+        description: What it stands for, in a sentence or two (may be empty when the privileged
+            prompt takes the persona's text from the observation instead).
+    """
+
+    name: str
+    label: str
+    description: str = ""
+
+
+def personas_from(items: Sequence[dict[str, str] | Persona]) -> list[Persona]:
+    """Personas from config dicts, checked for distinct, non-empty names."""
+    personas = [p if isinstance(p, Persona) else Persona(**p) for p in items]
+    names = [p.name for p in personas]
+    if not personas or len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"A task needs personas with distinct, non-empty names, got {names}.")
+    return personas
+
+
+@runtime_checkable
+class EpisodeBatch(Protocol):
+    """N live episodes stepped together (one batched call to each model-backed plug-in per step).
+
+    Observations are chat messages; actions are strings. ``reset`` seeds episode ``i`` with
+    ``seed + i`` (or takes one seed per episode) and ``options_list[i]`` fixes any of its draws.
+    """
+
+    @property
+    def num_envs(self) -> int:
+        """Number of episodes."""
+        ...
+
+    def reset(self, *, seed: int | Sequence[int] | None = None,
+              options_list: Sequence[dict[str, Any] | None] | None = None) -> tuple[list[Any], list[dict]]:
+        """Starts every episode; returns the observations and infos (``info["label"]`` included)."""
+        ...
+
+    def step(self, actions: Sequence[str]) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """One action per episode; returns observations, rewards, terminated, truncated, infos.
+
+        ``infos[i]["feedback"]`` is the privileged feedback and ``infos[i]["label"]`` the hidden
+        label; neither is ever part of an observation.
+        """
+        ...
+
+    def get_states(self) -> list[dict[str, Any]]:
+        """One JSON-compatible state per episode: everything that decides how it goes on."""
+        ...
+
+    def set_states(self, states: Sequence[dict[str, Any]]) -> list[Any]:
+        """Continues the episodes captured by :meth:`get_states`; returns their observations."""
+        ...
+
+    def close(self) -> None:
+        """Releases whatever the episodes hold."""
+        ...
+
+
+@dataclass
+class EvalReport:
+    """A task's report on evaluation rows.
+
+    Attributes:
+        metrics: JSON-compatible results (written to ``eval.json`` / ``benchmark.json``).
+        markdown: Tables for people (``eval.md``).
+        scalars: Flat ``name -> value`` figures for TensorBoard (logged under ``eval/``).
+        plot: Draws the report's figure into the given PNG path (None: no figure).
+    """
+
+    metrics: dict[str, Any]
+    markdown: str
+    scalars: dict[str, float] = field(default_factory=dict)
+    plot: Callable[[Path], None] | None = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every algorithm needs from an environment (see the module docstring).
+
+    Attributes:
+        personas: The personas, one head each; ``label["persona"]`` names one of them.
+        max_turns: Turns per episode (1 for single-turn environments).
+    """
+
+    personas: Sequence[Persona]
+    max_turns: int
+
+    def make_batch(self, num: int, *, split: str = "train") -> EpisodeBatch:
+        """A batch of ``num`` live episodes drawn from ``split``."""
+        ...
+
+    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
+        """Reset options of held-out episodes: ``contexts`` contexts, each paired with every label it is run with."""
+        ...
+
+    def policy_messages(self, observation: Any) -> Messages:
+        """The policy's chat prompt for an observation (identical for every head)."""
+        ...
+
+    def teacher_messages(self, observation: Any, persona: Persona, feedback: str) -> Messages:
+        """The privileged prompt: the policy's conversation, its system text naming ``persona`` and ``feedback``."""
+        ...
+
+    def actions(self, texts: Sequence[str]) -> list[str]:
+        """Sampled texts as valid env actions (e.g. an empty turn replaced by a placeholder)."""
+        ...
+
+    def step_metrics(self, texts: Sequence[str], infos: Sequence[dict]) -> dict[str, list[float]]:
+        """Per-turn figures the trainer averages per persona and logs under ``env/`` (may be empty)."""
+        ...
+
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str]) -> EvalReport:
+        """The task's report on evaluation rows.
+
+        Args:
+            rows: Row name -> the records its driver produced on :meth:`eval_options` episodes.
+                Rows ``head_<persona name>`` are single heads; other rows (``blend``, ``base``,
+                ``router``...) are compared with them.
+            heads: The row names that are the policy's heads, in persona order.
+        """
+        ...
+
+    def chat_counters(self) -> dict[str, int]:
+        """Summed traffic counters of the chat models behind the task's plug-ins (empty when none)."""
+        ...

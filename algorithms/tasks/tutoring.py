@@ -1,0 +1,230 @@
+"""The tutoring environment (``pluralgym/Tutoring-v0``) as the trainers see it: :class:`TutoringTask`.
+
+One head per teaching style (DIRECT, INTERACTIVE). The policy's prompt is the dialogue so far; the
+privileged prompt adds one final system block naming the head's style (with a one-line example) and
+the student's actual reaction to the sampled turn. ``label["persona"]`` is the student's hidden
+learning style, so a head is *matched* when its name equals it.
+
+The report (:meth:`TutoringTask.evaluate`, used by the end-of-run evaluation and the benchmark)
+gives, per row: questions per generated turn; the style judge's good rate for each style with
+neutral turns excluded (the paper's Table 4); and satisfaction, the good-turn rate of the student's
+replies with neutral turns included (Table 5), per student type and their mean, with bootstrap
+intervals over dialogues.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from algorithms.tasks.base import EvalReport, Messages, Persona, personas_from
+from algorithms.tasks.reporting import (
+    cell,
+    fmt,
+    grouped_bars,
+    heatmap,
+    markdown_table,
+    pyplot,
+    ratio_estimate,
+    save_figure,
+)
+from envs.chat import chat_counters
+from envs.data import load_tutoring_topics
+from envs.judges.base import JudgeDialogue
+from envs.tutoring import MAX_TURNS, TutoringBatch
+
+if TYPE_CHECKING:
+    from algorithms.episodes import EpisodeRecord
+
+_ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
+EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
+
+PRIVILEGED_BLOCK = (
+    "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
+    "{description} The student's actual reaction to that turn was: \"{feedback}\")"
+)
+
+
+def count_questions(text: str) -> int:
+    """Number of questions in a teacher turn (each run of '?' counts once)."""
+    return len(re.findall(r"\?+", text))
+
+
+def split_topics(topics: Sequence[str], heldout_every: int) -> tuple[list[str], list[str]]:
+    """Deterministic split: every ``heldout_every``-th topic goes to the second list."""
+    if heldout_every < 2:
+        raise ValueError(f"heldout_every must be at least 2, got {heldout_every}.")
+    heldout = [t for i, t in enumerate(topics) if i % heldout_every == heldout_every - 1]
+    return [t for t in topics if t not in heldout], heldout
+
+
+class TutoringTask:
+    """The tutoring environment seen by the trainers, the router and the benchmark (the task contract).
+
+    Args:
+        personas: The teaching styles, one head each (``name``, ``label``, ``description``); their
+            names are the student types (``direct``, ``interactive``).
+        student: The student simulator shared by all dialogues.
+        satisfaction_judge: The satisfaction judge that gives the env's reward.
+        style_judge: The per-style judge used by the report.
+        max_turns: Teacher turns per episode.
+        heldout_every: Every n-th topic is held out for evaluation (the ``eval`` split).
+        router_val_every: Every n-th remaining topic forms ``router_val``; the rest are ``train``
+            and ``router_train``.
+        env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
+            ``topics`` here replaces the shipped list before the split.
+    """
+
+    def __init__(
+        self,
+        personas: Sequence[dict[str, str] | Persona],
+        student: Any,
+        satisfaction_judge: Any,
+        style_judge: Any = None,
+        max_turns: int = MAX_TURNS,
+        heldout_every: int = 5,
+        router_val_every: int = 5,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        self.personas = personas_from(personas)
+        self.student = student
+        self.satisfaction_judge = satisfaction_judge
+        self.style_judge = style_judge
+        self.max_turns = int(max_turns)
+        env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
+        topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
+        self.train_topics, self.heldout_topics = split_topics(list(topics), heldout_every)
+        router_train, router_val = split_topics(self.train_topics, router_val_every)
+        self.topics = {"train": self.train_topics, "router_train": router_train, "router_val": router_val,
+                       "eval": self.heldout_topics}
+        self.env_kwargs = env_kwargs
+
+    @property
+    def persona_names(self) -> list[str]:
+        """The personas' names, one per head."""
+        return [p.name for p in self.personas]
+
+    # ---- episodes -----------------------------------------------------------------------
+
+    def make_batch(self, num: int, *, split: str = "train") -> TutoringBatch:
+        """``num`` dialogues over the topics of ``split``."""
+        if split not in self.topics:
+            raise ValueError(f"Unknown split {split!r}; the tutoring task has {list(self.topics)}.")
+        return TutoringBatch(num, student=self.student, satisfaction_judge=self.satisfaction_judge,
+                             max_turns=self.max_turns, **dict(self.env_kwargs, topics=self.topics[split]))
+
+    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
+        """``contexts`` topics of ``split``, each run against every student type (paired across rows)."""
+        topics = self.topics[split]
+        return [{"topic": topics[c % len(topics)], "student_type": p.name}
+                for c in range(contexts) for p in self.personas]
+
+    # ---- prompts and actions ------------------------------------------------------------
+
+    @staticmethod
+    def policy_messages(observation: Messages) -> Messages:
+        """The policy's prompt: the dialogue with teacher turns as assistant and student turns as user."""
+        return [{"role": _ROLES[m["role"]], "content": m["content"]} for m in observation]
+
+    def teacher_messages(self, observation: Messages, persona: Persona, feedback: str) -> Messages:
+        """The privileged prompt: the policy's prompt plus one final block with the style and the reaction.
+
+        The block is a system message placed right before the teacher's turn: a small model
+        follows a style cue there far more than one buried in the opening system message (on the
+        embedded 135M model, 0.03 vs 0.50 questions per sampled turn for the two styles, against
+        0.19 vs 0.28 with the cue in the opening message; 32 dialogues each).
+        """
+        block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, feedback=feedback)
+        return self.policy_messages(observation) + [{"role": "system", "content": block}]
+
+    @staticmethod
+    def actions(texts: Sequence[str]) -> list[str]:
+        """Sampled teacher turns as env actions: stripped, an empty one replaced by ``EMPTY_TURN``."""
+        return [text.strip() or EMPTY_TURN for text in texts]
+
+    @staticmethod
+    def step_metrics(texts: Sequence[str], infos: Sequence[dict] = ()) -> dict[str, list[float]]:
+        """Per-turn figures the trainer logs for each persona: questions asked per turn."""
+        return {"questions_per_turn": [float(count_questions(t)) for t in texts]}
+
+    def chat_counters(self) -> dict[str, int]:
+        """Traffic counters of the chat models behind the student and the judges (empty when none)."""
+        return chat_counters(self.student, self.satisfaction_judge, self.style_judge)
+
+    # ---- the report ---------------------------------------------------------------------
+
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+        """Questions per turn, the style matrix and satisfaction by student type for every row."""
+        if self.style_judge is None:
+            raise ValueError("The tutoring report needs a style judge (judge.style in the config).")
+        rng = np.random.default_rng(seed)
+        results = {name: self._row(records, bootstrap, confidence, rng) for name, records in rows.items()}
+        metrics = {"rows": results, "heads": list(heads), "styles": self.persona_names,
+                   "student_types": self.persona_names, "confidence": confidence,
+                   "dialogues_per_row": {name: len(records) for name, records in rows.items()}}
+        scalars = {}
+        for name, r in results.items():
+            scalars[f"questions_per_turn/{name}"] = r["questions_per_turn"]
+            scalars.update({f"style/{name}/{s}_judge": v for s, v in r["style"].items()})
+            scalars.update({f"satisfaction/{name}/{t}": v["value"] for t, v in r["satisfaction"].items()})
+        return EvalReport(metrics, self._markdown(metrics), scalars, plot=lambda path: self._plot(metrics, path))
+
+    def _row(self, records: list[EpisodeRecord], samples: int, confidence: float, rng) -> dict[str, Any]:
+        dialogues = [JudgeDialogue(r.start["topic"], r.final, marked_from=1) for r in records]
+        style = {}
+        for name in self.persona_names:
+            labels = [lab for j in self.style_judge.judge_batch(dialogues, name) for lab in j.labels]
+            counted = [lab for lab in labels if lab != "neutral"]
+            style[name] = sum(lab == "good" for lab in counted) / len(counted) if counted else float("nan")
+        satisfaction, replicates = {}, []
+        for t in self.persona_names:
+            sat = [[info["satisfaction"] for info in r.infos] for r in records if r.label["persona"] == t]
+            est, reps = ratio_estimate([sum(lab == "good" for lab in s) for s in sat], [len(s) for s in sat],
+                                       samples=samples, confidence=confidence, rng=rng)
+            satisfaction[t] = est.as_dict()
+            replicates.append(reps)
+        values = [satisfaction[t]["value"] for t in self.persona_names]
+        mean_reps = np.nanmean(np.stack(replicates), axis=0) if replicates else np.array([np.nan])
+        alpha = (1 - confidence) / 2
+        finite = mean_reps[np.isfinite(mean_reps)]
+        satisfaction["mean"] = {
+            "value": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+            "low": float(np.quantile(finite, alpha)) if finite.size else float("nan"),
+            "high": float(np.quantile(finite, 1 - alpha)) if finite.size else float("nan"), "n": len(records)}
+        counts = [count_questions(a) for r in records for a in r.actions]
+        return {"questions_per_turn": float(np.mean(counts)) if counts else float("nan"), "style": style,
+                "satisfaction": satisfaction}
+
+    def _markdown(self, metrics: dict[str, Any]) -> str:
+        rows, types = metrics["rows"], metrics["student_types"]
+        best = max((r["satisfaction"]["mean"]["value"] for r in rows.values()
+                    if r["satisfaction"]["mean"]["value"] == r["satisfaction"]["mean"]["value"]), default=None)
+        lines = [f"Satisfaction (good-turn rate of the student's replies, neutral turns included) with bootstrap "
+                 f"{metrics['confidence']:.0%} intervals over dialogues:", ""]
+        lines += markdown_table(
+            ["Policy"] + [f"{t.capitalize()} stu." for t in types] + ["Mean"],
+            [[name] + [cell(r["satisfaction"][t]) for t in types]
+             + [cell(r["satisfaction"]["mean"], bold=r["satisfaction"]["mean"]["value"] == best)]
+             for name, r in rows.items()])
+        lines += ["", "Style judge (good rate with neutral turns excluded) and questions per generated turn:", ""]
+        lines += markdown_table(
+            ["Policy"] + [f"{s} judge" for s in metrics["styles"]] + ["questions / turn"],
+            [[name] + [fmt(r["style"][s]) for s in metrics["styles"]] + [fmt(r["questions_per_turn"])]
+             for name, r in rows.items()])
+        return "\n".join(lines) + "\n"
+
+    def _plot(self, metrics: dict[str, Any], path: Path) -> None:
+        plt = pyplot()
+        rows, types, styles = metrics["rows"], metrics["student_types"], metrics["styles"]
+        fig, axes = plt.subplots(1, 2, figsize=(7 + 1.2 * len(rows), 3.2 + 0.3 * len(rows)))
+        heatmap(axes[0], [[r["style"][s] for s in styles] for r in rows.values()], [f"{s}\njudge" for s in styles],
+                list(rows), "style judge good rate")
+        grouped_bars(axes[1], {name: r["satisfaction"] for name, r in rows.items()}, types + ["mean"],
+                     [f"{t} student" for t in types] + ["mean"], "satisfaction", "good-turn rate")
+        axes[1].set_ylim(0, 1)
+        save_figure(fig, path)

@@ -1,0 +1,118 @@
+"""One contract suite for every task, and the Gymnasium checks for every registered env id."""
+
+import copy
+import json
+import pickle
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the ids)
+from algorithms.components import build_task
+from algorithms.tasks import SPLITS, EpisodeBatch, Task
+from tests.conftest import compose_config
+
+TASKS = ["tutoring"]
+IDS = sorted(i for i in gymnasium.registry if i.startswith("pluralgym/"))
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def task(request):
+    return build_task(compose_config("opsd", f"env={request.param}"))
+
+
+def actions_for(task, n, salt=""):
+    return task.actions([f"Here is an answer {salt}{i}, with a detail or two about it." for i in range(n)])
+
+
+def test_the_task_satisfies_the_contract(task):
+    assert isinstance(task, Task)
+    assert task.max_turns >= 1 and len(task.personas) >= 2
+    assert len({p.name for p in task.personas}) == len(task.personas)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_split_gives_live_episodes_labelled_with_a_persona(task, split):
+    batch = task.make_batch(3, split=split)
+    assert isinstance(batch, EpisodeBatch) and batch.num_envs == 3
+    obs, infos = batch.reset(seed=0)
+    names = {p.name for p in task.personas}
+    assert len(obs) == 3 and all(info["label"]["persona"] in names for info in infos)
+    obs, rewards, terminated, truncated, infos = batch.step(actions_for(task, 3))
+    assert rewards.shape == terminated.shape == truncated.shape == (3,)
+    assert all(isinstance(info["feedback"], str) and info["feedback"] for info in infos)
+    batch.close()
+
+
+def test_eval_options_cover_every_persona_and_are_paired_across_calls(task):
+    options = task.eval_options(2)
+    assert options == task.eval_options(2)
+    batch = task.make_batch(len(options), split="eval")
+    _, infos = batch.reset(seed=1, options_list=options)
+    assert {info["label"]["persona"] for info in infos} == {p.name for p in task.personas}
+
+
+def test_states_round_trip_through_pickle_and_json_and_continue_identically(task):
+    here = task.make_batch(4, split="train")
+    obs, _ = here.reset(seed=7)
+    if task.max_turns > 1:
+        obs, *_ = here.step(actions_for(task, 4, "a"))
+    states = here.get_states()
+    restored = json.loads(json.dumps(states))
+    assert pickle.loads(pickle.dumps(states)) == states == restored
+    there = task.make_batch(4, split="train")
+    assert there.set_states(restored) == obs
+    if task.max_turns > 1:
+        a = here.step(actions_for(task, 4, "b"))
+        b = there.step(actions_for(task, 4, "b"))
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and [i["feedback"] for i in a[4]] == \
+            [i["feedback"] for i in b[4]]
+
+
+def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(task):
+    batch = task.make_batch(2, split="train")
+    obs, _ = batch.reset(seed=3)
+    _, _, _, _, infos = batch.step(actions_for(task, 2))
+    for o, info in zip(obs, infos):
+        policy = task.policy_messages(o)
+        for persona in task.personas:
+            teacher = task.teacher_messages(o, persona, info["feedback"])
+            assert [m for m in teacher if m["role"] != "system"] == [m for m in policy if m["role"] != "system"]
+            privileged = " ".join(m["content"] for m in teacher if m["role"] == "system")
+            assert info["feedback"] in privileged and persona.label in privileged
+            assert info["feedback"] not in " ".join(m["content"] for m in policy)
+
+
+def test_step_metrics_and_chat_counters(task):
+    texts = ["What do you think? Why?", "It is so."]
+    metrics = task.step_metrics(texts, [{}, {}])
+    assert all(len(values) == 2 for values in metrics.values())
+    assert task.chat_counters() == {}  # the offline plug-ins talk to no chat model
+
+
+# ---- every registered env id ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_check_env_passes(env_id):
+    env = gymnasium.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_seeded_rollouts_are_deterministic(env_id):
+    def rollout(seed):
+        env = gymnasium.make(env_id)
+        obs, info = env.reset(seed=seed)
+        trace = [copy.deepcopy(obs), info["label"]]
+        for k in range(3):
+            obs, reward, terminated, truncated, info = env.step(f"Turn {k}: let me tell you about it.")
+            trace += [copy.deepcopy(obs), float(reward), info["feedback"]]
+            if terminated or truncated:
+                break
+        return trace
+
+    assert rollout(11) == rollout(11)
+    assert rollout(11) != rollout(12)
