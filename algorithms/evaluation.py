@@ -24,6 +24,40 @@ def head_rows(policy, head_for_persona: Sequence[int]) -> dict[str, dict[str, in
     return {f"head_{policy.head_names[i]}": {"head": i} for i in indices}
 
 
+def play_rows(policy, tokenizer, task: Task, settings: Any, *, head_for_persona: Sequence[int],
+              base: tuple[Any, Any] | None = None, contexts: int | None = None) -> dict[str, list[EpisodeRecord]]:
+    """Every evaluation row plays the same held-out episodes.
+
+    Args:
+        policy: The trained MultiHeadPolicy.
+        tokenizer: Its tokenizer.
+        task: The task.
+        settings: ``contexts``, ``turns``, ``max_new_tokens``, ``temperature``, ``seed``, ``baselines``.
+        head_for_persona: The head that serves each persona (identity for MAH, all 0 for MT).
+        base: ``(model, tokenizer)`` of the untrained base model (None: no base row).
+        contexts: Held-out contexts (default ``settings.contexts``).
+
+    Returns:
+        Row name (``head_<name>``, ``blend``, ``base``) -> its records.
+    """
+    was_training = policy.training
+    policy.eval()
+    drivers: dict[str, tuple[Any, Any, dict]] = {
+        name: (policy, tokenizer, sel) for name, sel in head_rows(policy, head_for_persona).items()}
+    if settings.baselines:
+        if policy.num_heads > 1:
+            drivers["blend"] = (policy, tokenizer, {})
+        if base is not None:
+            drivers["base"] = (base[0], base[1], {})
+    options = task.eval_options(contexts or settings.contexts)
+    rows = {name: play_episodes(model, tok, task, selection, options, driver=name, turns=settings.turns,
+                                max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                seed=settings.seed)
+            for name, (model, tok, selection) in drivers.items()}
+    policy.train(was_training)
+    return rows
+
+
 def evaluate_policy(policy, tokenizer, task: Task, settings: Any, out_dir: str | Path, *,
                     head_for_persona: Sequence[int], base: tuple[Any, Any] | None = None, writer=None,
                     step: int | None = None) -> dict[str, Any]:
@@ -45,21 +79,9 @@ def evaluate_policy(policy, tokenizer, task: Task, settings: Any, out_dir: str |
         ``{"summary": the report's figures, "markdown": its tables}``.
     """
     out_dir = Path(out_dir)
-    policy.eval()
-    heads = head_rows(policy, head_for_persona)
-    drivers: dict[str, tuple[Any, Any, dict]] = {name: (policy, tokenizer, sel) for name, sel in heads.items()}
-    if settings.baselines:
-        if policy.num_heads > 1:
-            drivers["blend"] = (policy, tokenizer, {})
-        if base is not None:
-            drivers["base"] = (base[0], base[1], {})
-    options = task.eval_options(settings.contexts)
-    rows: dict[str, list[EpisodeRecord]] = {}
-    for name, (model, tok, selection) in drivers.items():
-        rows[name] = play_episodes(model, tok, task, selection, options, driver=name, turns=settings.turns,
-                                   max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                   seed=settings.seed)
-    report = task.evaluate(rows, heads=list(heads), bootstrap=settings.bootstrap, confidence=settings.confidence,
+    rows = play_rows(policy, tokenizer, task, settings, head_for_persona=head_for_persona, base=base)
+    heads = list(head_rows(policy, head_for_persona))
+    report = task.evaluate(rows, heads=heads, bootstrap=settings.bootstrap, confidence=settings.confidence,
                            seed=settings.seed)
     write_json(out_dir / "eval.json", {"report": report.metrics,
                                        "records": [r.to_json() for records in rows.values() for r in records]})

@@ -227,3 +227,73 @@ def reaction_head_losses(weights: torch.Tensor, reward: torch.Tensor) -> torch.T
         ``(B, K)`` losses.
     """
     return -reward.float().unsqueeze(-1) * weights.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# GRPO (RLVR and PerMix-RLVR; B sampled answers in groups of G, T completion positions)
+# ----------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages: each reward minus its group's mean, divided by the group's std.
+
+    Args:
+        rewards: ``(B,)`` rewards, groups of ``group_size`` consecutive answers to the same prompt.
+        group_size: G (>= 2).
+        scale: Divide by the group's (unbiased) standard deviation plus ``eps``; off: only centre.
+        eps: Keeps a group of identical rewards at advantage 0 instead of 0/0.
+
+    Returns:
+        ``(B,)`` advantages; a group whose rewards are all equal gets exactly 0.
+    """
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} (G must be >= 2).")
+    grouped = rewards.float().view(-1, group_size)  # (B/G, G)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    ref_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO's clipped surrogate with an optional KL penalty to a reference, per sequence.
+
+    Per token: ``-min(r A, clip(r, 1 - eps, 1 + eps) A) + beta KL_t`` with ``r = exp(logp - old_logp)``
+    and the ``k3`` estimator ``KL_t = exp(ref - logp) - (ref - logp) - 1``; each sequence averages
+    its tokens (TRL's ``loss_type="grpo"``), and the batch loss is the mean over sequences.
+
+    Args:
+        logprobs: ``(B, T)`` log-probabilities of the sampled tokens under the policy being trained.
+        old_logprobs: ``(B, T)`` the same under the policy that sampled them (no gradient).
+        advantages: ``(B,)`` one advantage per sequence.
+        mask: ``(B, T)`` 1 for the completion's real tokens.
+        clip_eps: The ratio's clipping range.
+        ref_logprobs: ``(B, T)`` log-probabilities under the frozen reference (needed when ``beta > 0``).
+        beta: Weight of the KL penalty.
+
+    Returns:
+        ``(per_sequence_loss (B,), per_sequence_kl (B,), per_sequence_clipped (B,))``: the loss to
+        average, and the mean KL and share of clipped tokens of each sequence (for logging).
+    """
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs.detach())  # (B, T)
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # (B, 1)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    kl = torch.zeros_like(logprobs)
+    if beta:
+        if ref_logprobs is None:
+            raise ValueError("grpo_loss: beta > 0 needs ref_logprobs.")
+        delta = ref_logprobs.detach() - logprobs
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + beta * kl
+    clipped = (((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + clip_eps) & (adv > 0))).to(logprobs.dtype)
+    return masked_mean(per_token, mask), masked_mean(kl.detach(), mask), masked_mean(clipped, mask)

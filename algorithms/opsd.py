@@ -289,23 +289,9 @@ class OPSDTrainer(Trainer):
 # ----------------------------------------------------------------------------------------------
 
 
-def _base_model(cfg: DictConfig, device) -> tuple[Any, Any]:
-    backbone = agent_config(cfg).load(device)
-    backbone.tokenizer.padding_side = "left"
-    return backbone.model, backbone.tokenizer
-
-
-def _evaluate(trainer: OPSDTrainer, writer) -> dict[str, Any]:
-    settings = trainer.settings.eval
-    base = _base_model(trainer.cfg, trainer.device) if settings.baselines else None
-    heads = [trainer.head_of(p) for p in range(len(trainer.personas))]
-    return evaluate_policy(trainer.policy, trainer.tokenizer, trainer.task, settings, trainer.run_dir,
-                           head_for_persona=heads, base=base, writer=writer, step=trainer.step)["summary"]
-
-
 def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains (or continues) one OPSD run and returns its summary (see :func:`algorithms.trainer.fit`)."""
-    return fit(OPSDTrainer, cfg, run_dir, resume=resume, evaluate=_evaluate)
+    return fit(OPSDTrainer, cfg, run_dir, resume=resume)
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -320,7 +306,11 @@ def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings = algorithm_config(cfg)
     task = build_task(cfg)
     heads = [p if settings.variant == "mah" else 0 for p in range(len(task.personas))]
-    base = _base_model(cfg, device) if settings.eval.baselines else None
+    base = None
+    if settings.eval.baselines:
+        backbone = agent_config(cfg).load(device)
+        backbone.tokenizer.padding_side = "left"
+        base = (backbone.model, backbone.tokenizer)
     return evaluate_policy(policy, tokenizer, task, settings.eval, run_dir, head_for_persona=heads, base=base)
 
 

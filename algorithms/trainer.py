@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,14 @@ from algorithms.checkpoint import (
     save_checkpoint,
 )
 from algorithms.components import (
+    agent_config,
     build_policy,
     build_task,
     configure_trainable,
     make_optimizer,
     trainable_state,
 )
+from algorithms.evaluation import evaluate_policy, play_rows
 from algorithms.rollout import (
     LocalRolloutPool,
     RayRolloutPool,
@@ -109,6 +111,10 @@ class EvalSettings:
         baselines: Also evaluate the equal blend of the heads and the untrained base model.
         bootstrap: Bootstrap resamples of the report's intervals.
         confidence: Level of those intervals.
+        every: Also evaluate the heads every this many steps, for the learning curve (0: only at the
+            end). The figures go to ``history.jsonl`` and TensorBoard under ``curve/`` and are plotted
+            into ``curve.png``; sampling is seeded apart from training, so the run trains the same.
+        curve_contexts: Held-out contexts of those periodic evaluations (null: ``contexts``).
     """
 
     enabled: bool = True
@@ -120,11 +126,16 @@ class EvalSettings:
     baselines: bool = True
     bootstrap: int = 1000
     confidence: float = 0.95
+    every: int = 0
+    curve_contexts: int | None = None
 
     def __post_init__(self):
         check_types(self, "algorithm.eval")
         for key in ("contexts", "turns", "max_new_tokens", "bootstrap"):
             require(getattr(self, key) >= 1, f"algorithm.eval.{key}", getattr(self, key), "must be an integer >= 1")
+        require(self.every >= 0, "algorithm.eval.every", self.every, "must be an integer >= 0 (0: only at the end)")
+        require(self.curve_contexts is None or self.curve_contexts >= 1, "algorithm.eval.curve_contexts",
+                self.curve_contexts, "must be null or an integer >= 1")
         require(self.temperature >= 0, "algorithm.eval.temperature", self.temperature, "must be >= 0 (0: greedy)")
         require(0 < self.confidence < 1, "algorithm.eval.confidence", self.confidence, "must be in (0, 1)")
 
@@ -382,6 +393,34 @@ class Trainer:
         path = save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
         return {"perf/checkpoint_s": time.perf_counter() - start, "perf/checkpoint_mb": path.stat().st_size / 2**20}
 
+    # ---- evaluation --------------------------------------------------------------------
+
+    @property
+    def head_for_persona(self) -> list[int]:
+        """The head that serves each persona."""
+        return [self.head_of(p) for p in range(len(self.personas))]
+
+    def evaluate(self, writer: SummaryWriter | None = None) -> dict[str, Any]:
+        """The end-of-run evaluation: every head (and the blend and base model) on the held-out episodes."""
+        settings = self.settings.eval
+        base = None
+        if settings.baselines:
+            backbone = agent_config(self.cfg).load(self.device)
+            backbone.tokenizer.padding_side = "left"
+            base = (backbone.model, backbone.tokenizer)
+        return evaluate_policy(self.policy, self.tokenizer, self.task, settings, self.run_dir,
+                               head_for_persona=self.head_for_persona, base=base, writer=writer,
+                               step=self.step)["summary"]
+
+    def curve(self) -> dict[str, float]:
+        """A periodic evaluation of the heads for the learning curve: the report's scalars under ``curve/``."""
+        settings = replace(self.settings.eval, baselines=False)
+        rows = play_rows(self.policy, self.tokenizer, self.task, settings, head_for_persona=self.head_for_persona,
+                         contexts=settings.curve_contexts)
+        report = self.task.evaluate(rows, heads=list(rows), bootstrap=settings.bootstrap,
+                                    confidence=settings.confidence, seed=settings.seed)
+        return {f"curve/{k}": v for k, v in report.scalars.items()}
+
     def save_policy(self) -> Path:
         """Saves the trained policy as ``<run>/policy`` (LoRA adapters are merged into the backbone first)."""
         if self.settings.trainable == "lora" and hasattr(self.policy.model, "merge_and_unload"):
@@ -392,6 +431,29 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------
 # The run loop
 # ----------------------------------------------------------------------------------------------
+
+
+def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """The learning curve: every ``curve/<group>/...`` figure of the history over steps, one panel per group."""
+    from algorithms.tasks.reporting import pyplot, save_figure
+
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for row in history:
+        for key, value in row.items():
+            if key.startswith("curve/") and isinstance(value, (int, float)) and value == value:
+                group, _, name = key[len("curve/"):].partition("/")
+                series.setdefault(group, {}).setdefault(name or group, []).append((row["step"], value))
+    if not series:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.6), squeeze=False)
+    for ax, (group, lines) in zip(axes[0], series.items()):
+        for name, points in lines.items():
+            ax.plot(*zip(*points), marker="o", label=name)
+        ax.set_title(group)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
 
 
 def _log(writer: SummaryWriter, metrics: dict[str, Any], step: int) -> None:
@@ -444,8 +506,7 @@ def _summary(trainer: Trainer, run_dir: Path, started: float, finished: bool) ->
     }
 
 
-def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, resume: bool = False,
-        evaluate: Any = None) -> dict[str, Any]:
+def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains (or continues) one run and returns its summary.
 
     Args:
@@ -453,7 +514,6 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
         cfg: The composed config.
         run_dir: Output folder (``checkpoint.safetensors``, ``tb/``, ``history.jsonl``, ``policy/``, ``summary.json``).
         resume: Continue the run in ``run_dir`` from its checkpoint.
-        evaluate: ``(trainer, writer) -> summary dict`` run on the finished policy (None: no evaluation).
 
     Returns:
         The summary written to ``summary.json``.
@@ -493,6 +553,8 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
             trainer.wall_s += time.perf_counter() - process_start
             process_start = time.perf_counter()
             stopping = s.stop_after is not None and steps_this_run >= s.stop_after
+            if s.eval.every and (trainer.step % s.eval.every == 0 or trainer.step == s.steps):
+                metrics.update(trainer.curve())
             if trainer.step % s.save_every == 0 or trainer.step == s.steps or stopping:
                 metrics.update(trainer.save_checkpoint())
             metrics["perf/peak_memory_mb"] = peak_memory_mb(trainer.device)
@@ -515,8 +577,10 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
     summary = _summary(trainer, run_dir, started, finished)
     if finished:
         summary["policy_dir"] = str(trainer.save_policy())
-        if evaluate is not None and s.eval.enabled:
-            summary["eval"] = evaluate(trainer, writer)
+        if s.eval.enabled:
+            summary["eval"] = trainer.evaluate(writer)
+        if s.eval.every:
+            plot_curve(read_history(run_dir), run_dir / "curve.png")
         write_json(run_dir / "summary.json", summary)
         if not s.keep_checkpoint and (run_dir / CHECKPOINT).is_file():
             (run_dir / CHECKPOINT).unlink()

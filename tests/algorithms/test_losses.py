@@ -78,3 +78,75 @@ def test_weighted_head_sum_and_alphas():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="differ in shape"):
         topk_reverse_kl(torch.randn(2, 5), torch.randn(2, 6))
+
+
+# ---- GRPO ------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_on_a_hand_computed_case_and_equal_rewards_give_zero():
+    from algorithms.losses import group_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # two groups of 4
+    adv = group_advantages(rewards, 4)
+    std = torch.tensor([1.0, 0.0, 0.0, 0.0]).std()  # unbiased: sqrt(0.25 * 4 / 3) = 0.5
+    torch.testing.assert_close(adv[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (std + 1e-4))
+    assert torch.equal(adv[4:], torch.zeros(4))  # a group with identical rewards teaches nothing
+    torch.testing.assert_close(group_advantages(rewards, 4, scale=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    with pytest.raises(ValueError):
+        group_advantages(rewards, 3)
+
+
+def test_grpo_loss_on_a_hand_computed_case():
+    from algorithms.losses import grpo_loss
+
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.9]]))
+    old = torch.log(torch.tensor([[0.25, 0.5], [0.2, 0.6]]))
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, kl, clipped = grpo_loss(logp, old, adv, mask, clip_eps=0.2)
+    # row 0: ratios 2 and 1 with A=+1 -> min(2, 1.2)=1.2 and 1 -> loss -(1.2 + 1)/2
+    # row 1: ratio 1 with A=-1 (the masked token does not count) -> loss 1
+    torch.testing.assert_close(loss, torch.tensor([-1.1, 1.0]))
+    torch.testing.assert_close(clipped, torch.tensor([0.5, 0.0]))
+    assert torch.equal(kl, torch.zeros(2))
+    ref = torch.log(torch.tensor([[0.5, 0.25], [0.4, 0.9]]))
+    loss_kl, kl, _ = grpo_loss(logp, old, adv, mask, clip_eps=0.2, ref_logprobs=ref, beta=0.5)
+    k3 = lambda r, p: r / p - torch.log(torch.tensor(r / p)) - 1  # noqa: E731
+    torch.testing.assert_close(kl, torch.tensor([(0 + k3(0.25, 0.5)) / 2, k3(0.4, 0.2)]))
+    torch.testing.assert_close(loss_kl, loss + 0.5 * kl)
+
+
+def _trl_grpo_loss(logp, old, adv, mask, ref, beta, eps):
+    """TRL's own GRPOTrainer._compute_loss on the given per-token log-probabilities (its model call stubbed)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    accelerator = SimpleNamespace(reduce=lambda x, reduction="sum": x, gather=lambda x: x, num_processes=1)
+    fake = SimpleNamespace(
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None), loss_type="grpo", epsilon_low=eps,
+        epsilon_high=eps, use_vllm=False, vllm_importance_sampling_correction=False,
+        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False,
+        aux_loss_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)), accelerator=accelerator,
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None))
+    inputs = {"prompt_ids": torch.zeros(logp.shape[0], 1, dtype=torch.long), "prompt_mask": torch.ones(logp.shape[0], 1),
+              "completion_ids": torch.zeros_like(mask, dtype=torch.long), "completion_mask": mask, "advantages": adv,
+              "old_per_token_logps": old, "ref_per_token_logps": ref}
+    return GRPOTrainer._compute_loss(fake, None, inputs)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_grpo_loss_equals_trls_on_identical_inputs(beta):
+    from algorithms.losses import grpo_loss
+
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(6, 9, generator=g) * 3
+    old = logp + 0.3 * torch.randn(6, 9, generator=g)  # ratios well outside the clip range, both signs
+    ref = logp + 0.2 * torch.randn(6, 9, generator=g)
+    adv = torch.randn(6, generator=g)
+    mask = (torch.arange(9)[None, :] < torch.tensor([9, 7, 5, 9, 3, 8])[:, None]).float()
+    ours = grpo_loss(logp, old, adv, mask, clip_eps=0.2, ref_logprobs=ref, beta=beta)[0].mean()
+    theirs = _trl_grpo_loss(logp, old, adv, mask, ref, beta, 0.2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)

@@ -79,6 +79,16 @@ def test_seeded_two_step_run_reproduces_pinned_losses(variant, tmp_path, opsd_co
     assert not (tmp_path / "a" / CHECKPOINT).exists()  # deleted once policy/ is saved (keep_checkpoint=false)
 
 
+def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_config):
+    summary = opsd.train(opsd_config("algorithm.eval.every=1", "algorithm.eval.curve_contexts=1"), tmp_path)
+    assert losses(tmp_path) == pytest.approx(PINNED["mah"], rel=1e-4)  # same as with the curve off
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert {"curve/questions_per_turn/head_direct", "curve/satisfaction/head_interactive/direct",
+                "curve/style/head_direct/direct_judge"} <= set(row)
+    assert (tmp_path / "curve.png").is_file() and summary["finished"]
+
+
 def trained_parameters(run_dir):
     return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
 
