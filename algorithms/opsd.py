@@ -18,7 +18,9 @@ One training step, for every persona d (teaching style) and each of its live epi
    averaged over the turn's tokens; the step minimises ``sum_d alpha_d mean(L_d)``.
 
 Episodes run for ``turns_per_episode`` turns before fresh ones start, so later turns are trained on
-states the policy itself reached; each episode's hidden label (the student type) is drawn
+states the policy itself reached. Where the feedback is about the head's own persona (the persona
+critic critiques facet d for head d), each episode's persona is pinned to its head's; where the
+persona label is the environment's hidden state (the tutoring student's learning style), it is drawn
 independently of the head, so every head meets matched and mismatched episodes. The run loop,
 checkpoints and resume are :mod:`algorithms.trainer`'s.
 """
@@ -236,6 +238,8 @@ class OPSDTrainer(Trainer):
                 gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
                 turn=step % self.settings.turns_per_episode + 1,
                 reset_seeds=[self.cfg.seed * 10_000_019 + episode * num * n + r for r in part] if fresh else None,
+                reset_options=[self.task.persona_options(self.personas[p].name) for p in personas]
+                if fresh and self.task.feedback_follows_head else None,
                 states=None if fresh else [self.episodes[r] for r in part],
             ))
         return out
@@ -269,8 +273,10 @@ class OPSDTrainer(Trainer):
             rows = slice(p * n, (p + 1) * n)
             metrics[f"loss/{name}"] = head_loss[p]
             metrics[f"env/reward_{name}"] = float(np.mean(result.rewards[rows]))
-        metrics["env/reward_matched"] = mean_where(result.rewards, matched)
-        metrics["env/reward_mismatched"] = mean_where(result.rewards, [not m for m in matched])
+        metrics["env/reward"] = float(np.mean(result.rewards))
+        if not self.task.feedback_follows_head:  # otherwise every episode is its head's own persona
+            metrics["env/reward_matched"] = mean_where(result.rewards, matched)
+            metrics["env/reward_mismatched"] = mean_where(result.rewards, [not m for m in matched])
         for key, values in self.task.step_metrics(result.texts, result.infos).items():
             for p, name in enumerate(names):
                 metrics[f"env/{key}_{name}"] = float(np.mean(values[p * n:(p + 1) * n]))
@@ -279,9 +285,12 @@ class OPSDTrainer(Trainer):
         return metrics
 
     def progress(self, metrics: dict[str, Any]) -> dict[str, str]:
-        """Loss and matched / mismatched reward for the progress bar."""
-        return {"loss": f"{metrics['loss/total']:.4f}", "matched": f"{metrics['env/reward_matched']:+.2f}",
-                "mismatched": f"{metrics['env/reward_mismatched']:+.2f}"}
+        """Loss and reward (and matched / mismatched reward where personas are drawn apart from heads)."""
+        shown = {"loss": f"{metrics['loss/total']:.4f}", "reward": f"{metrics['env/reward']:+.2f}"}
+        for key in ("matched", "mismatched"):
+            if f"env/reward_{key}" in metrics:
+                shown[key] = f"{metrics[f'env/reward_{key}']:+.2f}"
+        return shown
 
 
 # ----------------------------------------------------------------------------------------------

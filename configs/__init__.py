@@ -36,7 +36,7 @@ def register() -> None:
     from algorithms.opsd import OPSDConfig
     from algorithms.rollout import RayConfig
     from algorithms.router import RouterConfig, RouterDataConfig
-    from algorithms.tasks import TutoringTask
+    from algorithms.tasks import PersonaTask, TutoringTask
     from envs.chat import LocalChatClient, OpenAIChatClient
     from envs.judges import (
         HeuristicPairwiseJudge,
@@ -46,6 +46,8 @@ def register() -> None:
         LLMSatisfactionJudge,
         LLMStyleJudge,
     )
+    from envs.judges.persona import HeuristicPersonaCritic, HeuristicPersonaEvalJudge, HeuristicRubricExtractor
+    from envs.judges.persona_llm import LLMPersonaCritic, LLMPersonaEvalJudge, LLMRubricExtractor
     from envs.students import ChatModelStudent, ScriptedStudent
 
     def plugin(target: Any, **kwargs: Any) -> Any:
@@ -72,9 +74,16 @@ def register() -> None:
         },
         "pairwise_judge": {"heuristic": plugin(HeuristicPairwiseJudge),
                            "llm": plugin(LLMPairwiseJudge, seed="${seed}", hydra_defaults=with_chat)},
-        "task": {"tutoring": plugin(TutoringTask)},
+        "critic": {"heuristic": plugin(HeuristicPersonaCritic),
+                   "llm": plugin(LLMPersonaCritic, hydra_defaults=with_chat)},
+        "rubric_extractor": {"heuristic": plugin(HeuristicRubricExtractor),
+                             "llm": plugin(LLMRubricExtractor, hydra_defaults=with_chat)},
+        "persona_judge": {"heuristic": plugin(HeuristicPersonaEvalJudge),
+                          "llm": plugin(LLMPersonaEvalJudge, hydra_defaults=with_chat)},
+        "task": {"tutoring": plugin(TutoringTask), "persona": plugin(PersonaTask)},
     }
-    for group in ("student", "pairwise_judge"):  # any class: <group>=custom <group>._target_=mypkg.X +<group>.arg=...
+    for group in ("student", "pairwise_judge", "critic", "rubric_extractor", "persona_judge"):
+        # any class: <group>=custom <group>._target_=mypkg.X +<group>.arg=...
         entries[group]["custom"] = {"_target_": "???"}
     for group, options in entries.items():
         for name, node in options.items():
@@ -84,7 +93,7 @@ def register() -> None:
 
 # Top-level keys every entry point accepts besides its own: the plug-in nodes that env configs put
 # at the top level (``student=...``, ``judge=...``).
-PLUGIN_KEYS = ("student", "judge", "pairwise_judge")
+PLUGIN_KEYS = ("student", "judge", "pairwise_judge", "critic", "rubric_extractor", "persona_judge")
 
 
 def check_top_level(cfg: Any, own_keys: tuple[str, ...]) -> None:

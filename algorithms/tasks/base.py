@@ -137,17 +137,32 @@ class Task(Protocol):
     Attributes:
         personas: The personas, one head each; ``label["persona"]`` names one of them.
         max_turns: Turns per episode (1 for single-turn environments).
+        feedback_follows_head: True when the feedback is about a persona the trainer picks (the
+            critic critiques the head's own facet), so trainers pin each episode's persona to its
+            head's with :meth:`persona_options`; False when the persona label is the environment's
+            hidden state, drawn independently of the head (the tutoring student's learning style).
     """
 
     personas: Sequence[Persona]
     max_turns: int
+    feedback_follows_head: bool
+
+    def persona_options(self, persona: str) -> dict[str, Any]:
+        """Reset options that make an episode's ``label["persona"]`` equal ``persona``."""
+        ...
 
     def make_batch(self, num: int, *, split: str = "train") -> EpisodeBatch:
         """A batch of ``num`` live episodes drawn from ``split``."""
         ...
 
     def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
-        """Reset options of held-out episodes: ``contexts`` contexts, each paired with every label it is run with."""
+        """Reset options of held-out episodes, the same on every call.
+
+        ``contexts`` contexts of ``split``, each paired with every label it is run with when the
+        label changes the episode (tutoring: both student types), else each played once with the
+        labels cycling (the persona critic, whose response does not depend on its focal facet); with
+        at least as many contexts as personas every label appears.
+        """
         ...
 
     def policy_messages(self, observation: Any) -> Messages:

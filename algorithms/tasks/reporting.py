@@ -65,7 +65,10 @@ def ratio_estimate(numerators: Sequence[float], denominators: Sequence[float], *
 
 def fmt(x: float | None, digits: int = 2) -> str:
     """A number for a table (``n/a`` for a missing one)."""
-    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+    if x is None or x != x:
+        return "n/a"
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def cell(stat: dict[str, float] | Estimate, *, bold: bool = False, digits: int = 3) -> str:

@@ -65,6 +65,10 @@ def split_topics(topics: Sequence[str], heldout_every: int) -> tuple[list[str], 
 class TutoringTask:
     """The tutoring environment seen by the trainers, the router and the benchmark (the task contract).
 
+    The student's learning style is the episode's hidden persona label, drawn independently of the
+    head that teaches (``feedback_follows_head = False``): every head meets matched and mismatched
+    students.
+
     Args:
         personas: The teaching styles, one head each (``name``, ``label``, ``description``); their
             names are the student types (``direct``, ``interactive``).
@@ -78,6 +82,8 @@ class TutoringTask:
         env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
             ``topics`` here replaces the shipped list before the split.
     """
+
+    feedback_follows_head = False
 
     def __init__(
         self,
@@ -117,10 +123,15 @@ class TutoringTask:
         return TutoringBatch(num, student=self.student, satisfaction_judge=self.satisfaction_judge,
                              max_turns=self.max_turns, **dict(self.env_kwargs, topics=self.topics[split]))
 
+    @staticmethod
+    def persona_options(persona: str) -> dict[str, Any]:
+        """Reset options that give the episode a student of learning style ``persona``."""
+        return {"student_type": persona}
+
     def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
         """``contexts`` topics of ``split``, each run against every student type (paired across rows)."""
         topics = self.topics[split]
-        return [{"topic": topics[c % len(topics)], "student_type": p.name}
+        return [{"topic": topics[c % len(topics)], **self.persona_options(p.name)}
                 for c in range(contexts) for p in self.personas]
 
     # ---- prompts and actions ------------------------------------------------------------

@@ -7,6 +7,11 @@
   (router learning).
 
 Both come as ``Heuristic*`` (rules, offline) and ``LLM*`` (JSON through a ``ChatClient``).
+
+For the persona-critic setting (``envs.persona``): rubric extractors, persona critics and span-marking
+evaluation judges (``envs.judges.persona``, heuristic; ``envs.judges.persona_llm``, chat model), and
+the Q metrics of the paper's evaluation (``q_value``, ``q_matrix``, ``q_own``, ``delta_base``,
+``delta_diag``, ``diag_wins``).
 """
 
 from envs.judges.base import (
@@ -39,8 +44,66 @@ from envs.judges.pairwise import (
     PairwiseJudge,
     parse_verdict,
 )
+from envs.judges.persona import (
+    Q_EPS,
+    CachedRubricExtractor,
+    Critique,
+    HeuristicPersonaCritic,
+    HeuristicPersonaEvalJudge,
+    HeuristicRubricExtractor,
+    PersonaCritic,
+    PersonaEvalJudge,
+    QMatrix,
+    ResponseQuery,
+    Rubric,
+    RubricExtractor,
+    RubricQuery,
+    SpanJudgement,
+    delta_base,
+    delta_diag,
+    diag_wins,
+    heuristic_rubric,
+    label_words,
+    q_matrix,
+    q_own,
+    q_value,
+)
+from envs.judges.persona_llm import (
+    NEUTRAL_CRITIQUE,
+    LLMPersonaCritic,
+    LLMPersonaEvalJudge,
+    LLMRubricExtractor,
+    count_span_tokens,
+)
 
 __all__ = [
+    "NEUTRAL_CRITIQUE",
+    "Q_EPS",
+    "CachedRubricExtractor",
+    "Critique",
+    "HeuristicPersonaCritic",
+    "HeuristicPersonaEvalJudge",
+    "HeuristicRubricExtractor",
+    "LLMPersonaCritic",
+    "LLMPersonaEvalJudge",
+    "LLMRubricExtractor",
+    "PersonaCritic",
+    "PersonaEvalJudge",
+    "QMatrix",
+    "ResponseQuery",
+    "Rubric",
+    "RubricExtractor",
+    "RubricQuery",
+    "SpanJudgement",
+    "count_span_tokens",
+    "delta_base",
+    "delta_diag",
+    "diag_wins",
+    "heuristic_rubric",
+    "label_words",
+    "q_matrix",
+    "q_own",
+    "q_value",
     "LABELS",
     "PREFERENCE_LEVELS",
     "HeuristicPairwiseJudge",

@@ -89,6 +89,41 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
     assert (tmp_path / "curve.png").is_file() and summary["finished"]
 
 
+PINNED_PERSONA = {  # 2 steps on env=persona: 5 heads, the critic's critique in the privileged prompt
+    ("mah", "true"): [0.003137980657629669, 0.0028217491460964085],
+    ("mah", "false"): [0.0031336383661255242, 0.002824392332695425],
+    ("mt", "true"): [0.003126149880699814, 0.002643363713286817],
+}
+
+
+@pytest.mark.parametrize(("variant", "rubric"), list(PINNED_PERSONA))
+def test_persona_runs_reproduce_pinned_losses(variant, rubric, tmp_path, opsd_config):
+    cfg = opsd_config("env=persona", f"algorithm.variant={variant}", f"env.rubric={rubric}",
+                      "algorithm.eval.contexts=5")
+    summary = opsd.train(cfg, tmp_path)
+    assert losses(tmp_path) == pytest.approx(PINNED_PERSONA[(variant, rubric)], rel=1e-4)
+    assert cfg.algorithm.head_lr_mult == 5.0 and cfg.algorithm.turns_per_episode == 1  # the env's own settings
+    report = json.loads((tmp_path / "eval.json").read_text())["report"]
+    heads = ["head_shared"] if variant == "mt" else [f"head_{f}" for f in ("professional", "sports", "arts",
+                                                                             "travel", "culinary")]
+    assert list(report["rows"]) == heads + (["blend"] if variant == "mah" else []) + ["base"]
+    assert bool(report["aggregates"]) == (variant == "mah") and summary["finished"]
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert all("env/reward_matched" not in row for row in rows)  # every episode is its head's own facet
+
+
+def test_persona_kill_and_resume_matches_an_uninterrupted_run(tmp_path, opsd_config):
+    full = opsd_config("env=persona", "algorithm.steps=3", "algorithm.keep_checkpoint=true",
+                       "algorithm.eval.enabled=false")
+    opsd.train(full, tmp_path / "straight")
+    opsd.train(opsd_config("env=persona", "algorithm.steps=3", "algorithm.stop_after=1",
+                           "algorithm.eval.enabled=false"), tmp_path / "resumed")
+    opsd.train(full, tmp_path / "resumed", resume=True)
+    a, b = trained_parameters(tmp_path / "straight"), trained_parameters(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
 def trained_parameters(run_dir):
     return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
 
@@ -171,3 +206,14 @@ def test_unknown_top_level_keys_are_refused_with_a_hint_for_chat():
         check_top_level(compose_config("opsd", "+chat=openai"), own)
     with pytest.raises(ConfigError, match="learning_rate"):
         check_top_level(compose_config("opsd", "+learning_rate=1"), own)
+
+
+def test_compare_puts_persona_runs_side_by_side(tmp_path, opsd_config):
+    from algorithms.compare import compare
+
+    for name, overrides in {"rubric": [], "mt": ["algorithm.variant=mt"]}.items():
+        opsd.train(opsd_config("env=persona", "algorithm.steps=1", "algorithm.eval.contexts=5", *overrides),
+                   tmp_path / name)
+    table = compare([tmp_path / "rubric", tmp_path / "mt"], ["rubric", "MT-OPSD"])
+    assert "| Run | Q_own | Delta_base | Delta_diag |" in table and "| MT-OPSD |" in table
+    assert "Own-facet Q of each head" in table

@@ -14,7 +14,7 @@ from algorithms.components import build_task
 from algorithms.tasks import SPLITS, EpisodeBatch, Task
 from tests.conftest import compose_config
 
-TASKS = ["tutoring"]
+TASKS = ["tutoring", "persona"]
 IDS = sorted(i for i in gymnasium.registry if i.startswith("pluralgym/"))
 
 
@@ -47,8 +47,8 @@ def test_every_split_gives_live_episodes_labelled_with_a_persona(task, split):
 
 
 def test_eval_options_cover_every_persona_and_are_paired_across_calls(task):
-    options = task.eval_options(2)
-    assert options == task.eval_options(2)
+    options = task.eval_options(len(task.personas))
+    assert options == task.eval_options(len(task.personas))
     batch = task.make_batch(len(options), split="eval")
     _, infos = batch.reset(seed=1, options_list=options)
     assert {info["label"]["persona"] for info in infos} == {p.name for p in task.personas}

@@ -1,0 +1,241 @@
+"""The persona critic (``pluralgym/PersonaCritic-v0``) as the trainers see it: :class:`PersonaTask`.
+
+One head per facet of the five-facet persona (professional, sports, arts, travel, culinary). Every
+head, the base model and the router see the same prompt: the whole persona and the user's request.
+The privileged prompt of head d keeps only facet d and adds the critic's critique of the sampled
+response for that facet (the rubric, when used, guides the critic and never reaches the teacher).
+``label["persona"]`` is the episode's focal facet: it picks which critique the episode returns.
+
+The report (:meth:`PersonaTask.evaluate`) judges every response of every row under all five facets
+with the evaluation judge, giving the paper's head x judge matrix Q(h, d) (its Table 1), and for
+the heads Q_own, Delta_base and Delta_diag (its Table 2), with bootstrap intervals over prompts.
+:func:`compare_runs` puts several runs side by side (rubric vs no rubric, MAH vs MT) with the
+diagonal wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from algorithms.tasks.base import EvalReport, Messages, Persona
+from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure
+from envs.chat import chat_counters
+from envs.data.persona import FACET_LABELS, FACETS, PersonaRecord, load_split
+from envs.judges.persona import ResponseQuery, delta_diag, diag_wins, q_own
+from envs.persona import PersonaCriticBatch, teacher_messages
+
+if TYPE_CHECKING:
+    from algorithms.episodes import EpisodeRecord
+
+EMPTY_RESPONSE = "I would rather not say."  # stands in for a sampled response that is empty once decoded
+
+
+class PersonaTask:
+    """The persona-critic environment seen by the trainers, the router and the benchmark (the task contract).
+
+    Args:
+        critic: Writes the critique of a response for the focal facet (the privileged feedback).
+        rubric_extractor: Writes the joint contrastive rubric the critic may use.
+        eval_judge: Marks good and bad spans of a response for a judging facet (the env's reward and
+            the report's Q matrix).
+        rubric: Give the critic the rubric (false: the no-rubric ablation).
+        records: Persona records per episode draw (default: records composed from the shipped data).
+        num_records: How many composed records each split draws from (null: all).
+        drop_code: Leave out the code-only requests (persona voice matters little there).
+        seed: Seeds the composed records and the request split.
+        max_action_chars: Longest response kept.
+    """
+
+    max_turns = 1
+    feedback_follows_head = True  # head d's response is critiqued for facet d
+
+    def __init__(self, critic: Any, rubric_extractor: Any, eval_judge: Any, rubric: bool = True,
+                 num_records: int | None = None, drop_code: bool = True, seed: int = 0,
+                 max_action_chars: int = 8000):
+        self.personas = [Persona(f, FACET_LABELS[f]) for f in FACETS]
+        self.critic, self.rubric_extractor, self.eval_judge = critic, rubric_extractor, eval_judge
+        self.rubric = bool(rubric)
+        self.max_action_chars = int(max_action_chars)
+        self.data = {split: load_split(split, seed=seed, num_records=num_records, drop_code=drop_code)
+                     for split in ("train", "router_train", "router_val", "eval")}
+
+    # ---- episodes -----------------------------------------------------------------------
+
+    def make_batch(self, num: int, *, split: str = "train") -> PersonaCriticBatch:
+        """``num`` episodes over the records and requests of ``split``."""
+        if split not in self.data:
+            raise ValueError(f"Unknown split {split!r}; the persona task has {list(self.data)}.")
+        data = self.data[split]
+        return PersonaCriticBatch(num, records=data.records, requests=data.requests, critic=self.critic,
+                                  rubric_extractor=self.rubric_extractor, reward_judge=self.eval_judge,
+                                  rubric=self.rubric, max_action_chars=self.max_action_chars)
+
+    @staticmethod
+    def persona_options(persona: str) -> dict[str, Any]:
+        """Reset options that make ``persona`` the episode's focal facet."""
+        return {"facet": persona}
+
+    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
+        """``contexts`` (request, record) pairs of ``split``, their focal facets cycling through the five.
+
+        The focal facet only decides which critique and reward an episode returns (the response does
+        not depend on it), and the report judges every response under all five facets, so each
+        context is played once.
+        """
+        data = self.data[split]
+        n_req, n_rec = len(data.requests), len(data.records)
+        return [{"request": data.requests[c % n_req].uid, "record": data.records[c % n_rec].id,
+                 "facet": FACETS[c % len(FACETS)]} for c in range(contexts)]
+
+    # ---- prompts and actions ------------------------------------------------------------
+
+    @staticmethod
+    def policy_messages(observation: Messages) -> Messages:
+        """The policy's prompt: the five-facet scaffold and the request, as observed."""
+        return [dict(m) for m in observation]
+
+    @staticmethod
+    def teacher_messages(observation: Messages, persona: Persona, feedback: str) -> Messages:
+        """The privileged prompt: the same request, with only facet ``persona`` and the critique in the system text."""
+        return teacher_messages(observation, persona.name, feedback)
+
+    @staticmethod
+    def actions(texts: Sequence[str]) -> list[str]:
+        """Sampled responses as env actions: stripped, an empty one replaced by ``EMPTY_RESPONSE``."""
+        return [text.strip() or EMPTY_RESPONSE for text in texts]
+
+    @staticmethod
+    def step_metrics(texts: Sequence[str], infos: Sequence[dict]) -> dict[str, list[float]]:
+        """Per-response figures logged per head: Q under the focal facet, and length in words."""
+        return {"q_focal": [float(info.get("q", float("nan"))) for info in infos],
+                "words": [float(len(t.split())) for t in texts]}
+
+    def chat_counters(self) -> dict[str, int]:
+        """Traffic counters of the chat models behind the critic, rubric extractor and judge."""
+        return chat_counters(self.critic, self.rubric_extractor, self.eval_judge)
+
+    # ---- the report ---------------------------------------------------------------------
+
+    def judge_rows(self, rows: dict[str, list[EpisodeRecord]]) -> dict[str, np.ndarray]:
+        """``row -> (N, 5)`` Q of each response under each judging facet (one batched judge call)."""
+        records = {r.id: r for data in self.data.values() for r in data.records}
+        queries, where = [], []
+        for name, episodes in rows.items():
+            for i, episode in enumerate(episodes):
+                record: PersonaRecord = records[episode.label["record"]]
+                prompt = episode.observations[0][-1]["content"]
+                for j, facet in enumerate(FACETS):
+                    queries.append(ResponseQuery(record, facet, prompt, episode.actions[0]))
+                    where.append((name, i, j))
+        judgements = self.eval_judge.judge_batch(queries) if queries else []
+        q = {name: np.zeros((len(episodes), len(FACETS))) for name, episodes in rows.items()}
+        for (name, i, j), judgement in zip(where, judgements):
+            q[name][i, j] = judgement.q
+        return q
+
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+        """The Q matrix (rows x judging facets) and, for the heads, Q_own, Delta_base and Delta_diag."""
+        q = self.judge_rows(rows)
+        n = min((len(v) for v in q.values()), default=0)
+        rng = np.random.default_rng(seed)
+        replicates = [rng.integers(0, n, size=n) for _ in range(bootstrap)] if n else []
+        alpha = (1 - confidence) / 2
+
+        def interval(stat) -> dict[str, float]:
+            value = stat(np.arange(n))
+            reps = np.array([stat(idx) for idx in replicates]) if replicates else np.array([np.nan])
+            reps = reps[np.isfinite(reps)]
+            return {"value": float(value), "low": float(np.quantile(reps, alpha)) if reps.size else float("nan"),
+                    "high": float(np.quantile(reps, 1 - alpha)) if reps.size else float("nan"), "n": int(n)}
+
+        matrix = {name: {f: interval(lambda idx, v=v, j=j: v[idx, j].mean()) for j, f in enumerate(FACETS)}
+                  for name, v in q.items()}
+        for name, v in q.items():
+            matrix[name]["mean"] = interval(lambda idx, v=v: v[idx].mean())
+        head_rows = [h for h in heads if h in q] if len(heads) == len(FACETS) else []
+        aggregates: dict[str, Any] = {}
+        if head_rows:
+            block = np.stack([q[h] for h in head_rows], axis=1)  # (N, heads, facets)
+            aggregates["q_own"] = interval(lambda idx: q_own(block[idx].mean(0)))
+            aggregates["delta_diag"] = interval(lambda idx: delta_diag(block[idx].mean(0)))
+            aggregates["diagonal_is_row_max"] = [bool(np.argmax(block.mean(0)[i]) == i) for i in range(len(FACETS))]
+            if "base" in q:
+                base = q["base"]
+                aggregates["delta_base"] = interval(lambda idx: q_own(block[idx].mean(0)) - base[idx].mean())
+        metrics = {"facets": list(FACETS), "heads": head_rows, "rows": matrix, "aggregates": aggregates,
+                   "confidence": confidence, "prompts": n}
+        scalars = {f"q/{name}/{f}": cells[f]["value"] for name, cells in matrix.items() for f in FACETS + ("mean",)}
+        scalars.update({k: v["value"] for k, v in aggregates.items() if isinstance(v, dict)})
+        return EvalReport(metrics, self._markdown(metrics), scalars, plot=lambda path: self._plot(metrics, path))
+
+    @staticmethod
+    def _markdown(metrics: dict[str, Any]) -> str:
+        facets, rows, agg = metrics["facets"], metrics["rows"], metrics["aggregates"]
+        labels = [FACET_LABELS[f] for f in facets]
+        lines = [f"Q(h, d) = (G - B) / (G + B + 1) under each judging facet d, mean over {metrics['prompts']} "
+                 f"held-out prompts (bootstrap {metrics['confidence']:.0%} intervals for the row means); "
+                 "a head's own facet in bold:", ""]
+        table = []
+        for name, cells in rows.items():
+            own = name[len("head_"):] if name.startswith("head_") else None
+            table.append([name] + [f"**{fmt(cells[f]['value'], 3)}**" if f == own else fmt(cells[f]["value"], 3)
+                                   for f in facets]
+                         + [f"{fmt(cells['mean']['value'], 3)} [{fmt(cells['mean']['low'], 3)}, "
+                            f"{fmt(cells['mean']['high'], 3)}]"])
+        lines += markdown_table(["Generator"] + labels + ["Mean"], table)
+        if agg:
+            lines += ["", "Aggregates of the heads:", ""]
+            lines += markdown_table(["Q_own", "Delta_base", "Delta_diag", "Diagonal is the row max"], [[
+                *(f"{fmt(agg[k]['value'], 3)} [{fmt(agg[k]['low'], 3)}, {fmt(agg[k]['high'], 3)}]" if k in agg
+                  else "n/a" for k in ("q_own", "delta_base", "delta_diag")),
+                f"{sum(agg['diagonal_is_row_max'])}/{len(facets)}"]])
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _plot(metrics: dict[str, Any], path: Path) -> None:
+        plt = pyplot()
+        rows, facets = metrics["rows"], metrics["facets"]
+        fig, ax = plt.subplots(figsize=(1.2 * len(facets) + 3, 0.5 * len(rows) + 2))
+        values = [[cells[f]["value"] for f in facets] for cells in rows.values()]
+        low = min(-0.5, float(np.nanmin(values))) if values else -1
+        heatmap(ax, values, [FACET_LABELS[f] for f in facets], list(rows), "Q(generator, judging facet)",
+                vmin=low, vmax=1.0)
+        save_figure(fig, path)
+
+
+def compare_runs(reports: dict[str, dict[str, Any]]) -> str:
+    """Puts the persona reports of several runs side by side (the paper's Table 2 and the head diagonals).
+
+    Args:
+        reports: Run label -> the ``report`` of its ``eval.json``.
+
+    Returns:
+        Markdown: per run Q_own, Delta_base, Delta_diag and how many diagonals are row maxima; the
+        diagonal of every run; and diagonal wins between every pair of multi-head runs.
+    """
+    lines = markdown_table(
+        ["Run", "Q_own", "Delta_base", "Delta_diag", "Diagonal is the row max", "Mean Q (single head)"],
+        [[label] + [fmt(r["aggregates"][k]["value"], 3) if k in r["aggregates"] else "n/a"
+                    for k in ("q_own", "delta_base", "delta_diag")]
+         + [f"{sum(r['aggregates']['diagonal_is_row_max'])}/5" if r["aggregates"] else "n/a",
+            fmt(next((c["mean"]["value"] for n, c in r["rows"].items() if n == "head_shared"), float("nan")), 3)]
+         for label, r in reports.items()])
+    diagonals = {label: [r["rows"][f"head_{f}"][f]["value"] for f in FACETS] for label, r in reports.items()
+                 if r["heads"]}
+    lines += ["", "Own-facet Q of each head (MT-OPSD: its single head under each facet):", ""]
+    single = {label: [r["rows"]["head_shared"][f]["value"] for f in FACETS] for label, r in reports.items()
+              if "head_shared" in r["rows"]}
+    table = [[label] + [fmt(v, 3) for v in values] for label, values in {**diagonals, **single}.items()]
+    lines += markdown_table(["Run"] + [FACET_LABELS[f] for f in FACETS], table)
+    multi = list(diagonals)
+    if len(multi) >= 2:
+        lines += ["", "Diagonal wins (facets where the first run's own-facet Q is higher):", ""]
+        pairs = [(a, b) for i, a in enumerate(multi) for b in multi[i + 1:]]
+        lines += markdown_table(["Runs", "Wins"], [[f"{a} vs {b}", "{} - {}".format(*diag_wins(
+            np.diag(diagonals[a]), np.diag(diagonals[b])))] for a, b in pairs])
+    return "\n".join(lines) + "\n"
