@@ -20,6 +20,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 _registered = False
 
 
@@ -128,7 +130,7 @@ def _walk(node: Any, path: str = ""):
         yield from _walk(value, f"{path}{key}.")
 
 
-class StartupChecks:
+class StartupChecks(Callback):
     """A Hydra callback (``hydra.callbacks`` in common.yaml) that vets the composed config before Hydra saves it.
 
     It runs before the run folder or its ``.hydra/`` copy of the config is written, so an API key

@@ -46,6 +46,8 @@ class PersonaTask:
         records: Persona records per episode draw (default: records composed from the shipped data).
         num_records: How many composed records each split draws from (null: all).
         drop_code: Leave out the code-only requests (persona voice matters little there).
+        max_request_chars: Leave out requests longer than this many characters (null: keep all).
+            The default keeps about 85% of the non-code requests and all of a CPU run's batches short.
         seed: Seeds the composed records and the request split.
         max_action_chars: Longest response kept.
     """
@@ -54,13 +56,14 @@ class PersonaTask:
     feedback_follows_head = True  # head d's response is critiqued for facet d
 
     def __init__(self, critic: Any, rubric_extractor: Any, eval_judge: Any, rubric: bool = True,
-                 num_records: int | None = None, drop_code: bool = True, seed: int = 0,
-                 max_action_chars: int = 8000):
+                 num_records: int | None = None, drop_code: bool = True, max_request_chars: int | None = 500,
+                 seed: int = 0, max_action_chars: int = 8000):
         self.personas = [Persona(f, FACET_LABELS[f]) for f in FACETS]
         self.critic, self.rubric_extractor, self.eval_judge = critic, rubric_extractor, eval_judge
         self.rubric = bool(rubric)
         self.max_action_chars = int(max_action_chars)
-        self.data = {split: load_split(split, seed=seed, num_records=num_records, drop_code=drop_code)
+        self.data = {split: load_split(split, seed=seed, num_records=num_records, drop_code=drop_code,
+                                       max_request_chars=max_request_chars)
                      for split in ("train", "router_train", "router_val", "eval")}
 
     # ---- episodes -----------------------------------------------------------------------

@@ -431,16 +431,28 @@ class PersonaData:
     requests: list[Request]
 
 
-def load_split(split: str, *, seed: int = 0, num_records: int | None = None, drop_code: bool = True) -> PersonaData:
+def load_split(split: str, *, seed: int = 0, num_records: int | None = None, drop_code: bool = True,
+               max_request_chars: int | None = None) -> PersonaData:
     """Composed records and shipped requests of one split.
 
     ``eval`` uses the held-out professional cores (``part="eval"``) and the eval requests; the other
     splits share the ``train`` cores and have disjoint request clusters.
+
+    Args:
+        split: ``train``, ``router_train``, ``router_val`` or ``eval``.
+        seed: Seeds the records and the cluster split.
+        num_records: How many composed records (None: all).
+        drop_code: Leave out code-only requests.
+        max_request_chars: Leave out requests longer than this (None: keep all). Applied after the
+            cluster split, so the splits stay disjoint; a few Arena-Hard prompts run to thousands
+            of tokens, and one of them pads a whole batch to its length.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     part = "eval" if split == "eval" else "train"
     requests = split_requests(load_requests(), seed=seed, drop_code=drop_code)[split]
+    if max_request_chars is not None:
+        requests = [r for r in requests if len(r.prompt) <= max_request_chars]
     return PersonaData(compose_records(num_records, seed, part=part), requests)
 
 
