@@ -101,6 +101,8 @@ class EpisodeRecord:
         infos: The step info of each turn.
         final: The observation after the last turn.
         weights: Head weights used at each turn, for drivers that mix heads.
+        tokens: Generated tokens of each turn (EOS included).
+        token_limit: The ``max_new_tokens`` the turns were generated with.
         states: The episode's state before each turn (lets a caller replay a prefix with other
             candidates); not written to reports.
     """
@@ -116,6 +118,8 @@ class EpisodeRecord:
     infos: list[dict] = field(default_factory=list)
     final: Any = None
     weights: list[list[float]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    token_limit: int | None = None
     states: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -153,7 +157,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
     """
     batch = task.make_batch(len(options), split=split)
     observations, infos = batch.reset(seed=seed, options_list=list(options))
-    records = [EpisodeRecord(driver, dict(o), dict(info["label"]), dict(info)) for o, info in zip(options, infos)]
+    records = [EpisodeRecord(driver, dict(o), dict(info["label"]), dict(info), token_limit=max_new_tokens)
+               for o, info in zip(options, infos)]
     active = np.ones(len(records), dtype=bool)
     for turn in range(min(turns, task.max_turns)):
         if not active.all():  # single-turn envs end after one step; others never end early here
@@ -171,8 +176,10 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
                          temperature=temperature, top_p=top_p, seed=seed * 7919 + turn, batch_size=batch_size)
         if hasattr(selector, "observe"):
             selector.observe(step.infos, step.rewards)
+        lengths = step.generation.completion_mask.sum(1).tolist()
         for i, record in enumerate(records):
             record.actions.append(step.actions[i])
+            record.tokens.append(int(lengths[i]))
             record.feedback.append(step.infos[i]["feedback"])
             record.rewards.append(float(step.rewards[i]))
             record.infos.append(step.infos[i])

@@ -5,11 +5,13 @@ privileged prompt adds one final system block naming the head's style (with a on
 the student's actual reaction to the sampled turn. ``label["persona"]`` is the student's hidden
 learning style, so a head is *matched* when its name equals it.
 
-The report (:meth:`TutoringTask.evaluate`, used by the end-of-run evaluation and the benchmark)
-gives, per row: questions per generated turn; the style judge's good rate for each style with
-neutral turns excluded (the paper's Table 4); and satisfaction, the good-turn rate of the student's
-replies with neutral turns included (Table 5), per student type and their mean, with bootstrap
-intervals over dialogues.
+The report (:meth:`TutoringTask.evaluate`, used by the end-of-run evaluation, the learning curve and
+the benchmark) gives, per row: questions per generated turn; the style judge's good rate for each
+style with neutral turns excluded (the paper's Table 4); satisfaction, the good-turn rate of the
+student's replies with neutral turns included (Table 5), per student type and their mean, with
+bootstrap intervals over dialogues; and the quality of the generated turns (share judged
+degenerate by :mod:`envs.students.quality`, distinct-1/2, mean length, share cut at the token
+limit, topic overlap), so gains that come with degeneration show at a glance.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from algorithms.tasks.reporting import (
 from envs.chat import chat_counters
 from envs.data import load_tutoring_topics
 from envs.judges.base import JudgeDialogue
+from envs.students.quality import quality_figures
 from envs.tutoring import MAX_TURNS, TutoringBatch
 
 if TYPE_CHECKING:
@@ -42,6 +45,9 @@ if TYPE_CHECKING:
 
 _ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
 EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
+
+QUALITY_COLUMNS = ("degenerate_share", "distinct_1", "distinct_2", "mean_words", "cut_at_limit_share",
+                   "topic_overlap")
 
 PRIVILEGED_BLOCK = (
     "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
@@ -183,6 +189,8 @@ class TutoringTask:
             scalars[f"questions_per_turn/{name}"] = r["questions_per_turn"]
             scalars.update({f"style/{name}/{s}_judge": v for s, v in r["style"].items()})
             scalars.update({f"satisfaction/{name}/{t}": v["value"] for t, v in r["satisfaction"].items()})
+            scalars.update({f"quality/{name}/{k}": v for k, v in r["quality"].items()
+                            if k in QUALITY_COLUMNS and isinstance(v, (int, float))})
         return EvalReport(metrics, self._markdown(metrics), scalars, plot=lambda path: self._plot(metrics, path))
 
     def _row(self, records: list[EpisodeRecord], samples: int, confidence: float, rng) -> dict[str, Any]:
@@ -208,8 +216,15 @@ class TutoringTask:
             "low": float(np.quantile(finite, alpha)) if finite.size else float("nan"),
             "high": float(np.quantile(finite, 1 - alpha)) if finite.size else float("nan"), "n": len(records)}
         counts = [count_questions(a) for r in records for a in r.actions]
+        limits = {r.token_limit for r in records}
+        complete = all(len(r.tokens) == len(r.observations) == len(r.actions) for r in records)
+        quality = quality_figures(
+            [a for r in records for a in r.actions], [r.start["topic"] for r in records for _ in r.actions],
+            token_counts=[t for r in records for t in r.tokens] if complete else None,
+            max_new_tokens=limits.pop() if len(limits) == 1 else None,
+            contexts=[obs for r in records for obs in r.observations] if complete else None)
         return {"questions_per_turn": float(np.mean(counts)) if counts else float("nan"), "style": style,
-                "satisfaction": satisfaction}
+                "satisfaction": satisfaction, "quality": quality.as_dict()}
 
     def _markdown(self, metrics: dict[str, Any]) -> str:
         rows, types = metrics["rows"], metrics["student_types"]
@@ -221,6 +236,12 @@ class TutoringTask:
             ["Policy"] + [f"{t.capitalize()} stu." for t in types] + ["Mean"],
             [[name] + [cell(r["satisfaction"][t]) for t in types]
              + [cell(r["satisfaction"]["mean"], bold=r["satisfaction"]["mean"]["value"] == best)]
+             for name, r in rows.items()])
+        lines += ["", "Quality of the generated turns (degenerate: repetition, off-topic, filler or cut off "
+                  "mid-sentence; cut at limit: reached max_new_tokens):", ""]
+        lines += markdown_table(
+            ["Policy", "degenerate", "distinct-1", "distinct-2", "words / turn", "cut at limit", "topic overlap"],
+            [[name] + [fmt(r["quality"].get(k), 3 if k != "mean_words" else 1) for k in QUALITY_COLUMNS]
              for name, r in rows.items()])
         lines += ["", "Style judge (good rate with neutral turns excluded) and questions per generated turn:", ""]
         lines += markdown_table(

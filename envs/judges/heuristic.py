@@ -7,32 +7,52 @@ from typing import Sequence
 
 from envs.judges.base import JudgeDialogue, TurnJudgement, normalize_style
 from envs.students.classifier import analyze_teacher_turn
+from envs.students.quality import assess_turn
 
 _STYLE_KIND = {"direct": "explain", "interactive": "ask"}
 
 
 class HeuristicStyleJudge:
-    """Per-style judge built on the ask/explain classifier.
+    """Per-style judge built on the ask/explain classifier and the degenerate-turn detector.
 
-    A marked turn is ``"good"`` when its main move matches the style (explaining for
-    ``direct``, eliciting for ``interactive``), ``"bad"`` when it is the other move, and
-    ``"neutral"`` when it is a bare acknowledgement or too short to tell.
+    A marked turn is ``"bad"`` for every style when it is degenerate (``assess_turn``: it
+    repeats itself, stops mid-sentence, has nothing to do with the topic or the dialogue, or is
+    empty filler): such a turn is no example of telling nor of drawing out, whatever its shape,
+    which is also how the scripted student treats it. Otherwise it is ``"good"`` when its main
+    move matches the style (explaining for ``direct``, eliciting for ``interactive``), ``"bad"``
+    when it is the other move, and ``"neutral"`` when it is a bare acknowledgement or too short
+    to tell.
+
+    Args:
+        quality_check: Apply the degenerate-turn rule (False gives the earlier labels, which
+            read only the ask/explain shape of the turn).
     """
 
+    def __init__(self, quality_check: bool = True) -> None:
+        self.quality_check = bool(quality_check)
+
     def judge_batch(self, dialogues: Sequence[JudgeDialogue], style: str) -> list[TurnJudgement]:
-        """Labels each marked turn good / bad / neutral for ``style`` with the ask/explain reader."""
+        """Labels each marked turn good / bad / neutral for ``style``."""
         want = _STYLE_KIND[normalize_style(style)]
         out = []
         for dialogue in dialogues:
-            labels = []
+            labels, n_degenerate = [], 0
             for i in dialogue.marked_turns():
-                analysis = analyze_teacher_turn(dialogue.messages[i]["content"])
+                text = dialogue.messages[i]["content"]
+                if self.quality_check and assess_turn(text, dialogue.topic, dialogue.messages[:i]).degenerate:
+                    labels.append("bad")
+                    n_degenerate += 1
+                    continue
+                analysis = analyze_teacher_turn(text)
                 if analysis.is_bare:
                     labels.append("neutral")
                 else:
                     labels.append("good" if analysis.kind == want else "bad")
             n_good = labels.count("good")
-            out.append(TurnJudgement(labels, f"{n_good} of {len(labels)} marked turns follow the {style} style"))
+            rationale = f"{n_good} of {len(labels)} marked turns follow the {style} style"
+            if n_degenerate:
+                rationale += f"; {n_degenerate} degenerate"
+            out.append(TurnJudgement(labels, rationale))
         return out
 
 
@@ -69,6 +89,20 @@ _OTHER_FORMAT = re.compile(
     r"another way|show me (?:an? )?(?:picture|diagram|video|example)",
     re.IGNORECASE,
 )
+# the student is lost because the turn itself was broken: repeated, unfinished, off the subject, empty
+_LOST = re.compile(
+    r"\bi'?m (?:so |totally |completely |a bit |kind of |kinda |still )?(?:lost|confused)\b|\blost you\b|"
+    r"\bsaid (?:that|this|it) (?:already|before|twice)\b|\bsaid the same\b|\bsame (?:thing|sentence|part) "
+    r"(?:again|over and over|twice)\b|\bover and over\b|\brepeating yourself\b|\bbroken record\b|"
+    r"\byou (?:just )?stopped\b|\bthat (?:just )?(?:stops|stopped|cut off)\b|\bcut yourself off\b|"
+    r"\bfinish your sentence\b|(?:\bnot|n't) (?:even )?a full sentence\b|\bwas there more\b|"
+    r"\b(?:missed|didn't catch) the end\b|\bwhat (?:does|did) (?:that|this|any of (?:that|this)) have to do with\b|"
+    r"\b(?:has|had|'s got) nothing to do with\b|\bhow is (?:that|this) about\b|\bthat's random\b|"
+    r"\bare we still (?:doing|on)\b|\bhow (?:that|this|any of (?:that|this)) (?:connects|fits) (?:to|with)\b|"
+    r"\bwhat (?:are we|we're) (?:actually |even )?doing\b|\bwhat's the (?:actual )?point\b|\bsay something already\b|"
+    r"\bare we doing anything\b|\bgoing nowhere\b|\bpaying attention\b|\bnot listening\b",
+    re.IGNORECASE,
+)
 _WORDS = re.compile(r"[A-Za-z0-9']+")
 
 
@@ -77,7 +111,7 @@ def satisfaction_label(reply: str) -> tuple[str, str]:
     text = (reply or "").strip()
     n_words = len(_WORDS.findall(text))
     spark = len(_SPARK.findall(text)) + len(_REASONING.findall(text))
-    trouble = len(_TROUBLE.findall(text))
+    trouble = len(_TROUBLE.findall(text)) + len(_LOST.findall(text))
     if _OTHER_FORMAT.search(text):
         return "bad", "asks for a different way to learn"
     if n_words == 0:
@@ -96,7 +130,9 @@ class HeuristicSatisfactionJudge:
 
     Energy and understanding ("oh that's cool", "let me think... because...") count for a turn;
     reluctance, trouble, reaction markers, flat one-liners and requests for another format
-    count against it; everything else is neutral.
+    count against it, and so does a student who is lost because the turn repeated itself,
+    stopped halfway, wandered off the subject or said nothing ("you already said that", "what
+    does that have to do with ..."); everything else is neutral.
     """
 
     def judge_batch(self, dialogues: Sequence[JudgeDialogue]) -> list[TurnJudgement]:

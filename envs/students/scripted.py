@@ -1,11 +1,20 @@
 """A model-free student: reads the teacher's last turn and answers from templates.
 
-The student reacts only to the teacher's most recent turn. ``classify_teacher_turn`` decides
-whether that turn mainly asks or mainly explains; if this matches the hidden preference the
-student engages (a spark of understanding for an explanation, reasoning out loud for a
-question), otherwise it answers flat and short, coloured by the dialogue's reaction style.
-It never names its preference. With probability ``noise`` it gives a plain on-task reply
-instead, so the signal is informative but not perfectly clean.
+The student reacts to the teacher's most recent turn. First it checks whether the turn is
+degenerate (``envs.students.quality.assess_turn``: the same words over and over, cut off
+mid-sentence, nothing to do with the topic or the dialogue, or empty filler). If it is, the
+student is confused or switches off, in its reaction style, whatever its preference: bad
+teaching is not a good fit for anyone. Otherwise ``classify_teacher_turn`` decides whether the
+turn mainly asks or mainly explains; if this matches the hidden preference the student engages
+(a spark of understanding for an explanation, reasoning out loud for a question), otherwise it
+answers flat and short, coloured by the reaction style. It never names its preference. With
+probability ``noise`` it gives a plain on-task reply to a sound turn instead, so the signal is
+informative but not perfectly clean.
+
+Some replies echo a phrase of the teacher's turn back; only phrases from turns that passed the
+check, and only phrases that carry content themselves, are echoed. ``quality_check=False``
+turns the check off and gives exactly the replies of the earlier student (which echoed a
+phrase of any turn, nonsense included).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import numpy as np
 
 from envs.students.base import StudentBase, StudentContext, check_labels
 from envs.students.classifier import analyze_teacher_turn
+from envs.students.quality import assess_turn, content_words
 
 # ---------------------------------------------------------------------------------------------
 # templates. Fields: {topic}; {idea}, a phrase taken from the teacher's explanation; {focus} /
@@ -121,6 +131,91 @@ _NEUTRAL = (
     "Okay, I'm following.",
     "Mhm, okay. Continue.",
 )
+
+# any student, after a degenerate teacher turn: confused or switched off, by what went wrong and
+# by reaction style. Only {topic} is filled in; nothing of the teacher's turn is repeated back.
+_DEGENERATE = {
+    "repetition": {
+        "frustrated": (
+            "Ugh, you already said that. Like three times. I'm lost.",
+            "You keep saying the same thing over and over and I still don't get it.",
+            "Okay, I heard that part already... I'm still confused about {topic}.",
+            "*sigh* That's the same sentence again. I don't get what you mean.",
+        ),
+        "rude": (
+            "You just said the same thing twice. Are you even paying attention?",
+            "Yeah, you said that already. Like a broken record.",
+            "Same thing again? I'm not listening to that a third time.",
+            "You keep repeating yourself. This is going nowhere.",
+        ),
+        "anxious": (
+            "Um, sorry, you said that already, right? I'm confused, did I miss something?",
+            "Oh... I think that was the same thing again? Sorry, I'm lost.",
+            "Um, sorry, I'm confused. Was I supposed to get something new from that?",
+            "Sorry, it sounded like the same part over and over... I don't really get it.",
+        ),
+    },
+    "cut_off": {
+        "frustrated": (
+            "Ugh, that just stops halfway. I don't get what you were saying.",
+            "You didn't finish. Now I'm confused.",
+            "*sigh* And then what? You stopped mid-sentence, I'm lost.",
+            "Hang on, that cut off. I have no idea where that was going.",
+        ),
+        "rude": (
+            "Uh, finish your sentence?",
+            "You just stopped halfway. I'm not filling in the rest.",
+            "Hello? That wasn't even a full sentence.",
+            "You cut yourself off. Whatever.",
+        ),
+        "anxious": (
+            "Um... you stopped in the middle? Sorry, I'm not sure what comes after that.",
+            "Oh, sorry, I think I missed the end of that. I'm confused.",
+            "Um, was there more? Sorry, I lost you there.",
+            "Sorry, I didn't catch the end of that... I'm kind of lost now.",
+        ),
+    },
+    "off_topic": {
+        "frustrated": (
+            "What does that have to do with {topic}? I'm so confused.",
+            "Ugh, I thought we were doing {topic}. Now I'm lost.",
+            "I don't get how any of that connects to {topic}.",
+            "*sigh* That has nothing to do with {topic}. I'm confused.",
+        ),
+        "rude": (
+            "What does that have to do with anything?",
+            "Okay, and how is that about {topic}? Whatever.",
+            "That's random. Are we still doing {topic} or not?",
+            "Nice story, but that's got nothing to do with {topic}.",
+        ),
+        "anxious": (
+            "Um, sorry, I'm confused... is that part of {topic}?",
+            "Oh... I'm not sure how that fits with {topic}. Sorry, I'm lost.",
+            "Um, did I miss something? I don't see what that has to do with {topic}.",
+            "Sorry, I got lost. Are we still on {topic}?",
+        ),
+    },
+    "filler": {
+        "frustrated": (
+            "Okay...? But what are we actually doing?",
+            "Ugh, so... nothing? I still don't know anything about {topic}.",
+            "Go on with what? I'm lost.",
+            "*sigh* Okay. So what's the actual point?",
+        ),
+        "rude": (
+            "Okay, and? Say something already.",
+            "So... nothing. Great. Can I go now?",
+            "Are we doing anything today or not?",
+            "That's it? Whatever.",
+        ),
+        "anxious": (
+            "Um, okay... sorry, I'm not sure what I'm supposed to do now.",
+            "Oh, um... is there something I should be doing? Sorry, I'm a bit lost.",
+            "Um, sorry, I don't really know where we are with {topic}.",
+            "Okay... um, sorry, I'm not sure what we're doing now.",
+        ),
+    },
+}
 
 # ---------------------------------------------------------------------------------------------
 # phrase extraction
@@ -228,12 +323,42 @@ def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-def _fill(template: str, ctx: StudentContext) -> str:
+def _before_last_turn(ctx: StudentContext) -> list[dict[str, str]]:
+    """The dialogue before the teacher turn being answered."""
+    for i in range(len(ctx.messages) - 1, -1, -1):
+        if ctx.messages[i]["role"] == "teacher":
+            return ctx.messages[:i]
+    return list(ctx.messages)
+
+
+def _echo_ok(phrase: str | None, ctx: StudentContext) -> bool:
+    """Whether a phrase taken from the teacher's turn is fit to repeat back.
+
+    It must carry content of its own and, read as a sentence, must not repeat itself or wander off
+    the topic (its own shortness is no fault, so the filler and cut-off checks do not apply).
+    """
+    if not phrase or not content_words(phrase):
+        return False
+    reasons = assess_turn(phrase.rstrip(_TRIM) + ".", ctx.topic, _before_last_turn(ctx)).reasons
+    return not {"repetition", "off_topic"} & set(reasons)
+
+
+def _echoes(ctx: StudentContext, checked: bool) -> tuple[str, str | None]:
+    """The phrase and the wh-clause the templates may echo (with ``checked``, only fit ones)."""
     teacher = ctx.last_teacher_turn
-    focus = question_focus(teacher)
+    idea, focus = key_idea(teacher, ctx.topic), question_focus(teacher)
+    if checked:
+        if not _echo_ok(idea, ctx):
+            idea = f"the main idea behind {ctx.topic}"
+        if not _echo_ok(focus, ctx):
+            focus = None
+    return idea, focus
+
+
+def _fill(template: str, ctx: StudentContext, idea: str, focus: str | None) -> str:
     out = template.format(
         topic=ctx.topic,
-        idea=key_idea(teacher, ctx.topic),
+        idea=idea,
         focus=focus or "that",
         Focus=_capitalize(focus) if focus else "",
     )
@@ -248,14 +373,21 @@ def _pick(templates: Sequence[str], rng: np.random.Generator) -> str:
 class ScriptedStudent(StudentBase):
     """Template-driven student simulator; deterministic given each context's ``rng``.
 
+    Every reply takes exactly two draws from the context's ``rng`` (the noise coin, then the
+    template), in every mode, so a dialogue's later draws do not depend on which branch ran.
+
     Args:
-        noise: probability of a plain on-task reply that ignores whether the turn fit.
+        noise: probability of a plain on-task reply to a sound turn, ignoring whether it fit.
+        quality_check: react to degenerate teacher turns (repetitive, cut off, off the topic,
+            empty) with confusion or disengagement, and echo only sound phrases. False gives the
+            earlier student's replies exactly (same templates, same draws).
     """
 
-    def __init__(self, noise: float = 0.1) -> None:
+    def __init__(self, noise: float = 0.1, quality_check: bool = True) -> None:
         if not 0.0 <= noise <= 1.0:
             raise ValueError(f"noise must be in [0, 1], got {noise!r}")
         self.noise = float(noise)
+        self.quality_check = bool(quality_check)
 
     def reply_batch(self, dialogues: Sequence[StudentContext]) -> list[str]:
         """One templated reply per dialogue, drawn from each dialogue's own generator."""
@@ -265,13 +397,19 @@ class ScriptedStudent(StudentBase):
         check_labels(ctx.student_type, ctx.reaction)
         kind = analyze_teacher_turn(ctx.last_teacher_turn).kind
         plain = ctx.rng.random() < self.noise  # always drawn, so the stream length is fixed
+        if self.quality_check:
+            quality = assess_turn(ctx.last_teacher_turn, ctx.topic, _before_last_turn(ctx))
+            if quality.degenerate:
+                pool = _DEGENERATE[quality.reason][ctx.reaction]
+                return _capitalize(_pick(pool, ctx.rng).format(topic=ctx.topic))
+        idea, focus = _echoes(ctx, self.quality_check)
         if plain:
-            return _fill(_pick(_NEUTRAL, ctx.rng), ctx)
+            return _fill(_pick(_NEUTRAL, ctx.rng), ctx, idea, focus)
         wants_told = ctx.student_type == "direct"
         if kind == "explain":
             pool = _TOLD_AND_HAPPY if wants_told else _TOLD_BUT_WANTS_ASKED[ctx.reaction]
         else:
             pool = _ASKED_BUT_WANTS_TOLD[ctx.reaction] if wants_told else _ASKED_AND_HAPPY
-        if question_focus(ctx.last_teacher_turn) is None:  # templates that echo a wh-question need one
+        if focus is None:  # templates that echo a wh-question need one
             pool = [t for t in pool if "{Focus}" not in t]
-        return _capitalize(_fill(_pick(pool, ctx.rng), ctx))
+        return _capitalize(_fill(_pick(pool, ctx.rng), ctx, idea, focus))

@@ -79,6 +79,21 @@ def test_seeded_two_step_run_reproduces_pinned_losses(variant, tmp_path, opsd_co
     assert not (tmp_path / "a" / CHECKPOINT).exists()  # deleted once policy/ is saved (keep_checkpoint=false)
 
 
+def test_the_stricter_student_changes_losses_only_where_its_replies_change(tmp_path, opsd_config):
+    def run(name, *overrides):
+        opsd.train(opsd_config("algorithm.eval.enabled=false", *overrides), tmp_path / name)
+        rows = [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+        return [row["loss/total"] for row in rows]
+
+    # Six-token turns of the tiny model are too short to be judged degenerate: the same replies, the same
+    # losses as the legacy student (the pinned values above).
+    assert run("new") == run("legacy", "student.quality_check=false")
+    # Longer turns of the tiny model are gibberish: the stricter student reacts to them, so the teacher's
+    # privileged prompt, and with it the loss, changes.
+    assert run("new_long", "algorithm.max_new_tokens=24") != run("legacy_long", "algorithm.max_new_tokens=24",
+                                                                  "student.quality_check=false")
+
+
 def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_config):
     summary = opsd.train(opsd_config("algorithm.eval.every=1", "algorithm.eval.curve_contexts=1"), tmp_path)
     assert losses(tmp_path) == pytest.approx(PINNED["mah"], rel=1e-4)  # same as with the curve off
@@ -90,9 +105,9 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
 
 
 PINNED_PERSONA = {  # 2 steps on env=persona: 5 heads, the critic's critique in the privileged prompt
-    ("mah", "true"): [0.003137980657629669, 0.0028217491460964085],
-    ("mah", "false"): [0.0031336383661255242, 0.002824392332695425],
-    ("mt", "true"): [0.003126149880699814, 0.002643363713286817],
+    ("mah", "true"): [0.0031633703969419003, 0.002824973920360208],
+    ("mah", "false"): [0.0031585770193487406, 0.002826518495567143],
+    ("mt", "true"): [0.0031249098945409066, 0.002636531204916537],
 }
 
 

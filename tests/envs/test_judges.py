@@ -25,6 +25,7 @@ from envs.judges import (
 from envs.tutoring import TutoringBatch, TutoringEnv
 
 TURNS = [json.loads(line) for line in (Path(__file__).parent / "data" / "teacher_turns.jsonl").read_text().splitlines()]
+QUALITY = [json.loads(line) for line in (Path(__file__).parent / "data" / "teacher_turn_quality.jsonl").read_text().splitlines()]
 
 
 def _dialogue(*pairs, topic="Photosynthesis", marked_from=0):
@@ -93,7 +94,8 @@ def test_turn_judgement_scores():
 
 
 def test_heuristic_style_judge_labels_turns_per_style():
-    judge = HeuristicStyleJudge()
+    """The ask/explain reading alone (every turn under one topic, so the degenerate-turn rule is off)."""
+    judge = HeuristicStyleJudge(quality_check=False)
     assert isinstance(judge, StyleJudge)
     dialogues = [_dialogue((t["text"], "ok")) for t in TURNS]
     direct = judge.judge_batch(dialogues, "direct")
@@ -106,6 +108,42 @@ def test_heuristic_style_judge_labels_turns_per_style():
     assert judge.judge_batch(dialogues[:2], "direct_instruction")[0].labels == direct[0].labels
     with pytest.raises(ValueError, match="style"):
         judge.judge_batch(dialogues, "visual")
+
+
+def test_heuristic_style_judge_with_the_quality_check_on_turns_under_their_own_topic():
+    judge = HeuristicStyleJudge()
+    assert isinstance(judge, StyleJudge) and judge.quality_check
+    dialogues = [_dialogue((t["text"], "ok"), topic=t["topic"]) for t in TURNS]
+    direct, interactive = judge.judge_batch(dialogues, "direct"), judge.judge_batch(dialogues, "interactive")
+    agree, both_bad = 0, 0
+    for t, d, i in zip(TURNS, direct, interactive):
+        both_bad += d.labels == i.labels == ["bad"]
+        agree += d.labels[0] == ("good" if t["label"] == "explain" else "bad") and i.labels[0] != d.labels[0]
+    assert both_bad <= 1 and agree / len(TURNS) >= 0.95  # one sound explanation never uses a word of its topic
+    # the same turns filed under an unrelated topic: the long explanations have lost the thread
+    elsewhere = judge.judge_batch([_dialogue((t["text"], "ok"), topic="Photosynthesis") for t in TURNS], "direct")
+    assert sum(j.labels == ["bad"] for j in elsewhere) > sum(j.labels == ["bad"] for j in direct) + 10
+
+
+def test_heuristic_style_judge_calls_degenerate_turns_bad_for_both_styles():
+    judge = HeuristicStyleJudge()
+    flagged = 0
+    for row in QUALITY:
+        messages = [{"role": "system", "content": f"Topic: {row['topic']}"}] + row.get("context", [])
+        messages = messages + [{"role": "teacher", "content": row["text"]}, {"role": "student", "content": "ok"}]
+        dialogue = JudgeDialogue(row["topic"], messages, marked_from=len(row.get("context", [])) // 2)
+        labels = [judge.judge_batch([dialogue], style)[0].labels for style in ("direct", "interactive")]
+        legacy = [HeuristicStyleJudge(quality_check=False).judge_batch([dialogue], s)[0].labels for s in ("direct", "interactive")]
+        if row["kind"] in ("repetition", "cut_off", "filler"):  # every one of these is caught
+            flagged += 1
+            assert labels == [["bad"], ["bad"]], row["text"]
+            assert legacy != [["bad"], ["bad"]]  # the shape-only judge found each of them good for one style or neutral
+        if row["label"] == "coherent":  # and no coherent turn of the labelled set is, bar the one documented false alarm
+            assert labels != [["bad"], ["bad"]] or row["text"].startswith("Force equals mass"), row["text"]
+    assert flagged == 48
+    d = _dialogue(("I'm ready to continue.", "ok"), ("Plants make sugar from light in their leaves.", "ok"))
+    result = judge.judge_batch([d], "interactive")[0]
+    assert result.labels == ["bad", "bad"] and "1 degenerate" in result.rationale
 
 
 def test_heuristic_style_judge_neutral_for_bare_turns():
@@ -133,6 +171,14 @@ def test_heuristic_style_judge_neutral_for_bare_turns():
         ("That's interesting! Can we look at real examples?", "bad"),
         ("Okay, go on.", "neutral"),
         ("Alright, so the leaves make sugar.", "neutral"),
+        # lost because the turn itself was broken
+        ("You keep repeating yourself. This is going nowhere.", "bad"),
+        ("Hello? That wasn't even a full sentence.", "bad"),
+        ("What does that have to do with anything?", "bad"),
+        ("Are we doing anything today or not?", "bad"),
+        ("Um, was there more? Sorry, I lost you there.", "bad"),
+        # ... but not when those words come with real understanding
+        ("Oh nice, so basically the parts connect. I like how that fits together!", "good"),
     ],
 )
 def test_satisfaction_label_rules(reply, label):
