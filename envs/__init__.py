@@ -11,6 +11,7 @@ _ENVS = [
     # (id, entry point, max_episode_steps)
     ("pluralgym/Tutoring-v0", "envs.tutoring:TutoringEnv", tutoring.MAX_TURNS),
     ("pluralgym/PersonaCritic-v0", "envs.persona:PersonaCriticEnv", 1),  # one response per episode
+    ("pluralgym/PersonaMath-v0", "envs.math:PersonaMathEnv", 1),  # one answer per episode
 ]
 
 for _id, _entry_point, _steps in _ENVS:

@@ -1,0 +1,504 @@
+"""Math word problems and answer checking for the persona-prefixed math environment (``envs.math``).
+
+Three problem sources, all returned as :class:`MathProblem`:
+
+- **GSM8K** (:func:`load_gsm8k`): the shipped ``gsm8k_train.jsonl`` (7,473) and ``gsm8k_test.jsonl``
+  (1,319). ``difficulty`` is the number of ``<<...>>`` calculator annotations in the reference
+  solution. ``max_steps`` keeps an *easy slice*: at most 1 step leaves 499 train / 83 test
+  questions, at most 2 steps 2,674 train / 440 test.
+- **Generated arithmetic word problems** (:func:`make_problems`): written from templates
+  (shopping, baking, savings, a bus ride, a garden, a collection) with a difficulty knob,
+  :data:`LEVELS` (1-6): level 1 is one addition of two numbers from 2 to 9; higher levels add
+  operations, larger numbers and then multiplication and division. Every answer is an exact
+  positive integer, every intermediate value too, and no answer equals a number written in its
+  question (so copying a number from the question never scores).
+- Any list of records the user builds (``MathProblem(...)``).
+
+Answers are checked by :func:`parse_final_number` and :func:`is_correct` (rules in their
+docstrings); :func:`accuracy` scores a list of answers.
+
+The personas the problems are asked under live in ``envs.math``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent
+SPLITS = ("train", "router_train", "router_val", "eval")
+GSM8K_SPLITS = ("train", "test")
+
+# --- answer parsing --------------------------------------------------------------------------------
+
+# sign (not after a letter, digit or dot, so "10-3" is ten and three), currency, then digits with
+# optional thousands groups and decimals; a number is never started right after a digit or a dot
+_NUMBER = (r"(?P<sign>(?<![\w.])[-\u2212])?(?P<currency>[$\u20ac\u00a3][ \t]?)?"
+           r"(?<![\d.])(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+_NUMBER_RE = re.compile(_NUMBER)
+# "####" directly followed by the number (spaces, bold marks and an "answer:" label allowed);
+# a markdown heading such as "#### Step 2" does not count as a final answer
+_MARKED_RE = re.compile(
+    r"####[ \t]*(?:\*\*|__)?[ \t]*(?:(?:the[ \t]+)?(?:final[ \t]+)?answer(?:[ \t]+is)?[ \t]*[:=]?[ \t]*)?"
+    + _NUMBER + r"(?:[ \t]*/[ \t]*(?P<den>\d+)(?![\d.]))?",
+    re.IGNORECASE,
+)
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+
+
+def _number_value(match: re.Match) -> float:
+    value = float(match.group("digits").replace(",", ""))
+    return -value if match.group("sign") else value
+
+
+def parse_final_number(text: str) -> float | None:
+    """The final numeric answer written in ``text``, or None when it holds no number.
+
+    Rules:
+
+    - If some ``####`` marker is directly followed by a number, the number after the *last* such
+      marker is the answer. Between the marker and the number only spaces, ``**`` / ``__`` and a
+      label such as ``Answer:`` or ``The final answer is`` may stand, so a markdown heading like
+      ``#### Step 2`` is not read as an answer. Otherwise the answer is the *last* number anywhere
+      in the text.
+    - Thousands separators and currency signs are dropped: ``$1,234.50`` is 1234.5. Commas count
+      as separators only in groups of three digits (``1,2,3`` is three numbers).
+    - A ``-`` (or unicode minus) is a sign only when no letter, digit or dot stands right before
+      it: ``-5`` and ``x = -5`` are -5, while ``10-3`` is 10 and 3.
+    - Units, punctuation and words after a number are ignored (``12 km.`` is 12, ``3rd`` is 3).
+    - Percentages keep their number: ``25%`` is 25, not 0.25 (GSM8K writes percent answers so).
+    - Fractions are read only right after ``####``: ``#### 3/4`` is 0.75. Anywhere else ``3/4`` is
+      the two numbers 3 and 4, and mixed numbers (``1 1/2``) are not understood.
+    - Number words (``five``), scientific notation and other numerals are not understood.
+
+    Args:
+        text: A model's answer.
+
+    Returns:
+        The number as a float, or None.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_final_number expects a str, got {type(text).__name__}")
+    marked = list(_MARKED_RE.finditer(text))
+    if marked:
+        match = marked[-1]
+        value = _number_value(match)
+        den = match.group("den")
+        if den is not None and int(den) != 0 and "." not in match.group("digits"):
+            value /= int(den)
+        return value
+    numbers = list(_NUMBER_RE.finditer(text))
+    return _number_value(numbers[-1]) if numbers else None
+
+
+def has_final_marker(text: str) -> bool:
+    """Whether ``text`` gives its answer in the requested form, a ``####`` directly followed by a number."""
+    return isinstance(text, str) and _MARKED_RE.search(text) is not None
+
+
+def to_number(value: Any) -> float:
+    """A reference answer (int, float or a string such as ``"1,234"``) as a float; ValueError if it is none."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    else:
+        number = parse_final_number(value) if isinstance(value, str) else None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"expected a finite number or a string holding one, got {value!r}")
+    return number
+
+
+def format_number(value: float) -> str:
+    """A number as the shortest plain text: ``42.0`` -> ``"42"``, ``0.50`` -> ``"0.5"``."""
+    value = float(value)
+    if value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def is_correct(text: str, reference: Any, *, abs_tol: float = 1e-6, rel_tol: float = 1e-9) -> bool:
+    """Whether the final number of ``text`` (:func:`parse_final_number`) equals ``reference`` numerically.
+
+    ``0.5``, ``.50`` and ``1/2`` after ``####`` all match a reference of 0.5; the tolerances only
+    absorb floating-point noise, so a rounded answer (0.33 for 1/3) does not match.
+    """
+    parsed = parse_final_number(text)
+    return parsed is not None and math.isclose(parsed, to_number(reference), abs_tol=abs_tol, rel_tol=rel_tol)
+
+
+def answer_reward(text: str, reference: Any, *, format_bonus: float = 0.0) -> float:
+    """The verifiable reward: 1.0 for a correct final number, else 0.0.
+
+    Args:
+        text: The answer.
+        reference: The reference answer.
+        format_bonus: Off (0) by default. When set, it is *added* whenever the answer ends in the
+            requested ``#### <number>`` form (:func:`has_final_marker`), right or wrong, so a
+            correct, well-formed answer earns ``1 + format_bonus``.
+    """
+    reward = 1.0 if is_correct(text, reference) else 0.0
+    if format_bonus and has_final_marker(text):
+        reward += float(format_bonus)
+    return reward
+
+
+# --- problems --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MathProblem:
+    """One word problem with a numeric answer.
+
+    Attributes:
+        id: Unique identifier (``gsm8k-train-12``, ``gen-L2-train-s0-7``...).
+        question: The problem as the policy sees it.
+        answer: The reference answer, stored as canonical text (``"72"``, ``"0.5"``); an int or a
+            float is accepted and converted.
+        source: Where it comes from: ``gsm8k-train``, ``gsm8k-test`` or ``generated``.
+        difficulty: GSM8K: calculator steps of the reference solution; generated: the level.
+        solution: A worked solution ending in ``#### <answer>`` (privileged; may be empty).
+        expression: Generated problems: the arithmetic as a Python expression (for checking).
+    """
+
+    id: str
+    question: str
+    answer: str
+    source: str = ""
+    difficulty: int = 0
+    solution: str = ""
+    expression: str = ""
+
+    def __post_init__(self) -> None:
+        if not str(self.id).strip() or not str(self.question).strip():
+            raise ValueError(f"a math problem needs an id and a question, got id={self.id!r}")
+        object.__setattr__(self, "answer", format_number(to_number(self.answer)))
+        object.__setattr__(self, "difficulty", int(self.difficulty))
+
+    @property
+    def value(self) -> float:
+        """The reference answer as a float."""
+        return float(self.answer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MathProblem:
+        """The problem :meth:`to_dict` wrote (unknown keys are ignored)."""
+        keys = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+
+def calculator_steps(solution: str) -> int:
+    """Number of ``<<...>>`` calculator annotations in a GSM8K solution."""
+    return len(_CALC_RE.findall(solution))
+
+
+def clean_solution(solution: str) -> str:
+    """A GSM8K solution without its ``<<...>>`` calculator annotations."""
+    return _CALC_RE.sub("", solution).strip()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file (split on newlines only: GSM8K's strings hold unicode line separators)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def load_gsm8k(split: str = "train", *, max_steps: int | None = None,
+               path: str | Path | None = None) -> list[MathProblem]:
+    """GSM8K problems from the shipped files (or ``path``), in file order.
+
+    Args:
+        split: ``"train"`` (7,473) or ``"test"`` (1,319).
+        max_steps: Keep only the *easy slice* whose solution has at most this many calculator
+            steps (``<= 1``: 499 train / 83 test; ``<= 2``: 2,674 train / 440 test).
+        path: A JSONL file with ``id, question, solution, answer`` instead of the shipped one.
+    """
+    if split not in GSM8K_SPLITS:
+        raise ValueError(f"GSM8K split must be one of {GSM8K_SPLITS}, got {split!r}")
+    rows = read_jsonl(Path(path) if path else DATA_DIR / f"gsm8k_{split}.jsonl")
+    problems = [MathProblem(str(r["id"]), str(r["question"]), str(r["answer"]), f"gsm8k-{split}",
+                            calculator_steps(str(r["solution"])), str(r["solution"])) for r in rows]
+    if max_steps is not None:
+        problems = [p for p in problems if p.difficulty <= int(max_steps)]
+    return problems
+
+
+# --- generated problems ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    """One difficulty level of the generated problems.
+
+    Attributes:
+        steps: Arithmetic operations per problem.
+        max_number: Largest start value and largest number added or subtracted (the smallest is 2).
+        ops: The operations that may appear (``+ - * /``), drawn uniformly per step.
+        max_factor: Largest multiplier or divisor (and number of groups in a product start).
+    """
+
+    steps: int
+    max_number: int
+    ops: tuple[str, ...]
+    max_factor: int = 1
+
+
+LEVELS: dict[int, Level] = {
+    1: Level(1, 9, ("+",)),                           # 3 + 4
+    2: Level(1, 20, ("+", "-")),                      # 17 - 9
+    3: Level(2, 20, ("+", "-")),                      # 12 + 7 - 5
+    4: Level(2, 50, ("+", "-", "*"), 5),              # 4 * 9 + 23
+    5: Level(3, 100, ("+", "-", "*", "/"), 9),        # (56 - 14) / 6 * 5
+    6: Level(4, 500, ("+", "-", "*", "/"), 12),       # four operations, numbers up to 500
+}
+DEFAULT_DIFFICULTY = 2  # a guess for the embedded 135M model (target 20-60%); measure with benchmarks/math_accuracy.py
+EVAL_SHARE = 0.2  # share of the problem space reserved for the eval stream (hash split)
+
+NAMES = ("Mia", "Noah", "Aisha", "Leo", "Sofia", "Kenji", "Amara", "Lucas", "Priya", "Mateo", "Chloe", "Omar",
+         "Hana", "Ethan", "Zara", "Diego", "Lena", "Kwame", "Ivy", "Ravi", "Elena", "Sam", "Yusuf", "Nora")
+
+# Each theme: the items counted, and templates for the start (one number, or a product of two), each
+# operation on the running count and the question. Placeholders: name, item, a, b (start), n (an
+# amount added or removed), k (a factor).
+THEMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "shopping": {
+        "items": ("apples", "oranges", "lemons", "pears", "peaches"),
+        "start": ("{name} has {a} {item} in a basket.", "There are {a} {item} in {name}'s kitchen."),
+        "product": ("{name} buys {a} bags of {item}, and every bag holds {b} {item}.",),
+        "+": ("At the market, {name} buys {n} more {item}.", "A neighbour gives {name} {n} more {item}."),
+        "-": ("{name} uses {n} of the {item} to make juice.", "{name} gives {n} {item} to a friend."),
+        "*": ("By the weekend, {name} has {k} times as many {item} as before.",
+              "After a big delivery, {name}'s pile of {item} grows to {k} times its size."),
+        "/": ("{name} splits the {item} into {k} equal piles and keeps only one pile.",
+              "{name} shares the {item} equally among {k} baskets and keeps one basket."),
+        "question": ("How many {item} does {name} have now?",),
+    },
+    "baking": {
+        "items": ("cookies", "muffins", "cupcakes", "bread rolls", "pancakes"),
+        "start": ("{name} bakes {a} {item}.", "{name} has {a} {item} cooling on the counter."),
+        "product": ("{name} bakes {a} trays of {item} with {b} {item} on each tray.",),
+        "+": ("Then {name} bakes {n} more {item}.", "A friend brings over {n} more {item}."),
+        "-": ("{name} sells {n} of the {item} at a bake sale.", "The family eats {n} of the {item}."),
+        "*": ("{name} keeps baking until there are {k} times as many {item} as before.",
+              "For a party, {name} bakes until the number of {item} is {k} times as large."),
+        "/": ("{name} packs the {item} equally into {k} boxes and gives away every box but one.",
+              "{name} splits the {item} evenly between {k} plates and keeps only one plate."),
+        "question": ("How many {item} does {name} have now?",),
+    },
+    "savings": {
+        "items": ("dollars",),
+        "start": ("{name} has ${a} in a piggy bank.", "{name} has saved ${a}."),
+        "product": ("{name} saves ${b} every week for {a} weeks.",),
+        "+": ("{name} earns ${n} by washing cars.", "{name} gets ${n} as a birthday present."),
+        "-": ("{name} spends ${n} on a book.", "{name} spends ${n} on a ticket to a concert."),
+        "*": ("By the end of the year, {name}'s savings have grown to {k} times that amount.",
+              "{name} invests the money, and it grows to {k} times as much."),
+        "/": ("{name} divides the money equally into {k} envelopes and gives away all of them except one.",
+              "{name} shares the money equally among {k} people, {name} included, and keeps one share."),
+        "question": ("How many dollars does {name} have now?", "How much money, in dollars, does {name} have now?"),
+    },
+    "bus": {
+        "items": ("passengers",),
+        "start": ("{name} is driving a bus with {a} passengers on board.",),
+        "product": ("{name}'s bus has {a} rows of seats, and {b} passengers sit in each row.",),
+        "+": ("At the next stop, {n} more passengers get on.", "Near the park, {n} more passengers get on."),
+        "-": ("At the next stop, {n} passengers get off.", "At the station, {n} passengers get off."),
+        "*": ("After a football match, the number of passengers on board becomes {k} times as large.",
+              "So many people get on at the big station that there are {k} times as many passengers as before."),
+        "/": ("The passengers split into {k} equal groups, and only one group stays on the bus.",
+              "The passengers form {k} groups of the same size, and every group but one gets off."),
+        "question": ("How many passengers are on {name}'s bus now?",),
+    },
+    "garden": {
+        "items": ("tulips", "sunflowers", "tomato plants", "rose bushes"),
+        "start": ("{name} has {a} {item} in the garden.",),
+        "product": ("{name} plants {a} rows of {item} with {b} {item} in each row.",),
+        "+": ("{name} plants {n} more {item}.", "A neighbour gives {name} {n} more {item} to plant."),
+        "-": ("A storm ruins {n} of the {item}.", "{name} gives {n} of the {item} to a neighbour."),
+        "*": ("By the next spring, there are {k} times as many {item} in the garden as before.",
+              "The {item} spread until there are {k} times as many as before."),
+        "/": ("{name} divides the {item} into {k} equal groups and sells every group except one.",
+              "{name} splits the {item} equally among {k} gardens and keeps one share."),
+        "question": ("How many {item} does {name} have in the garden now?",),
+    },
+    "collection": {
+        "items": ("marbles", "stickers", "stamps", "seashells", "trading cards"),
+        "start": ("{name} has a collection of {a} {item}.",),
+        "product": ("{name} has {a} boxes of {item} with {b} {item} in each box.",),
+        "+": ("{name} wins {n} more {item} in a game.", "{name} finds {n} more {item}."),
+        "-": ("{name} trades away {n} {item}.", "{name} loses {n} {item}."),
+        "*": ("After a lucky month, {name} has {k} times as many {item} as before.",
+              "Over the summer, {name}'s collection grows to {k} times its size."),
+        "/": ("{name} shares the {item} equally among {k} people, {name} included, and keeps one share.",
+              "{name} divides the {item} into {k} equal bags and gives away every bag except one."),
+        "question": ("How many {item} does {name} have now?",),
+    },
+}
+
+
+def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def _draw_problem(rng: np.random.Generator, level: Level) -> dict[str, Any] | None:
+    """One candidate problem, or None when the draws break a rule (the caller draws again).
+
+    Every number written in the question is at least 2 (plural nouns stay right), so is every
+    intermediate count; products are capped at ``max_number * max_factor``; a template is used at
+    most once per question.
+    """
+    theme_key = _pick(rng, sorted(THEMES))
+    theme = THEMES[theme_key]
+    item, name = _pick(rng, theme["items"]), _pick(rng, NAMES)
+    ops = [_pick(rng, level.ops) for _ in range(level.steps)]
+    if ops[0] == "*":  # a product start counts as the first operation
+        a = int(rng.integers(2, level.max_factor + 1))
+        b = int(rng.integers(2, max(3, level.max_number // level.max_factor) + 1))
+        sentences = [_pick(rng, theme["product"]).format(name=name, item=item, a=a, b=b)]
+        value, expression, lines, ops = a * b, f"{a} * {b}", [f"{a} * {b} = {a * b}"], ops[1:]
+    else:
+        a = int(rng.integers(2, level.max_number + 1))
+        sentences = [_pick(rng, theme["start"]).format(name=name, item=item, a=a)]
+        value, expression, lines = a, str(a), [f"Start with {a}."]
+    used: set[str] = set()
+    for op in ops:
+        if op == "+":
+            amount = int(rng.integers(2, level.max_number + 1))
+            new = value + amount
+        elif op == "-":
+            if value < 4:
+                return None
+            amount = int(rng.integers(2, min(level.max_number, value - 2) + 1))
+            new = value - amount
+        elif op == "*":
+            amount = int(rng.integers(2, level.max_factor + 1))
+            new = value * amount
+            if new > level.max_number * level.max_factor:
+                return None
+        else:
+            divisors = [k for k in range(2, level.max_factor + 1) if value % k == 0 and value // k >= 2]
+            if not divisors:
+                return None
+            amount = _pick(rng, divisors)
+            new = value // amount
+        template = _pick(rng, theme[op])
+        if template in used:
+            return None
+        used.add(template)
+        sentences.append(template.format(name=name, item=item, **{"n" if op in "+-" else "k": amount}))
+        lines.append(f"{value} {op} {amount} = {new}")
+        expression = f"({expression}) {op} {amount}" if " " in expression else f"{expression} {op} {amount}"
+        value = new
+    sentences.append(_pick(rng, theme["question"]).format(name=name, item=item))
+    question = " ".join(s[0].upper() + s[1:] for s in sentences)
+    if any(_number_value(m) == value for m in _NUMBER_RE.finditer(question)):
+        return None  # the answer must never be a number already written in the question
+    return {"theme": theme_key, "item": item, "question": question, "answer": value, "expression": expression,
+            "solution": "\n".join([*lines, f"#### {value}"])}
+
+
+def _is_eval(key: str) -> bool:
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < EVAL_SHARE
+
+
+def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0, split: str = "train",
+                  *, max_attempts: int | None = None) -> list[MathProblem]:
+    """Generated arithmetic word problems of one difficulty level, deterministic in all arguments.
+
+    Train and eval streams never share a problem: a hash of each candidate's arithmetic (theme,
+    item and expression, not the name or wording) puts it on the eval side (:data:`EVAL_SHARE`,
+    20%) or the training side, and each stream keeps only its own side. ``router_train`` and
+    ``router_val`` draw from the training side with their own random streams. Questions within a
+    stream are distinct, and the first ``k`` problems are the same for any ``num >= k``.
+
+    Args:
+        num: Number of problems.
+        difficulty: A key of :data:`LEVELS` (1-6).
+        seed: Seed of the stream.
+        split: One of ``train, router_train, router_val, eval``.
+        max_attempts: Give up after this many candidates (default ``200 * num + 1000``).
+
+    Raises:
+        ValueError: For an unknown level or split, or when the level has fewer distinct problems
+            than asked for.
+    """
+    if difficulty not in LEVELS:
+        raise ValueError(f"difficulty must be one of {sorted(LEVELS)}, got {difficulty!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    level, want_eval = LEVELS[difficulty], split == "eval"
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(difficulty), SPLITS.index(split), 0x6D617468])
+    limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
+    problems: list[MathProblem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < num:
+        attempts += 1
+        if attempts > limit:
+            raise ValueError(f"found only {len(problems)} distinct level-{difficulty} {split} problems in "
+                             f"{limit} attempts; ask for fewer")
+        draw = _draw_problem(rng, level)
+        if draw is None or draw["question"] in seen:
+            continue
+        if _is_eval(f"{draw['theme']}|{draw['item']}|{draw['expression']}") != want_eval:
+            continue
+        seen.add(draw["question"])
+        problems.append(MathProblem(f"gen-L{difficulty}-{split}-s{seed}-{len(problems)}", draw["question"],
+                                    str(draw["answer"]), "generated", difficulty, draw["solution"],
+                                    draw["expression"]))
+    return problems
+
+
+def problems_for_split(split: str = "train", *, task: str = "generated", num: int | None = None,
+                       difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
+                       gsm8k_max_steps: int | None = None) -> list[MathProblem]:
+    """The problems of one contract split (``train, router_train, router_val, eval``).
+
+    Args:
+        split: The split.
+        task: ``"generated"`` (:func:`make_problems`) or ``"gsm8k"`` (``eval`` reads the test file,
+            every other split the train file).
+        num: Number of problems. Generated: default 2,000 (200 for ``eval``). GSM8K: the first
+            ``num`` of the file (or slice); default all.
+        difficulty: Level of the generated problems.
+        seed: Seed of the generated stream.
+        gsm8k_max_steps: Keep only GSM8K problems with at most this many calculator steps.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if task == "generated":
+        count = num if num is not None else (200 if split == "eval" else 2000)
+        return make_problems(count, difficulty, seed, split)
+    if task == "gsm8k":
+        problems = load_gsm8k("test" if split == "eval" else "train", max_steps=gsm8k_max_steps)
+        return problems[:num] if num is not None else problems
+    raise ValueError(f"task must be 'generated' or 'gsm8k', got {task!r}")
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+def accuracy(answers: Sequence[str], problems: Sequence[MathProblem]) -> float:
+    """Share of ``answers`` whose final number is correct for the problem at the same position."""
+    if len(answers) != len(problems):
+        raise ValueError(f"got {len(answers)} answers for {len(problems)} problems")
+    if not answers:
+        raise ValueError("accuracy of no answers is undefined")
+    return sum(is_correct(a, p.answer) for a, p in zip(answers, problems)) / len(answers)
+
+
+__all__ = [
+    "DATA_DIR", "DEFAULT_DIFFICULTY", "EVAL_SHARE", "LEVELS", "NAMES", "SPLITS", "THEMES", "Level", "MathProblem",
+    "accuracy", "answer_reward", "calculator_steps", "clean_solution", "format_number", "has_final_marker",
+    "is_correct", "load_gsm8k", "make_problems", "parse_final_number", "problems_for_split", "read_jsonl", "to_number",
+]
