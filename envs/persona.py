@@ -42,10 +42,10 @@ MAX_ACTION_CHARS = 8000
 STUDENT_INTRO = "You are one person whose identity has several sides; each is described below."
 STUDENT_OUTRO = "Reply to the user's message as this person would, from their own point of view."
 TEACHER_INTRO = "You are a person with the persona described below."
-TEACHER_REVIEW = ("Your earlier answer to this question was reviewed for how well it fits this persona, "
-                  "and the review said:")
-TEACHER_OUTRO = ("Use the review as private guidance (do not mention it) and answer the question again "
-                 "from this person's point of view.")
+TEACHER_REVIEW = ("(Private notes for your answer, never shown to the user. Your earlier answer to this question "
+                  "was reviewed for how well it fits your persona, and the review said:")
+TEACHER_OUTRO = ("Use the review as guidance, without mentioning it, and answer the question again from your "
+                 "persona's point of view.)")
 _LABEL_TO_FACET = {label: facet for facet, label in FACET_LABELS.items()}
 _OPTION_KEYS = ("request", "record", "facet", "rubric")
 
@@ -90,17 +90,22 @@ def parse_scaffold(observation: Sequence[Mapping[str, str]]) -> dict[str, str]:
 
 
 def teacher_messages(observation: Sequence[Mapping[str, str]], facet: str, critique: str) -> list[dict[str, str]]:
-    """The privileged prompt for focal ``facet``: the observation with a different system message.
+    """The privileged prompt for focal ``facet``: the observation with different system text.
 
-    The system message holds one ``## <Facet>`` section (its text parsed out of the observation)
-    and the critique; everything after the system message (the user's request) is kept as is. The
-    rubric never appears here.
+    Two blocks differ from the policy's prompt, as in the paper: the opening system message holds a
+    single ``## <Facet>`` section (its text parsed out of the observation) instead of all five,
+    and the critique is added. The critique goes into a final system message after the user's
+    request, right before the answer, rather than into the opening message: the embedded 135M
+    model follows it only there (its own answers under this prompt score Q(focal) = 0.22 with the
+    heuristic judge, against -0.13 under the policy's prompt and -0.13 with the critique in the
+    opening message; 40 held-out requests, one sample each). The user's request is kept as is and
+    the rubric never appears here.
     """
     facet = check_facet(facet)
     persona = parse_scaffold(observation)[facet]
-    system = (f"{TEACHER_INTRO}\n\n## {FACET_LABELS[facet]}\n{persona}\n\n{TEACHER_REVIEW}\n"
-              f"{' '.join(str(critique).split())}\n\n{TEACHER_OUTRO}")
-    return [{"role": "system", "content": system}, *(dict(m) for m in observation[1:])]
+    review = f"{TEACHER_REVIEW} {' '.join(str(critique).split())} {TEACHER_OUTRO}"
+    return [{"role": "system", "content": f"{TEACHER_INTRO}\n\n## {FACET_LABELS[facet]}\n{persona}"},
+            *(dict(m) for m in observation[1:]), {"role": "system", "content": review}]
 
 
 # --- defaults -----------------------------------------------------------------------------------

@@ -105,9 +105,9 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
 
 
 PINNED_PERSONA = {  # 2 steps on env=persona: 5 heads, the critic's critique in the privileged prompt
-    ("mah", "true"): [0.0031633703969419003, 0.002824973920360208],
-    ("mah", "false"): [0.0031585770193487406, 0.002826518495567143],
-    ("mt", "true"): [0.0031249098945409066, 0.002636531204916537],
+    ("mah", "true"): [0.003408033307641745, 0.0030170781305059796],
+    ("mah", "false"): [0.003411725675687194, 0.0030223344452679156],
+    ("mt", "true"): [0.0033646494848653674, 0.0028295278782024982],
 }
 
 

@@ -149,10 +149,10 @@ def test_teacher_messages_swap_only_the_system_message():
     facets = parse_scaffold(obs)
     for facet in FACETS:
         msgs = teacher_messages(obs, facet, critique)
-        assert msgs[1:] == obs[1:] and msgs[0]["role"] == "system"
-        system = msgs[0]["content"]
-        assert system.count("## ") == 1 and f"## {FACET_LABELS[facet]}\n{facets[facet]}\n" in system
-        assert critique in system
+        assert msgs[1:-1] == obs[1:] and msgs[0]["role"] == msgs[-1]["role"] == "system"
+        system = msgs[0]["content"] + "\n" + msgs[-1]["content"]
+        assert system.count("## ") == 1 and f"## {FACET_LABELS[facet]}\n{facets[facet]}" in msgs[0]["content"]
+        assert critique in msgs[-1]["content"]  # right before the answer
         assert all(facets[f] not in system for f in FACETS if facets[f] != facets[facet])
         assert not any(c in system for c in info["criteria"])
     assert teacher_messages(obs, "Culinary", "x") == teacher_messages(obs, "culinary", "x")
