@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from agents.multihead import HeadRef, MultiHeadPolicy, Weights
+from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights
+from agents.sampling import sample_dropping_finished
 
 Messages = list[dict[str, str]]
 
@@ -114,28 +115,33 @@ def _rows(weights: Weights, start: int, stop: int):
 
 @torch.no_grad()
 def _generate_chunk(
-    policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, min_new_tokens, temperature, top_p
+    policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, min_new_tokens, temperature, top_p,
+    drop_finished,
 ):
     model = _hf_model(policy)
     eos = _eos_ids(tokenizer, model)
-    sampling = temperature > 0
-    kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sampling else dict(do_sample=False)
-    with _selection_context(policy, head, weights):
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-            top_k=None,
-            **kwargs,
-        )
-    completion = out.sequences[:, input_ids.shape[1]:]  # (B, T)
-    logits = torch.stack(out.logits, dim=1).float()  # (B, T, V), raw head logits
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+    with _selection_context(policy, head, weights) as selection:
+        if drop_finished:
+            per_row = selection is not None and selection.weights is not None and selection.weights.dim() == 2
+
+            def narrow(rows: torch.Tensor) -> None:  # finished rows left the batch: so do their head weights
+                policy.heads.select(HeadSelection(weights=selection.weights[rows.to(selection.weights.device)]))
+
+            completion, logprobs = sample_dropping_finished(
+                model, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                temperature=temperature, top_p=top_p, eos_ids=eos, pad_id=tokenizer.pad_token_id,
+                on_rows=narrow if per_row else None)
+        else:
+            sampling = temperature > 0
+            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sampling else dict(do_sample=False)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                return_dict_in_generate=True, output_logits=True, top_k=None, **kwargs,
+            )
+            completion = out.sequences[:, input_ids.shape[1]:]  # (B, T)
+            logits = torch.stack(out.logits, dim=1).float()  # (B, T, V), raw head logits
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
     mask = completion_mask(completion, eos)
     return completion, mask, logprobs * mask
 
@@ -163,6 +169,7 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     batch_size: int | None = None,
+    drop_finished: bool = True,
 ) -> GenerationOutput:
     """Samples one completion per prompt from a head, a mixture or the equal blend.
 
@@ -179,6 +186,9 @@ def generate(
         top_p: Nucleus sampling threshold (1 keeps the whole distribution).
         seed: Makes sampling reproducible without touching the global random state.
         batch_size: Generate in chunks of this many prompts (default: all at once).
+        drop_finished: Remove each row from the batch once it has ended
+            (:func:`agents.sampling.sample_dropping_finished`: the same tokens as
+            ``transformers.generate``, with finished rows costing nothing); False runs ``generate``.
 
     Returns:
         A :class:`GenerationOutput`.
@@ -212,6 +222,7 @@ def generate(
             comp, comp_mask, logprobs = _generate_chunk(
                 policy, tokenizer, ids, mask, head, _rows(weights, start, stop),
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
+                drop_finished=drop_finished,
             )
             chunks.append((ids, mask, comp, comp_mask, logprobs))
     pad = tokenizer.pad_token_id

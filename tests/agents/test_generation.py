@@ -97,3 +97,40 @@ def test_plain_model_generation_works(tiny):
     out = generate(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=5, seed=0)
     scored = score_completions(tiny.model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
     torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)
+
+
+MORE_PROMPTS = PROMPTS + [
+    [{"role": "user", "content": "Name three prime numbers."}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is a noun?"}],
+    [{"role": "user", "content": "Tell me about volcanoes and how they form."}],
+]
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [dict(head=1), dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]] * 2), dict()],
+    ids=["head", "per-sample", "equal-blend"],
+)
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9, min_new_tokens=3), dict(temperature=0)],
+    ids=["t1", "t0.7-top_p-min_len", "greedy"],
+)
+def test_dropping_finished_rows_gives_the_tokens_transformers_generate_gives(tiny_policy, selection, sampling):
+    policy, tok = tiny_policy
+    args = dict(max_new_tokens=24, seed=3, **selection, **sampling)
+    # End-of-sequence ids taken from a probe run at staggered positions (row i's token at step 4 + 3i), so
+    # the rows end at different steps and leave the batch early.
+    probe = generate(policy, tok, MORE_PROMPTS, drop_finished=False, **args).completion_ids
+    policy.model.generation_config.eos_token_id = sorted({int(probe[i, 4 + 3 * i]) for i in range(len(probe))})
+    fast = generate(policy, tok, MORE_PROMPTS, drop_finished=True, **args)
+    reference = generate(policy, tok, MORE_PROMPTS, drop_finished=False, **args)
+    lengths = fast.completion_mask.sum(1)
+    assert lengths.min() < 24
+    if sampling.get("temperature") != 0:  # the tiny random backbone's greedy rows are all alike
+        assert len(set(lengths.tolist())) > 1  # rows really did finish at different times
+    assert torch.equal(fast.completion_ids, reference.completion_ids)
+    assert torch.equal(fast.completion_mask, reference.completion_mask) and fast.texts == reference.texts
+    torch.testing.assert_close(fast.logprobs, reference.logprobs, atol=1e-5, rtol=0)
+    if "min_new_tokens" in sampling:
+        assert lengths.min() >= 3

@@ -1,0 +1,112 @@
+"""A decoding loop that drops finished rows from the batch, giving the tokens ``transformers`` would.
+
+``model.generate`` keeps decoding every row of a batch until the last one ends, so a batch of
+teacher turns costs as much as its longest turn. :func:`sample_dropping_finished` removes a row
+from the forward pass (and from the KV cache) as soon as it has produced its end-of-sequence token.
+It mirrors ``generate``'s sampling exactly: the same logits processors (minimum length,
+temperature, top-p), and the same random draws, because ``torch.multinomial(probs, 1)`` samples
+``argmax(probs / q)`` with ``q ~ Exp(1)`` drawn for every row of the batch; the loop draws ``q``
+for the full batch at every step, finished rows included, and uses only the active rows' draws. So
+under a fixed seed every sampled token equals ``generate``'s (tested), while finished rows cost
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, top_p: float,
+                eos_ids: Sequence[int]) -> LogitsProcessorList:
+    """The processors ``generate`` builds for these settings, in its order."""
+    processors = LogitsProcessorList()
+    if min_new_tokens > 0:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, list(eos_ids)))
+    if temperature > 0 and temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if temperature > 0 and top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+@torch.no_grad()
+def sample_dropping_finished(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    on_rows: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples (or greedily decodes) completions, removing each row from the batch once it has ended.
+
+    Args:
+        model: A Hugging Face causal LM (the policy's output layer already selected).
+        input_ids: ``(B, P)`` left-padded prompts.
+        attention_mask: ``(B, P)``.
+        max_new_tokens: Length limit.
+        min_new_tokens: End-of-sequence tokens are suppressed before this many tokens.
+        temperature: Sampling temperature; 0 decodes greedily.
+        top_p: Nucleus threshold.
+        eos_ids: Token ids that end a row.
+        pad_id: Written after a row has ended.
+        on_rows: Called with the indices (into the original batch) of the rows still decoding
+            whenever that set shrinks, e.g. to narrow per-row head weights to them.
+
+    Returns:
+        ``(completion_ids, logits_logprobs)``: ``(B, T)`` tokens (``pad_id`` after each row's end)
+        and ``(B, T)`` log-probabilities of the sampled tokens under the raw logits (0 after the end).
+    """
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    eos = torch.as_tensor(list(eos_ids), device=device)
+    processors = _processors(prompt_length, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
+                             eos_ids=eos_ids)
+    sampling = temperature > 0
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, max_new_tokens), device=device)
+    active = torch.arange(batch, device=device)
+    mask = attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache, sequences = out.past_key_values, input_ids
+    steps = 0
+    for t in range(max_new_tokens):
+        logits = out.logits[:, -1].float()  # (b, V) raw logits of the active rows
+        scores = processors(sequences, logits)
+        if sampling:
+            draws = torch.empty((batch, logits.shape[-1]), device=device).exponential_(1)  # as multinomial draws
+            chosen = torch.argmax(torch.softmax(scores, dim=-1) / draws[active], dim=-1)
+        else:
+            chosen = torch.argmax(scores, dim=-1)
+        tokens[active, t] = chosen
+        logprobs[active, t] = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+        steps = t + 1
+        going = ~torch.isin(chosen, eos)
+        if not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero(as_tuple=True)[0]
+            cache.batch_select_indices(keep)
+            active, mask, sequences, chosen = active[keep], mask[keep], sequences[keep], chosen[keep]
+            if on_rows is not None:
+                on_rows(active)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        sequences = torch.cat([sequences, chosen[:, None]], dim=1)
+        if t + 1 < max_new_tokens:
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=(mask.sum(-1, keepdim=True) - 1),
+                        past_key_values=cache, use_cache=True)
+    return tokens[:, :steps], logprobs[:, :steps]
