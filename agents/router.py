@@ -25,6 +25,8 @@ from agents.generation import Messages, encode_prompts
 from agents.multihead import MultiHeadPolicy
 
 ROUTER_CONFIG = "router.json"
+POOLINGS = ("last_token", "last_message")
+DEFAULT_POOLING = POOLINGS[0]  # the paper's: the last token's hidden state
 ROUTER_WEIGHTS = "router.safetensors"
 
 
@@ -55,14 +57,17 @@ class Router(nn.Module):
         hidden_dim: Width of the hidden layers.
         num_layers: Number of linear layers (>= 1); all but the last are followed by ReLU and dropout.
         dropout: Dropout probability after each hidden layer.
+        pooling: Which :class:`RouterFeatures` pooling the router reads (kept with the router so
+            the features it is served at inference are the ones it learned from).
     """
 
-    def __init__(self, input_dim: int, num_heads: int, hidden_dim: int, num_layers: int, dropout: float):
+    def __init__(self, input_dim: int, num_heads: int, hidden_dim: int, num_layers: int, dropout: float,
+                 pooling: str = DEFAULT_POOLING):
         super().__init__()
         if num_layers < 1 or num_heads < 1:
             raise ValueError(f"Router needs num_layers >= 1 and num_heads >= 1, got {num_layers} and {num_heads}.")
         self.hparams = dict(input_dim=input_dim, num_heads=num_heads, hidden_dim=hidden_dim,
-                            num_layers=num_layers, dropout=dropout)
+                            num_layers=num_layers, dropout=dropout, pooling=pooling)
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [num_heads]
         layers: list[nn.Module] = []
         for i in range(num_layers):
@@ -108,11 +113,20 @@ def _key(prompt: str | Messages) -> str:
 
 
 class RouterFeatures:
-    """Computes and caches the frozen backbone's last-token hidden states for prompts.
+    """Computes and caches the frozen backbone's representation of prompts, the router's input.
+
+    Two poolings of the final hidden states:
+
+    - ``last_token`` (the paper's): the state at the prompt's last position;
+    - ``last_message``: the mean state over the tokens of the prompt's last message (the student's
+      latest reply in tutoring, the request in the persona critic). A small model's last-token
+      state mostly encodes "an assistant turn starts here"; the mean over the reply keeps what the
+      reply says.
 
     Args:
         policy: The (frozen) multi-head policy whose backbone provides the features.
         tokenizer: Its tokenizer.
+        pooling: ``last_token`` or ``last_message``.
         batch_size: Prompts per forward pass.
         cache_dir: Optional folder for an on-disk cache (one file per backbone fingerprint).
         show_progress: Show a progress bar while computing new features.
@@ -123,12 +137,16 @@ class RouterFeatures:
         policy: MultiHeadPolicy,
         tokenizer: PreTrainedTokenizerBase,
         *,
+        pooling: str = DEFAULT_POOLING,
         batch_size: int = 8,
         cache_dir: str | Path | None = None,
         show_progress: bool = False,
     ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         self.policy = policy
         self.tokenizer = tokenizer
+        self.pooling = pooling
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._memory: dict[str, torch.Tensor] = {}
@@ -154,18 +172,47 @@ class RouterFeatures:
     def __len__(self) -> int:
         return len(self._memory)
 
+    def _last_message_tokens(self, prompt: str | Messages) -> tuple[int, int]:
+        """``(start, stop)`` token indices of the prompt's last message within its own tokens."""
+        if isinstance(prompt, str):
+            text, content = prompt, prompt
+        else:
+            text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            content = prompt[-1]["content"]
+        begin = text.rfind(content)
+        end = begin + len(content)
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [j for j, (a, b) in enumerate(offsets) if b > begin and a < end]
+        if begin < 0 or not inside:
+            return len(offsets) - 1, len(offsets)  # nothing to find: fall back on the last token
+        return inside[0], inside[-1] + 1
+
+    def _compute(self, prompts: Sequence[str] | Sequence[Messages]) -> torch.Tensor:
+        """``(b, H)`` features of a chunk of prompts."""
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.policy.device)
+        if self.pooling == "last_token":
+            return self.policy.last_token_hidden(ids, mask).float().cpu()
+        with torch.no_grad():
+            hidden = self.policy.model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                                     use_cache=False).last_hidden_state.float()  # (b, P, H)
+        lengths = mask.sum(1).tolist()
+        pooled = []
+        for i, prompt in enumerate(prompts):
+            start, stop = self._last_message_tokens(prompt)
+            shift = ids.shape[1] - int(lengths[i])  # left padding
+            pooled.append(hidden[i, shift + start:shift + stop].mean(0))
+        return torch.stack(pooled).cpu()
+
     def __call__(self, prompts: Sequence[str] | Sequence[Messages]) -> torch.Tensor:
         """Returns ``(N, H)`` features for the prompts, computing only those not cached yet."""
-        keys = [_key(p) for p in prompts]
+        keys = [f"{self.pooling}:{_key(p)}" for p in prompts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._memory))
         if missing:
             by_key = {k: p for k, p in zip(keys, prompts)}
             todo = [by_key[k] for k in missing]
             starts = range(0, len(todo), self.batch_size)
             for start in tqdm(starts, desc="router features", disable=not self.show_progress):
-                chunk = todo[start:start + self.batch_size]
-                ids, mask = encode_prompts(self.tokenizer, chunk, self.policy.device)
-                hidden = self.policy.last_token_hidden(ids, mask).float().cpu()  # (b, H)
+                hidden = self._compute(todo[start:start + self.batch_size])  # (b, H)
                 for k, h in zip(missing[start:start + self.batch_size], hidden):
                     self._memory[k] = h.clone()
             if self._file is not None:

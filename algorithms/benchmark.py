@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import Router, RouterFeatures
 from agents.models import resolve_device
+from agents.router import DEFAULT_POOLING
 from algorithms.components import agent_config, build_task
 from algorithms.episodes import EpisodeRecord, Selection, Selector, play_episodes
 from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
@@ -128,15 +129,15 @@ class BenchmarkContext:
     router_dir: str | None
     device: torch.device
     settings: BenchmarkConfig
-    _features: RouterFeatures | None = None
+    _features: dict[str, RouterFeatures] = field(default_factory=dict)
 
-    @property
-    def features(self) -> RouterFeatures:
-        """Shared prefix-feature cache of the policy's frozen backbone."""
-        if self._features is None:
-            self._features = RouterFeatures(self.policy, self.tokenizer,
-                                            batch_size=self.settings.feature_batch_size)
-        return self._features
+    def features(self, router: Router) -> RouterFeatures:
+        """The policy backbone's prefix features in the pooling ``router`` was trained on (shared cache)."""
+        pooling = router.hparams.get("pooling", DEFAULT_POOLING)  # routers saved before poolings existed
+        if pooling not in self._features:
+            self._features[pooling] = RouterFeatures(self.policy, self.tokenizer, pooling=pooling,
+                                                     batch_size=self.settings.feature_batch_size)
+        return self._features[pooling]
 
     def router(self, path: str | None) -> Router | None:
         """Loads the router at ``path`` (default ``router_dir``); None when there is none."""
@@ -234,7 +235,7 @@ class OfflineRouter:
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
-        features, task = ctx.features, ctx.task
+        features, task = ctx.features(router), ctx.task
 
         def select(observations, turn):
             return {"weights": route(router, features, task, observations).weights.float()}
@@ -293,7 +294,7 @@ class OnlineRouter:
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
-        selector = _OnlineSelector(router, ctx.features, ctx.task, self.lr, self.floor)
+        selector = _OnlineSelector(router, ctx.features(router), ctx.task, self.lr, self.floor)
         return [Contender(self.name, self.label, selector, mixes=True)]
 
 

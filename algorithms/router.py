@@ -55,6 +55,7 @@ from transformers import AutoTokenizer, set_seed
 
 from agents import MultiHeadPolicy, Router, RouterFeatures
 from agents.models import resolve_device
+from agents.router import DEFAULT_POOLING, POOLINGS
 from algorithms.components import build_task
 from algorithms.losses import hedge_router_loss, matched_head_loss, pairwise_preference_loss, weight_entropy
 from algorithms.router_data import PrefixExample, collect_prefixes, matched_head, prefix_features, score_candidates
@@ -93,6 +94,9 @@ class RouterConfig:
             that head's candidate, ``(1 - reward) / 2``) or ``pairwise`` (``(1 - delta) / 2``).
         init_from: A saved router (folder) to start from instead of a fresh one (MiCRo fine-tunes a
             pre-trained router this way).
+        features: The router's input (``agents.RouterFeatures`` pooling): ``last_token`` (the paper's,
+            the backbone's state at the prefix's last token) or ``last_message`` (the mean state
+            over the prefix's last message, the student's latest reply).
         feature_batch_size: Prefixes per backbone forward when computing features.
         feature_cache: Folder for an on-disk feature cache shared between runs (null: memory only).
     """
@@ -110,6 +114,7 @@ class RouterConfig:
     hedge_tau: float = 0.5
     hedge_loss: str = "satisfaction"
     init_from: str | None = None
+    features: str = DEFAULT_POOLING
     feature_batch_size: int = 8
     feature_cache: str | None = None
 
@@ -120,6 +125,7 @@ class RouterConfig:
         if self.select_by == "auto":
             self.select_by = "preference" if self.method == "pairwise" else "accuracy"
         require_choice("router.hedge_loss", self.hedge_loss, ("satisfaction", "pairwise"))
+        require_choice("router.features", self.features, POOLINGS)
         for key in ("hidden_dim", "num_layers", "epochs", "batch_size", "feature_batch_size"):
             require(getattr(self, key) >= 1, f"router.{key}", getattr(self, key), "must be an integer >= 1")
         require(0 <= self.dropout < 1, "router.dropout", self.dropout, "must be in [0, 1)")
@@ -295,7 +301,7 @@ def fit_router(
         raise ValueError("router.select_by=preference needs judged candidates for the validation prefixes.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        router = Router(train.features.shape[1], num_heads, rc.hidden_dim, rc.num_layers, rc.dropout)
+        router = Router(train.features.shape[1], num_heads, rc.hidden_dim, rc.num_layers, rc.dropout, rc.features)
         if init is not None:
             router.load_state_dict(init.state_dict())
         optimizer = torch.optim.AdamW(router.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
@@ -395,7 +401,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     rollout_s = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
-    features = RouterFeatures(policy, tokenizer, batch_size=rc.feature_batch_size, cache_dir=rc.feature_cache)
+    features = RouterFeatures(policy, tokenizer, pooling=rc.features, batch_size=rc.feature_batch_size,
+                              cache_dir=rc.feature_cache)
     train_data = build_router_data(prefix_features(features, task, [e.observation for e in train_ex]), train_ex,
                                    policy.head_names, rc.hedge_loss)
     val_data = build_router_data(prefix_features(features, task, [e.observation for e in val_ex]), val_ex,

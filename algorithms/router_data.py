@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
+from agents.router import DEFAULT_POOLING
 from algorithms.episodes import play_episodes
 from algorithms.tasks.base import Task
 from envs.judges.pairwise import PairwiseComparison, PairwiseJudge
@@ -163,5 +164,9 @@ def prefix_features(features: RouterFeatures, task: Task, observations: Sequence
 @torch.no_grad()
 def route(router: Router, features: RouterFeatures, task: Task, observations: Sequence[Any]):
     """The router's :class:`agents.RouterOutput` for observations (in eval mode)."""
+    pooling = router.hparams.get("pooling", DEFAULT_POOLING)
+    if features.pooling != pooling:
+        raise ValueError(f"This router was trained on {pooling!r} features, not {features.pooling!r}; build "
+                         f"RouterFeatures(..., pooling={pooling!r}) for it.")
     router.eval()
     return router(prefix_features(features, task, observations).to(next(router.parameters()).device))

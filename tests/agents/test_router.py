@@ -61,3 +61,41 @@ def test_feature_cache_is_keyed_by_backbone_weights(tiny_policy, tmp_path):
         policy.model.get_input_embeddings().weight.mul_(2.0)
     assert len(RouterFeatures(policy, tok, cache_dir=tmp_path)) == 0
     assert len(list(tmp_path.glob("features-*.safetensors"))) == 1
+
+
+def test_last_message_pooling_is_the_mean_state_over_the_last_message(tiny_policy):
+    policy, tok = tiny_policy
+    reply = "I still do not get why the moon has phases."
+    prompt = [{"role": "user", "content": "teach me about the moon"}, {"role": "assistant", "content": "Sure."},
+              {"role": "user", "content": reply}]
+    short = [{"role": "user", "content": "hi"}]
+    features = RouterFeatures(policy, tok, pooling="last_message", batch_size=2)
+    feats = features([prompt, short])  # batched with a shorter, left-padded prompt
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+    begin = text.rfind(reply)
+    inside = [j for j, (a, b) in enumerate(enc["offset_mapping"][0].tolist()) if b > begin and a < begin + len(reply)]
+    assert tok.decode(enc["input_ids"][0, inside[0]:inside[-1] + 1]).strip() == reply
+    with torch.no_grad():
+        hidden = policy.model.get_decoder()(input_ids=enc["input_ids"]).last_hidden_state[0]
+    torch.testing.assert_close(feats[0], hidden[inside[0]:inside[-1] + 1].mean(0), atol=1e-5, rtol=0)
+    last_token = RouterFeatures(policy, tok)([prompt])[0]
+    assert not torch.allclose(feats[0], last_token)  # the two poolings are cached apart
+    with pytest.raises(ValueError, match="pooling"):
+        RouterFeatures(policy, tok, pooling="mean")
+
+
+def test_a_router_is_served_the_features_it_was_trained_on(tiny_policy, tmp_path):
+    from algorithms.router_data import route
+    from algorithms.tasks import TutoringTask
+
+    policy, tok = tiny_policy
+    router = Router(policy.config.hidden_size, 3, hidden_dim=8, num_layers=1, dropout=0.0, pooling="last_message")
+    router.save_pretrained(tmp_path)
+    loaded = Router.from_pretrained(tmp_path)
+    assert loaded.hparams["pooling"] == "last_message"
+    observation = [{"role": "system", "content": "Topic: volcanoes"}, {"role": "student", "content": "hello"}]
+    served = route(loaded, RouterFeatures(policy, tok, pooling="last_message"), TutoringTask, [observation])
+    assert served.weights.shape == (1, 3)
+    with pytest.raises(ValueError, match="trained on 'last_message' features"):
+        route(loaded, RouterFeatures(policy, tok), TutoringTask, [observation])
