@@ -34,20 +34,16 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoTokenizer
 
 from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
-from agents.models import resolve_device
-from algorithms.components import agent_config, build_task
-from algorithms.evaluation import evaluate_policy
+from algorithms import cli
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.trainer import Trainer, TrainerConfig, fit
-from configs import check_top_level, register
+from configs import register
 from configs.validation import ConfigError, require, require_choice, structured
 
 
@@ -304,69 +300,13 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Evaluates the saved policy of a finished run with the run's own task settings."""
-    device = resolve_device(cfg.device)
-    policy_dir = run_dir / "policy"
-    if not (policy_dir / "pluralgym_policy.json").is_file():
-        raise FileNotFoundError(f"{run_dir} has no trained policy/ yet; finish it first with resume={run_dir}.")
-    policy = MultiHeadPolicy.from_pretrained(policy_dir, device=device)
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    tokenizer.padding_side = "left"
-    settings = algorithm_config(cfg)
-    task = build_task(cfg)
-    heads = [p if settings.variant == "mah" else 0 for p in range(len(task.personas))]
-    base = None
-    if settings.eval.baselines:
-        backbone = agent_config(cfg).load(device)
-        backbone.tokenizer.padding_side = "left"
-        base = (backbone.model, backbone.tokenizer)
-    return evaluate_policy(policy, tokenizer, task, settings.eval, run_dir, head_for_persona=heads, base=base)
-
-
-def _run_dir(resume: str | None, evaluate: str | None, fresh: str) -> str:
-    """hydra.run.dir: the run folder named by resume= / evaluate=, else a fresh one (never a stray folder)."""
-    if resume and evaluate:
-        raise ValueError("Pass resume= or evaluate=, not both.")
-    target = resume or evaluate
-    if target and not (Path(target) / "config.yaml").is_file():
-        raise ValueError(f"{'resume' if resume else 'evaluate'}={target} is not a run folder (no config.yaml "
-                         "there); pass the folder a run wrote, e.g. runs/opsd/<date_time>.")
-    return target or fresh
-
-
-if not OmegaConf.has_resolver("pg_run_dir"):
-    OmegaConf.register_new_resolver("pg_run_dir", _run_dir)
-
-
-def _run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
-    """Chooses the run folder and config: a new run, a resumed one, or an evaluation."""
-    target = cfg.get("resume") or cfg.get("evaluate")
-    if not target:
-        return cfg, Path(HydraConfig.get().runtime.output_dir), "train"
-    run_dir = Path(target)
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    run_cfg.algorithm.stop_after = None  # a per-process setting: it stopped the earlier process, not this one
-    # Explicit command-line overrides (other than resume/evaluate) still apply, e.g. algorithm.stop_after.
-    for override in HydraConfig.get().overrides.task:
-        key = override.partition("=")[0].lstrip("+~")
-        if key not in ("resume", "evaluate") and "." in key:
-            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
-    return run_cfg, run_dir, "resume" if cfg.get("resume") else "evaluate"
+    """Evaluates the saved policy of a finished OPSD run with the run's own task settings."""
+    return cli.evaluate_run(OPSDTrainer, cfg, Path(run_dir))
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="opsd")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "resume", "evaluate", "overwrite", "env", "agent", "algorithm", "ray"))
-    cfg, run_dir, mode = _run_config(cfg)
-    if mode == "evaluate":
-        print(evaluate_run(cfg, run_dir)["markdown"])
-        return
-    summary = train(cfg, run_dir, resume=mode == "resume")
-    print(f"\n[opsd] run folder: {run_dir}")
-    print(f"[opsd] steps {summary['step']}/{summary['steps']}, training wall {summary['wall_s_total']} s, "
-          f"peak memory {summary['peak_memory_mb']} MiB")
-    if "eval" in summary:
-        print((run_dir / "eval.md").read_text())
+    cli.run(OPSDTrainer, cfg)
 
 
 def main() -> None:

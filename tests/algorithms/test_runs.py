@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import algorithms.opsd as opsd
 import algorithms.trainer as trainer_module
 from algorithms.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from algorithms.cli import run_dir
 from algorithms.runs import RunFolderError, write_json
 from algorithms.trainer import CHECKPOINT, LEGACY_CHECKPOINT
 
@@ -142,11 +143,11 @@ def test_json_files_never_hold_nan(tmp_path, opsd_config):
 
 def test_resume_and_evaluate_paths_are_checked_before_any_folder_is_made(tmp_path):
     with pytest.raises(ValueError, match="is not a run folder"):
-        opsd._run_dir(str(tmp_path / "typo"), None, "fresh")
+        run_dir(str(tmp_path / "typo"), None, "fresh")
     with pytest.raises(ValueError, match="not both"):
-        opsd._run_dir("a", "b", "fresh")
+        run_dir("a", "b", "fresh")
     assert not (tmp_path / "typo").exists()
-    assert opsd._run_dir(None, None, "runs/opsd/x") == "runs/opsd/x"
+    assert run_dir(None, None, "runs/opsd/x") == "runs/opsd/x"
 
 
 def _cli(*args, cwd):
