@@ -36,9 +36,11 @@ def register() -> None:
     from agents.models import AgentConfig
     from algorithms.benchmark import BenchmarkConfig
     from algorithms.opsd import OPSDConfig
+    from algorithms.rlvr import RLVRConfig
     from algorithms.rollout import RayConfig
     from algorithms.router import RouterConfig, RouterDataConfig
     from algorithms.tasks import PersonaTask, TutoringTask
+    from algorithms.tasks.math import MathTask
     from envs.chat import LocalChatClient, OpenAIChatClient
     from envs.judges import (
         HeuristicPairwiseJudge,
@@ -59,7 +61,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     entries = {
         "agent": {"smollm2": AgentConfig},
-        "algorithm": {"opsd": OPSDConfig},
+        "algorithm": {"opsd": OPSDConfig, "rlvr": RLVRConfig},
         "ray": {"default": RayConfig},
         "router_settings": {"default": RouterConfig},
         "router_data": {"default": RouterDataConfig},
@@ -82,7 +84,8 @@ def register() -> None:
                              "llm": plugin(LLMRubricExtractor, hydra_defaults=with_chat)},
         "persona_judge": {"heuristic": plugin(HeuristicPersonaEvalJudge),
                           "llm": plugin(LLMPersonaEvalJudge, hydra_defaults=with_chat)},
-        "task": {"tutoring": plugin(TutoringTask), "persona": plugin(PersonaTask)},
+        "task": {"tutoring": plugin(TutoringTask), "persona": plugin(PersonaTask),
+                 "persona_math": plugin(MathTask)},
     }
     for group in ("student", "pairwise_judge", "critic", "rubric_extractor", "persona_judge"):
         # any class: <group>=custom <group>._target_=mypkg.X +<group>.arg=...

@@ -10,14 +10,22 @@ from hydra.utils import instantiate
 
 import algorithms.opsd as opsd
 from algorithms.checkpoint import load_checkpoint
+from algorithms.components import build_task
 from algorithms.rollout import RolloutWorker
 from algorithms.tasks import TutoringTask
 from algorithms.trainer import CHECKPOINT
 from configs.validation import ConfigError
 from tests.conftest import compose_config, group_options
 
+OPSD_PRESETS = ("opsd", "opsd_quick")
+RLVR_PRESETS = ("rlvr", "permix")
 
-@pytest.mark.parametrize("algorithm", group_options("algorithm"))
+
+def test_every_algorithm_preset_belongs_to_a_trainer():
+    assert set(group_options("algorithm")) == {*OPSD_PRESETS, *RLVR_PRESETS}
+
+
+@pytest.mark.parametrize("algorithm", OPSD_PRESETS)
 @pytest.mark.parametrize("agent", group_options("agent"))
 def test_every_agent_and_algorithm_config_composes_and_validates(agent, algorithm):
     cfg = compose_config("opsd", f"agent={agent}", f"algorithm={algorithm}")
@@ -25,11 +33,17 @@ def test_every_agent_and_algorithm_config_composes_and_validates(agent, algorith
     assert cfg.agent.model
 
 
+@pytest.mark.parametrize("algorithm", RLVR_PRESETS)
+def test_another_trainers_algorithm_preset_is_refused_by_name(algorithm):
+    with pytest.raises(ConfigError, match="Unknown key algorithm.clip_eps"):
+        opsd.algorithm_config(compose_config("opsd", f"algorithm={algorithm}"))
+
+
 @pytest.mark.parametrize("judge", group_options("judge"))
 @pytest.mark.parametrize("student", [s for s in group_options("student") if s != "custom"])
 def test_every_student_and_judge_config_instantiates_into_a_task(student, judge):
     cfg = compose_config("opsd", "env=tutoring", f"student={student}", f"judge={judge}")
-    task = opsd.build_task(cfg)  # model-backed clients load lazily: nothing heavy happens here
+    task = build_task(cfg)  # model-backed clients load lazily: nothing heavy happens here
     assert isinstance(task, TutoringTask) and task.persona_names == ["direct", "interactive"]
     assert hasattr(task.student, "reply_batch") and hasattr(task.satisfaction_judge, "judge_batch")
     assert hasattr(task.style_judge, "judge_batch")

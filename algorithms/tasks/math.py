@@ -1,0 +1,223 @@
+"""Persona-prefixed verifiable math (``pluralgym/PersonaMath-v0``) as the trainers see it: :class:`MathTask`.
+
+RLVR and PerMix-RLVR train one head on the verifiable reward; the task can also serve OPSD, whose
+privileged feedback here is the reference answer and solution. ``label["persona"]`` is the prompt
+persona of the episode (``none``: no persona); it is not a head.
+
+The report (:meth:`MathTask.evaluate`) plays every evaluation question under every evaluation
+persona (PerMix's "persona lottery": four math experts, a kindergartener, a carpenter, no persona,
+plus held-out PersonaGym personas) and gives, per row:
+
+- accuracy per persona (with bootstrap intervals over questions) and their mean, std, min and max;
+- the **persona-stability score** (PSS; the paper does not define it, this definition is the
+  project's own): the share of questions answered correctly under *every* evaluation persona, and
+  ``1 - std / mean`` of the per-persona accuracies as a second, smoother figure;
+- **persona fidelity** measured without an API (:class:`envs.judges.fidelity.PersonaAttribution`:
+  can the frozen base model tell from the answer which persona wrote it?), and a 1-5 judge rating
+  when an LLM fidelity judge is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from algorithms.tasks.base import EvalReport, Messages, Persona
+from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure
+from envs.chat import chat_counters
+from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker
+from envs.judges.fidelity import FidelityItem
+from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
+
+if TYPE_CHECKING:
+    from algorithms.episodes import EpisodeRecord
+
+EMPTY_ANSWER = "I do not know. #### 0"  # stands in for a sampled answer that is empty once decoded
+
+
+class MathTask:
+    """The persona math environment seen by the trainers and the evaluation (the task contract).
+
+    Args:
+        source: ``generated`` (arithmetic word problems) or ``gsm8k``.
+        difficulty: Level of the generated problems (see ``envs.data.math.LEVELS``).
+        gsm8k_max_steps: With ``source=gsm8k``, keep problems with at most this many calculator steps.
+        num_problems: Problems per split (null: the stream's default size).
+        persona_none_prob: Share of the env's own draws without a persona (RLVR pins personas itself).
+        eval_heldout_personas: Held-out PersonaGym personas evaluated besides the seven lottery roles.
+        fidelity: Offline fidelity scorer (``score_batch(items) -> scores``), null to skip it.
+        fidelity_judge: Optional chat-model fidelity judge (1-5 ratings), null to skip it.
+        fidelity_candidates: Other personas each answer is told apart from (chance = 1 / (this + 2)).
+        format_bonus: Reward added for writing the ``#### <number>`` form (0: the plain verifiable reward).
+        seed: Seeds the problem streams.
+    """
+
+    max_turns = 1
+    feedback_follows_head = False
+    personas = [Persona("solver", "SOLVER", "Solve the problem and give the final number after ####.")]
+
+    def __init__(self, source: str = "generated", difficulty: int = DEFAULT_DIFFICULTY,
+                 gsm8k_max_steps: int | None = None, num_problems: int | None = None, persona_none_prob: float = 0.25,
+                 eval_heldout_personas: int = 3, fidelity: Any = None, fidelity_judge: Any = None,
+                 fidelity_candidates: int = 4, format_bonus: float = 0.0, seed: int = 0):
+        if source not in ("generated", "gsm8k"):
+            raise ValueError(f"source must be 'generated' or 'gsm8k', got {source!r}")
+        self.source, self.difficulty, self.gsm8k_max_steps = source, int(difficulty), gsm8k_max_steps
+        self.num_problems, self.persona_none_prob, self.seed = num_problems, float(persona_none_prob), int(seed)
+        self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
+        self.fidelity_candidates, self.format_bonus = int(fidelity_candidates), float(format_bonus)
+        pools = persona_pools()
+        self.eval_personas = [*pools.held_out[:eval_heldout_personas], *pools.lottery]
+        self.prompts = {p.id: p.system_prompt for p in [*pools.train, *pools.held_out, *pools.lottery]}
+
+    def make_batch(self, num: int, *, split: str = "train") -> PersonaMathBatch:
+        """``num`` episodes over the problems and personas of ``split``."""
+        personas = self.eval_personas if split == "eval" else None
+        extra = {"personas": personas} if personas is not None else {}
+        return PersonaMathBatch.for_split(num, split, task=self.source, num_problems=self.num_problems,
+                                          difficulty=self.difficulty, seed=self.seed,
+                                          gsm8k_max_steps=self.gsm8k_max_steps,
+                                          persona_none_prob=self.persona_none_prob, format_bonus=self.format_bonus,
+                                          **extra)
+
+    def persona_pool(self, split: str = "train") -> list[str]:
+        """The prompt personas of a split, ``none`` included (PerMix draws from it)."""
+        return [p.id for p in (self.eval_personas if split == "eval" else personas_for_split(split))]
+
+    @staticmethod
+    def persona_options(persona: str) -> dict[str, Any]:
+        """Reset options that pose the episode's question under ``persona`` (``none``: no persona)."""
+        return {"persona": persona}
+
+    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
+        """``contexts`` questions of ``split``, each under every evaluation persona."""
+        personas = self.persona_pool(split)
+        return [{"problem": q, **self.persona_options(p)} for q in range(contexts) for p in personas]
+
+    @staticmethod
+    def policy_messages(observation: Messages) -> Messages:
+        """The policy's prompt: the persona system message (if any) and the question, as observed."""
+        return [dict(m) for m in observation]
+
+    @staticmethod
+    def teacher_messages(observation: Messages, persona: Persona, feedback: str) -> Messages:
+        """The privileged prompt (for OPSD on this env): the question, with the reference as a final system note."""
+        note = f"(Private notes for the answer, never shown to the user. {feedback} Answer in the same form.)"
+        return [dict(m) for m in observation] + [{"role": "system", "content": note}]
+
+    @staticmethod
+    def actions(texts: Sequence[str]) -> list[str]:
+        """Sampled answers as env actions: stripped, an empty one replaced by ``EMPTY_ANSWER``."""
+        return [text.strip() or EMPTY_ANSWER for text in texts]
+
+    @staticmethod
+    def step_metrics(texts: Sequence[str], infos: Sequence[dict]) -> dict[str, list[float]]:
+        """Per-answer figures: correct, and whether it used the ``#### <number>`` form."""
+        return {"accuracy": [float(bool(info["label"].get("correct"))) for info in infos],
+                "format": [float(has_final_marker(t)) for t in texts]}
+
+    def chat_counters(self) -> dict[str, int]:
+        """Traffic of the chat model behind the fidelity judge (empty when none)."""
+        return chat_counters(self.fidelity_judge) if self.fidelity_judge is not None else {}
+
+    # ---- the report ---------------------------------------------------------------------
+
+    def _fidelity(self, records: list[EpisodeRecord], seed: int) -> dict[str, Any]:
+        items, pool = [], [p for p in self.prompts if p != NONE_ID]
+        rng = np.random.default_rng(seed)
+        for r in records:
+            pid = r.label["persona"]
+            others = [p for p in pool if p != pid]
+            chosen = rng.choice(len(others), size=min(self.fidelity_candidates, len(others)), replace=False)
+            items.append(FidelityItem(self.prompts.get(pid) or "", pid, r.observations[0], r.actions[0],
+                                      tuple(self.prompts[others[i]] for i in chosen)))
+        out: dict[str, Any] = {}
+        if self.fidelity is not None:
+            scores = [s for s in self.fidelity.score_batch(items) if s.attributed is not None]
+            out["attribution"] = float(np.mean([s.attributed for s in scores])) if scores else float("nan")
+            out["margin"] = float(np.mean([s.margin for s in scores])) if scores else float("nan")
+            out["chance"] = 1.0 / (self.fidelity_candidates + 2)
+        if self.fidelity_judge is not None:
+            ratings = [s.rating for s in self.fidelity_judge.score_batch(items) if s.rating is not None]
+            out["rating"] = float(np.mean(ratings)) if ratings else float("nan")
+        return out
+
+    def _row(self, records: list[EpisodeRecord], samples: int, confidence: float, seed: int) -> dict[str, Any]:
+        personas = list(dict.fromkeys(r.label["persona"] for r in records))
+        questions = sorted({r.options["problem"] for r in records})
+        correct = np.zeros((len(questions), len(personas)))
+        for r in records:
+            q, p = questions.index(r.options["problem"]), personas.index(r.label["persona"])
+            correct[q, p] = bool(r.label["correct"])
+        rng = np.random.default_rng(seed)
+        reps = [rng.integers(0, len(questions), len(questions)) for _ in range(samples)]
+        per_persona = {p: estimate(correct[:, j].mean(), np.array([correct[idx, j].mean() for idx in reps]),
+                                   len(questions), confidence).as_dict() for j, p in enumerate(personas)}
+        acc = correct.mean(0)
+        pss = estimate(correct.all(1).mean(), np.array([correct[idx].all(1).mean() for idx in reps]),
+                       len(questions), confidence).as_dict()
+        return {"accuracy": per_persona, "mean": float(acc.mean()), "std": float(acc.std()), "min": float(acc.min()),
+                "max": float(acc.max()), "best": personas[int(acc.argmax())], "worst": personas[int(acc.argmin())],
+                "pss": pss, "stability": float(1 - acc.std() / acc.mean()) if acc.mean() > 0 else float("nan"),
+                "format": float(np.mean([has_final_marker(r.actions[0]) for r in records])),
+                "fidelity": self._fidelity(records, seed)}
+
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+        """Accuracy per evaluation persona, PSS and fidelity for every row."""
+        results = {name: self._row(records, bootstrap, confidence, seed) for name, records in rows.items()}
+        metrics = {"rows": results, "heads": list(heads), "confidence": confidence,
+                   "pss_definition": "share of questions answered correctly under every evaluation persona",
+                   "questions": len({r.options["problem"] for records in rows.values() for r in records})}
+        scalars = {}
+        for name, r in results.items():
+            scalars.update({f"accuracy/{name}/{p}": v["value"] for p, v in r["accuracy"].items()})
+            scalars.update({f"lottery/{name}/{k}": r[k] for k in ("mean", "std", "min", "max", "stability")})
+            scalars[f"pss/{name}"] = r["pss"]["value"]
+            scalars.update({f"fidelity/{name}/{k}": v for k, v in r["fidelity"].items() if k != "chance"})
+        return EvalReport(metrics, math_markdown({"": metrics}), scalars,
+                          plot=lambda path: plot_accuracy({name: r for name, r in results.items()}, path))
+
+
+def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """Tables of one or several runs' math reports (run label "" for a single run)."""
+    summary, personas, per_persona = [], [], {}
+    for run, report in reports.items():
+        for name, r in report["rows"].items():
+            label = f"{run} {name}".strip()
+            f = r["fidelity"]
+            summary.append([label, fmt(r["mean"], 3), fmt(r["std"], 3), fmt(r["min"], 3), fmt(r["max"], 3),
+                            f"{fmt(r['pss']['value'], 3)} [{fmt(r['pss']['low'], 3)}, {fmt(r['pss']['high'], 3)}]",
+                            fmt(r["stability"], 3), fmt(f.get("attribution"), 3), fmt(f.get("margin"), 3),
+                            fmt(f.get("rating"), 2), fmt(r["format"], 3)])
+            per_persona[label] = r["accuracy"]
+            personas += [p for p in r["accuracy"] if p not in personas]
+    first = next(iter(reports.values()))
+    chance = next((r["fidelity"].get("chance") for r in first["rows"].values() if "chance" in r["fidelity"]), None)
+    lines = [f"Accuracy over the evaluation personas on {first['questions']} questions; PSS = "
+             f"{first['pss_definition']} (bootstrap {first['confidence']:.0%} interval over questions); stability = "
+             "1 - std/mean of the per-persona accuracies; attribution = share of answers whose persona the frozen "
+             f"base model picks out (chance {fmt(chance, 3)}); margin = mean log-prob per token gained by the "
+             "persona over no persona.", ""]
+    lines += markdown_table(["Policy", "mean acc.", "std", "min", "max", "PSS", "stability", "attribution",
+                             "margin", "judge 1-5", "#### used"], summary)
+    lines += ["", "Accuracy per evaluation persona (the persona lottery):", ""]
+    lines += markdown_table(["Persona"] + list(per_persona),
+                            [[p] + [fmt(acc[p]["value"], 3) if p in acc else "n/a" for acc in per_persona.values()]
+                             for p in personas])
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(rows: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Accuracy per evaluation persona, one bar per row (base, RLVR, PerMix...)."""
+    plt = pyplot()
+    personas = list(dict.fromkeys(p for r in rows.values() for p in r["accuracy"]))
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * len(personas) + 0.3 * len(rows), 4))
+    grouped_bars(ax, {name: r["accuracy"] for name, r in rows.items()}, personas, personas,
+                 "accuracy per evaluation persona", "accuracy")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set_ylim(0, 1)
+    save_figure(fig, path)

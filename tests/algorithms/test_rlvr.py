@@ -1,0 +1,144 @@
+"""RLVR / PerMix-RLVR on the tiny model: persona mixing, pinned losses, resume, and the math report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import algorithms.rlvr as rlvr
+from algorithms.checkpoint import load_checkpoint
+from algorithms.episodes import EpisodeRecord
+from algorithms.trainer import CHECKPOINT
+from tests.conftest import compose_config
+
+TINY_RLVR = ("agent=tiny", "algorithm.steps=2", "algorithm.prompts_per_step=2", "algorithm.group_size=4",
+             "algorithm.max_new_tokens=6", "algorithm.micro_batch=2", "algorithm.warmup_steps=0",
+             "algorithm.eval.contexts=2", "algorithm.eval.max_new_tokens=4", "env.eval_heldout_personas=1",
+             "env.fidelity.model=tiny-random", "device=cpu")
+
+
+def config(*overrides):
+    return compose_config("rlvr", *TINY_RLVR, *overrides)
+
+
+@pytest.fixture
+def varied_reward(monkeypatch):
+    """The tiny random model never answers a word problem right, so every group would tie at reward 0 and
+    teach nothing; rewarding answers of even character length instead gives real advantages to learn from."""
+    import envs.math
+
+    monkeypatch.setattr(envs.math, "answer_reward", lambda text, answer, format_bonus=0.0: float(len(text) % 2 == 0))
+
+
+def history(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("none_prob", "mixing"), [(1.0, "group"), (0.25, "group"), (0.25, "rollout"), (0.0, "group")])
+def test_persona_mixing_draws_the_configured_proportions(none_prob, mixing):
+    pool = [f"pg-{i}" for i in range(20)] + ["none"]
+    draws = rlvr.draw_personas(pool, 2000, 4, none_prob=none_prob, mixing=mixing, rng=np.random.default_rng(0))
+    groups = [draws[i:i + 4] for i in range(0, len(draws), 4)]
+    share_none = np.mean([d == "none" for d in draws])
+    assert share_none == pytest.approx(none_prob, abs=0.03)
+    if mixing == "group":
+        assert all(len(set(g)) == 1 for g in groups)  # one condition per group: advantages compare like with like
+    elif none_prob < 1:
+        assert any(len(set(g)) > 1 for g in groups)
+    personas = [d for d in draws if d != "none"]
+    if personas:  # uniform over the pool
+        counts = np.bincount([int(p.split("-")[1]) for p in personas], minlength=20) / len(personas)
+        assert counts.max() - counts.min() < 0.05
+    again = rlvr.draw_personas(pool, 2000, 4, none_prob=none_prob, mixing=mixing, rng=np.random.default_rng(0))
+    assert again == draws
+
+
+# Gradient norms of the two updates: GRPO's loss is ~0 at the first inner step by construction (ratio 1,
+# advantages centred within each group), so the gradient is what shows the update really happened.
+PINNED = {"rlvr": [0.8670994639396667, 1.2314685583114624], "permix": [0.8670997023582458, 1.2285932302474976]}
+
+
+@pytest.mark.parametrize("algorithm", ["rlvr", "permix"])
+def test_two_step_runs_reproduce_pinned_losses(algorithm, tmp_path, varied_reward):
+    summary = rlvr.train(config(f"algorithm={algorithm}"), tmp_path / "a")
+    rows = history(tmp_path / "a")
+    rlvr.train(config(f"algorithm={algorithm}"), tmp_path / "b")
+    assert [r["loss/total"] for r in rows] == [r["loss/total"] for r in history(tmp_path / "b")]
+    assert [r["train/grad_norm"] for r in rows] == pytest.approx(PINNED[algorithm], rel=1e-4)
+    assert [r["loss/total"] for r in rows] == pytest.approx([0, 0], abs=1e-6)
+    assert all({"rl/reward", "rl/zero_variance_groups", "rl/kl", "env/format"} <= set(r) for r in rows)
+    report = json.loads((tmp_path / "a" / "eval.json").read_text())["report"]
+    assert set(report["rows"]) == {"head_solver", "base"}
+    row = report["rows"]["head_solver"]
+    assert len(row["accuracy"]) == 8  # seven lottery roles and one held-out persona
+    assert {"attribution", "margin"} <= set(row["fidelity"]) and 0 <= row["pss"]["value"] <= 1
+    assert (tmp_path / "a" / "eval.png").is_file() and summary["finished"]
+    turns = [t for r in rows for t in r["turns"]]
+    assert len(set(turns)) == 2 * 2 * 4  # steps x groups x answers, each trained once
+
+
+def test_rlvr_kill_and_resume_matches_an_uninterrupted_run(tmp_path, varied_reward):
+    full = config("algorithm.steps=3", "algorithm.keep_checkpoint=true", "algorithm.eval.enabled=false",
+                  "algorithm=permix")
+    rlvr.train(full, tmp_path / "straight")
+    rlvr.train(config("algorithm.steps=3", "algorithm.stop_after=1", "algorithm.eval.enabled=false",
+                      "algorithm=permix"), tmp_path / "resumed")
+    rlvr.train(full, tmp_path / "resumed", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)["trainable"]
+    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["trainable"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss/total"] for r in history(tmp_path / "resumed")] == \
+        [r["loss/total"] for r in history(tmp_path / "straight")]
+
+
+def test_bad_rlvr_settings_are_refused_before_any_rollout(tmp_path):
+    from configs.validation import ConfigError
+
+    for override in ("algorithm.group_size=1", "algorithm.persona_none_prob=1.5", "algorithm.clip_eps=0",
+                     "algorithm.persona_mixing=answer"):
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            rlvr.train(config(override), tmp_path / "run")
+    with pytest.raises(ConfigError, match="single-turn"):
+        rlvr.train(compose_config("rlvr", *TINY_RLVR[:-3], "env=tutoring", "device=cpu"), tmp_path / "tutoring")
+
+
+# ---- the math report on known records ------------------------------------------------------------
+
+
+def _record(problem, persona, correct, answer="so #### 4"):
+    return EpisodeRecord(driver="x", options={"problem": problem, "persona": persona},
+                         label={"persona": persona, "correct": correct}, observations=[[{"role": "user",
+                                                                                         "content": "Q"}]],
+                         actions=[answer])
+
+
+def test_pss_and_the_persona_lottery_on_known_records():
+    from algorithms.tasks.math import MathTask
+
+    task = MathTask(eval_heldout_personas=0)
+    # two questions x three personas: q0 right under every persona, q1 only without a persona
+    records = [_record(0, p, True) for p in ("none", "carpenter", "kindergartener")]
+    records += [_record(1, "none", True), _record(1, "carpenter", False), _record(1, "kindergartener", False)]
+    report = task.evaluate({"x": records}, heads=["x"], bootstrap=200, seed=0)
+    row = report.metrics["rows"]["x"]
+    assert row["accuracy"]["none"]["value"] == 1.0 and row["accuracy"]["carpenter"]["value"] == 0.5
+    assert row["mean"] == pytest.approx(2 / 3) and row["min"] == 0.5 and row["max"] == 1.0
+    assert row["pss"]["value"] == 0.5  # one of two questions right under every persona
+    assert row["stability"] == pytest.approx(1 - np.std([1, 0.5, 0.5]) / (2 / 3))
+    assert row["best"] == "none" and row["format"] == 1.0
+    assert "| Persona |" in report.markdown and "PSS" in report.markdown
+
+
+def test_offline_fidelity_attribution_runs_on_a_tiny_model():
+    from envs.judges.fidelity import FidelityItem, PersonaAttribution
+
+    scorer = PersonaAttribution(model="tiny-random")
+    q = [{"role": "system", "content": "You are a carpenter."}, {"role": "user", "content": "What is 2 + 2?"}]
+    items = [FidelityItem("You are a carpenter.", "carpenter", q, "Measure twice: 2 + 2 = 4. #### 4",
+                          ("You are a chef.", "You are a pilot.")),
+             FidelityItem("", "none", q[1:], "#### 4")]
+    scores = scorer.score_batch(items)
+    assert isinstance(scores[0].attributed, bool) and np.isfinite(scores[0].margin)
+    assert scores[1].attributed is None  # no persona, nothing to attribute
