@@ -1,0 +1,127 @@
+r"""Short variants of a run side by side, so a choice of defaults is a measurement.
+
+Run the variants with Hydra's multirun (one after the other, never two jobs at once on a small
+machine), each with a learning curve, then tabulate the folder::
+
+    python -m algorithms.opsd -m env=tutoring algorithm.steps=20 algorithm.eval.every=5 \
+        algorithm.lr=1e-4,3e-4 algorithm.head_lr_mult=2,5 hydra.sweep.dir=runs/sweep/lr
+    python -m algorithms.sweep runs/sweep/lr                     # sweep.md, sweep.png in that folder
+    python -m algorithms.sweep runs/sweep/lr --metrics 'questions_per_turn/*' 'satisfaction/*/mean'
+
+Every run folder under the given folder (any depth) that has a ``history.jsonl`` is a variant,
+named by the command-line overrides it was started with. The table has one column per variant and
+one row per learning-curve figure (``curve/<metric>`` at the last evaluation, with the step of its
+best value in brackets), plus wall time; ``sweep.png`` plots the chosen figures over steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from algorithms.runs import read_history
+from algorithms.tasks.reporting import fmt, markdown_table, pyplot, save_figure
+
+DEFAULT_METRICS = ("questions_per_turn/*", "style/*", "satisfaction/*/mean", "quality/*/degenerate_share",
+                   "q/*", "q_own", "delta_diag", "pss/*", "lottery/*/mean")
+
+
+def variant_name(run: Path, root: Path) -> str:
+    """The overrides a run was started with (from its first ``.hydra/*/overrides.yaml``), else its folder."""
+    found = sorted((run / ".hydra").glob("*/overrides.yaml")) or sorted((run / ".hydra").glob("overrides.yaml"))
+    if found:
+        overrides = yaml.safe_load(found[0].read_text()) or []
+        shared = [o for o in overrides if not o.startswith(("hydra.", "resume=", "evaluate="))]
+        if shared:
+            return " ".join(shared)
+    return str(run.relative_to(root))
+
+
+def collect(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Variant name -> its history rows, for every run folder under ``root``."""
+    runs = sorted(p.parent for p in root.rglob("history.jsonl"))
+    if not runs:
+        raise FileNotFoundError(f"No run folders (with history.jsonl) under {root}.")
+    return {variant_name(run, root): read_history(run) for run in runs}
+
+
+def curve_series(history: list[dict[str, Any]], patterns: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """``metric -> [(step, value)]`` of the learning-curve figures that match ``patterns``."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in history:
+        for key, value in row.items():
+            if not key.startswith("curve/") or not isinstance(value, (int, float)) or value != value:
+                continue
+            name = key[len("curve/"):]
+            if any(fnmatch.fnmatch(name, p) for p in patterns):
+                series.setdefault(name, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def tabulate(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...]) -> str:
+    """The markdown table: one column per variant, one row per figure (last value, best step)."""
+    series = {name: curve_series(history, patterns) for name, history in variants.items()}
+    metrics = sorted({m for s in series.values() for m in s})
+    rows = []
+    for metric in metrics:
+        cells = []
+        for s in series.values():
+            points = s.get(metric)
+            if not points:
+                cells.append("n/a")
+                continue
+            best = max(points, key=lambda p: p[1])
+            cells.append(f"{fmt(points[-1][1], 3)} (best {fmt(best[1], 3)} @ {best[0]})")
+        rows.append([metric] + cells)
+    steps = [str(h[-1]["step"]) if h else "0" for h in variants.values()]
+    learn = [fmt(sum(r.get("perf/learn_s", 0) + r.get("perf/idle_s", 0) for r in h) / 60, 1) for h in variants.values()]
+    rows += [["steps"] + steps, ["training minutes (rollouts + updates)"] + learn]
+    names = list(variants)
+    header = ["figure (last curve point)"] + [f"[{i + 1}]" for i in range(len(names))]
+    legend = [f"[{i + 1}] {name}" for i, name in enumerate(names)]
+    return "\n".join(["Variants:", ""] + legend + [""] + markdown_table(header, rows)) + "\n"
+
+
+def plot(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...], path: Path) -> None:
+    """One panel per figure, one line per variant."""
+    series = {name: curve_series(history, patterns) for name, history in variants.items()}
+    metrics = sorted({m for s in series.values() for m in s})
+    if not metrics:
+        return
+    plt = pyplot()
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for i, s in enumerate(series.values()):
+            if metric in s:
+                ax.plot(*zip(*s[metric]), marker="o", label=f"[{i + 1}]")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_axis_off()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    """Command line: ``python -m algorithms.sweep <folder> [--metrics glob ...]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a folder holding the variants' run folders")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                        help="glob patterns over the curve/ figures (default: a headline set)")
+    args = parser.parse_args()
+    variants = collect(args.folder)
+    markdown = tabulate(variants, tuple(args.metrics))
+    (args.folder / "sweep.md").write_text(markdown)
+    plot(variants, tuple(args.metrics), args.folder / "sweep.png")
+    print(markdown)
+    print(f"[sweep] wrote {args.folder / 'sweep.md'} and sweep.png")
+
+
+if __name__ == "__main__":
+    main()
