@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from envs.batching import EnvBatch
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
@@ -425,7 +426,7 @@ class PersonaMathEnv(gym.Env):
         return math_messages(self._problem, self._persona)
 
 
-class PersonaMathBatch:
+class PersonaMathBatch(EnvBatch):
     """N math episodes stepped together; satisfies ``algorithms.tasks.base.EpisodeBatch``.
 
     Produces exactly what N separate :class:`PersonaMathEnv` would with the same seeds and actions
@@ -440,6 +441,8 @@ class PersonaMathBatch:
     ``reset(seed=s)`` seeds episode i with ``s + i`` (a list gives one seed each); ``options_list``
     gives per-episode reset options. No auto-reset: every episode ends after one step.
     """
+
+    action_noun = "answers"
 
     def __init__(self, num_envs: int, **env_kwargs: Any) -> None:
         if int(num_envs) < 1:
@@ -468,38 +471,19 @@ class PersonaMathBatch:
         env_kwargs.setdefault("personas", personas_for_split(split))
         return cls(num_envs, problems=problems, **env_kwargs)
 
-    @property
-    def num_envs(self) -> int:
-        """Number of episodes."""
-        return len(self.envs)
-
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options_list: Sequence[dict[str, Any] | None] | None = None
               ) -> tuple[list[list[dict[str, str]]], list[dict[str, Any]]]:
         """Starts every episode (episode i seeded with ``seed + i``, or per-episode seeds and options)."""
         n = self.num_envs
-        if seed is None or isinstance(seed, (int, np.integer)):
-            seeds = [None if seed is None else int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-        options_list = list(options_list) if options_list is not None else [None] * n
-        if len(seeds) != n or len(options_list) != n:
-            raise ValueError(f"expected {n} seeds and {n} options, got {len(seeds)} and {len(options_list)}")
+        seeds, options_list = self._reset_arguments(seed, options_list)
         results = [env.reset(seed=s, options=o) for env, s, o in zip(self.envs, seeds, options_list)]
         self._done = [False] * n
         return [obs for obs, _ in results], [info for _, info in results]
 
     def step(self, actions: Sequence[str]):
         """Takes one answer per episode; returns observations, rewards, terminated, truncated, infos."""
-        if isinstance(actions, str) or len(actions) != self.num_envs:
-            raise ValueError(f"PersonaMathBatch.step expects a list of {self.num_envs} answers")
-        if any(self._done):
-            raise RuntimeError(f"episodes {[i for i, d in enumerate(self._done) if d]} have ended; call reset()")
-        for i, (env, action) in enumerate(zip(self.envs, actions)):  # validate all before changing any
-            try:
-                env.check_action(action)
-            except ValueError as err:
-                raise ValueError(f"episode {i}: {err}") from None
+        self._check_actions(actions)
         results = [env.step(a) for env, a in zip(self.envs, actions)]
         self._done = [True] * self.num_envs
         return ([r[0] for r in results], np.asarray([r[1] for r in results], dtype=np.float64),
@@ -512,16 +496,10 @@ class PersonaMathBatch:
 
     def set_states(self, states: Sequence[Mapping[str, Any]]) -> list[list[dict[str, str]]]:
         """Continues the episodes captured by :meth:`get_states`, one per env; returns their observations."""
-        if len(states) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} episode states, got {len(states)}")
+        self._check_states(states)
         observations = [env.set_state(state) for env, state in zip(self.envs, states)]
         self._done = [bool(state.get("done", False)) for state in states]
         return observations
-
-    def close(self) -> None:
-        """Closes every episode's env."""
-        for env in self.envs:
-            env.close()
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
+from envs.batching import EnvBatch
 from envs.data.persona import (
     FACET_LABELS,
     FACETS,
@@ -399,7 +400,7 @@ class PersonaCriticEnv(gym.Env):
         return student_messages(self._record, self._request)
 
 
-class PersonaCriticBatch:
+class PersonaCriticBatch(EnvBatch):
     """N persona-critic episodes stepped together: one rubric call per reset, one critic and one judge call per step.
 
     Gives exactly the episodes that N separate :class:`PersonaCriticEnv` would with the same seeds,
@@ -430,32 +431,13 @@ class PersonaCriticBatch:
         self.action_space = first.action_space
         self._done = [True] * len(self.envs)
 
-    @property
-    def num_envs(self) -> int:
-        """Number of episodes."""
-        return len(self.envs)
-
-    @property
-    def labels(self) -> list[dict[str, str]]:
-        """The hidden labels of every episode."""
-        return [env.label for env in self.envs]
-
-    def close(self) -> None:
-        """Closes every env."""
-        for env in self.envs:
-            env.close()
+    action_noun = "responses"
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options_list: Sequence[dict[str, Any] | None] | None = None):
         """Starts every episode; returns the observations and infos."""
         n = self.num_envs
-        if seed is None or isinstance(seed, (int, np.integer)):
-            seeds = [None if seed is None else int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-        options_list = list(options_list) if options_list is not None else [None] * n
-        if len(seeds) != n or len(options_list) != n:
-            raise ValueError(f"expected {n} seeds and {n} options, got {len(seeds)} and {len(options_list)}")
+        seeds, options_list = self._reset_arguments(seed, options_list)
         queries = [env._start_episode(seed=s, options=o) for env, s, o in zip(self.envs, seeds, options_list)]
         todo = [i for i, q in enumerate(queries) if q is not None]
         rubrics = self.rubric_extractor.extract_batch([queries[i] for i in todo]) if todo else []
@@ -467,15 +449,7 @@ class PersonaCriticBatch:
 
     def step(self, actions: Sequence[str]):
         """One response per episode: one critic call and one judge call for the batch."""
-        if isinstance(actions, str) or len(actions) != self.num_envs:
-            raise ValueError(f"PersonaCriticBatch.step expects a list of {self.num_envs} responses")
-        if any(self._done):
-            raise RuntimeError(f"episodes {[i for i, d in enumerate(self._done) if d]} have ended; call reset()")
-        for i, (env, action) in enumerate(zip(self.envs, actions)):  # validate all before changing any
-            try:
-                env.check_action(action)
-            except ValueError as err:
-                raise ValueError(f"episode {i}: {err}") from None
+        self._check_actions(actions)
         begun = [env._begin_step(a) for env, a in zip(self.envs, actions)]
         critiques = self.critic.critique_batch([q for q, _ in begun])
         judgements = self.reward_judge.judge_batch([PersonaCriticEnv._judge_query(q) for q, _ in begun])
@@ -491,8 +465,7 @@ class PersonaCriticBatch:
 
     def set_states(self, states: Sequence[Mapping[str, Any]]) -> list[list[dict[str, str]]]:
         """Continues the episodes captured by :meth:`get_states`; returns their observations."""
-        if len(states) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} episode states, got {len(states)}")
+        self._check_states(states)
         observations = [env.set_state(state) for env, state in zip(self.envs, states)]
         self._done = [bool(state.get("done", False)) for state in states]
         return observations

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.batching import EnvBatch
 from envs.data import load_tutoring_topics
 from envs.judges.base import LABEL_SCORE, JudgeDialogue, SatisfactionJudge, TurnJudgement
 from envs.students.base import (
@@ -446,7 +447,7 @@ class TutoringEnv(gym.Env):
         return [dict(m) for m in self._messages]
 
 
-class TutoringBatch:
+class TutoringBatch(EnvBatch):
     """N tutoring dialogues stepped together, one batched student call and one judge call per step.
 
     Produces exactly the dialogues that N separate ``TutoringEnv`` instances would with the same
@@ -487,20 +488,7 @@ class TutoringBatch:
         self.action_space = self.envs[0].action_space
         self._done = [True] * len(self.envs)
 
-    def close(self) -> None:
-        """Closes every dialogue's env."""
-        for env in self.envs:
-            env.close()
-
-    @property
-    def num_envs(self) -> int:
-        """Number of dialogues."""
-        return len(self.envs)
-
-    @property
-    def labels(self) -> list[dict[str, str]]:
-        """The hidden labels of every dialogue."""
-        return [env.label for env in self.envs]
+    episode_noun, action_noun = "dialogue", "teacher turns"
 
     def reset(
         self,
@@ -510,13 +498,7 @@ class TutoringBatch:
     ) -> tuple[list[list[dict[str, str]]], list[dict[str, Any]]]:
         """Starts every dialogue (dialogue i seeded with ``seed + i``, or per-dialogue seeds and options)."""
         n = self.num_envs
-        if seed is None or isinstance(seed, (int, np.integer)):
-            seeds = [None if seed is None else int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-        options_list = list(options_list) if options_list is not None else [None] * n
-        if len(seeds) != n or len(options_list) != n:
-            raise ValueError(f"expected {n} seeds and {n} options, got {len(seeds)} and {len(options_list)}")
+        seeds, options_list = self._reset_arguments(seed, options_list)
         contexts = [env._start_episode(seed=s, options=o) for env, s, o in zip(self.envs, seeds, options_list)]
         replies = self.student.reply_batch(contexts)
         results = [env._finish_reset(r) for env, r in zip(self.envs, replies)]
@@ -532,8 +514,7 @@ class TutoringBatch:
 
     def set_states(self, states: Sequence[DialogueState]) -> list[list[dict[str, str]]]:
         """Continues the dialogues captured by :meth:`get_states`, one per env; returns their observations."""
-        if len(states) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} dialogue states, got {len(states)}")
+        self._check_states(states, "dialogue states")
         for env, state in zip(self.envs, states):
             env.set_state(state)
         self._done = [bool(state["done"]) for state in states]
@@ -541,15 +522,7 @@ class TutoringBatch:
 
     def step(self, actions: Sequence[str]):
         """Takes one teacher turn in every dialogue, with one student call and one judge call."""
-        if isinstance(actions, str) or len(actions) != self.num_envs:
-            raise ValueError(f"TutoringBatch.step expects a list of {self.num_envs} teacher turns")
-        if any(self._done):
-            raise RuntimeError(f"dialogues {[i for i, d in enumerate(self._done) if d]} have ended; call reset()")
-        for i, (env, action) in enumerate(zip(self.envs, actions)):  # validate all before changing any
-            try:
-                env.check_action(action)
-            except ValueError as err:
-                raise ValueError(f"dialogue {i}: {err}") from None
+        self._check_actions(actions)
         begun = [env._begin_step(a) for env, a in zip(self.envs, actions)]
         replies = self.student.reply_batch([ctx for ctx, _ in begun])
         for env, reply in zip(self.envs, replies):

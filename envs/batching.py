@@ -1,0 +1,71 @@
+"""What every batch class of the environments shares: N envs of one kind stepped together.
+
+``TutoringBatch``, ``PersonaCriticBatch`` and ``PersonaMathBatch`` each make one call per step to
+their model-backed plug-ins for all N episodes; the bookkeeping around those calls (the seeds and
+options of a reset, the checks before a step, which episodes have ended) is written here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class EnvBatch:
+    """Base of the batch classes (they satisfy ``algorithms.tasks.base.EpisodeBatch``).
+
+    Subclasses set ``self.envs`` (the N envs) and ``self._done`` (whether each episode has ended),
+    and name what they hold in error messages with :attr:`episode_noun` and :attr:`action_noun`.
+    """
+
+    envs: list[Any]
+    _done: list[bool]
+    episode_noun = "episode"
+    action_noun = "actions"
+
+    @property
+    def num_envs(self) -> int:
+        """Number of episodes."""
+        return len(self.envs)
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        """The hidden label of every episode."""
+        return [env.label for env in self.envs]
+
+    def close(self) -> None:
+        """Closes every episode's env."""
+        for env in self.envs:
+            env.close()
+
+    def _reset_arguments(self, seed: int | Sequence[int | None] | None,
+                         options_list: Sequence[dict[str, Any] | None] | None) -> tuple[list, list]:
+        """Per-episode seeds (episode i gets ``seed + i``, or a list gives one each) and reset options."""
+        n = self.num_envs
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+        options = list(options_list) if options_list is not None else [None] * n
+        if len(seeds) != n or len(options) != n:
+            raise ValueError(f"expected {n} seeds and {n} options, got {len(seeds)} and {len(options)}")
+        return seeds, options
+
+    def _check_actions(self, actions: Sequence[str]) -> None:
+        """Refuses a step before any env changes: wrong count, ended episodes, or an invalid action."""
+        if isinstance(actions, str) or len(actions) != self.num_envs:
+            raise ValueError(f"{type(self).__name__}.step expects a list of {self.num_envs} {self.action_noun}")
+        if any(self._done):
+            raise RuntimeError(f"{self.episode_noun}s {[i for i, d in enumerate(self._done) if d]} have ended; "
+                               "call reset()")
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
+            try:
+                env.check_action(action)
+            except ValueError as err:
+                raise ValueError(f"{self.episode_noun} {i}: {err}") from None
+
+    def _check_states(self, states: Sequence[Any], kind: str = "episode states") -> None:
+        if len(states) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} {kind}, got {len(states)}")
