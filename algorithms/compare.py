@@ -4,7 +4,8 @@
 
 The task of the first run (its ``config.yaml``) decides the tables: for the persona critic, the
 paper's Table 2 (Q_own, Delta_base, Delta_diag), every run's own-facet diagonal and the diagonal
-wins between multi-head runs; for tutoring, every run's rows with satisfaction per student type and
+wins between multi-head runs; for persona math (RLVR vs PerMix), accuracy per lottery persona, PSS
+and fidelity of every run's rows; for tutoring, every run's rows with satisfaction per student type and
 the style judge's figures. The markdown is printed and, with ``--out``, written to a file.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from algorithms.tasks.math import math_markdown
 from algorithms.tasks.persona import compare_runs as compare_persona
 from algorithms.tasks.reporting import fmt, markdown_table
 
@@ -44,11 +46,13 @@ def compare(run_dirs: list[Path], labels: list[str] | None = None) -> str:
     for label, run in zip(labels, run_dirs):
         path = run / "eval.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{run} has no eval.json; evaluate it first: "
-                                    f"python -m algorithms.opsd evaluate={run}")
+            raise FileNotFoundError(f"{run} has no eval.json; evaluate it first with the trainer that made it: "
+                                    f"python -m algorithms.opsd evaluate={run} (or algorithms.rlvr)")
         reports[label] = json.loads(path.read_text())["report"]
     target = str(OmegaConf.load(run_dirs[0] / "config.yaml").env.get("_target_", ""))
-    return compare_persona(reports) if target.endswith("PersonaTask") else _tutoring(reports)
+    if target.endswith("PersonaTask"):
+        return compare_persona(reports)
+    return math_markdown(reports) if target.endswith("MathTask") else _tutoring(reports)
 
 
 def main() -> None:

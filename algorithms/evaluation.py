@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from algorithms.episodes import EpisodeRecord, play_episodes
 from algorithms.runs import write_json
 from algorithms.tasks.base import Task
@@ -50,10 +52,13 @@ def play_rows(policy, tokenizer, task: Task, settings: Any, *, head_for_persona:
         if base is not None:
             drivers["base"] = (base[0], base[1], {})
     options = task.eval_options(contexts or settings.contexts)
-    rows = {name: play_episodes(model, tok, task, selection, options, driver=name, turns=settings.turns,
-                                max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                seed=settings.seed)
-            for name, (model, tok, selection) in drivers.items()}
+    rows = {}
+    for name in (bar := tqdm(drivers, desc="evaluation", unit="row", leave=False)):
+        bar.set_postfix_str(f"{name}: {len(options)} episodes")
+        model, tok, selection = drivers[name]
+        rows[name] = play_episodes(model, tok, task, selection, options, driver=name, turns=settings.turns,
+                                   max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                   seed=settings.seed)
     policy.train(was_training)
     return rows
 

@@ -1,8 +1,9 @@
-"""What every batch class of the environments shares: N envs of one kind stepped together.
+"""What the text environments share: checking a text action, and stepping N envs of one kind together.
 
-``TutoringBatch``, ``PersonaCriticBatch`` and ``PersonaMathBatch`` each make one call per step to
-their model-backed plug-ins for all N episodes; the bookkeeping around those calls (the seeds and
-options of a reset, the checks before a step, which episodes have ended) is written here once.
+:func:`check_text_action` is every env's action check. ``TutoringBatch``, ``PersonaCriticBatch``
+and ``PersonaMathBatch`` each make one call per step to their model-backed plug-ins for all N
+episodes; the bookkeeping around those calls (the seeds and options of a reset, the checks before a
+step, which episodes have ended) is :class:`EnvBatch`, written here once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+
+def check_text_action(action: Any, *, env: str, noun: str, max_chars: int) -> tuple[str, bool]:
+    """Validates a text action; returns (the text to use, whether it was cut to ``max_chars``).
+
+    Args:
+        action: What the agent sent.
+        env: The env's class name, for the message.
+        noun: What the action is (``teacher turn``, ``response``, ``answer``), for the message.
+        max_chars: Longer texts are cut to this many characters.
+
+    Raises:
+        ValueError: The action is not a string, or is blank.
+    """
+    if not isinstance(action, str):
+        raise ValueError(f"{env}.step expects the {noun} as a non-empty str; got "
+                         f"{type(action).__name__}: {repr(action)[:80]}")
+    # Lone surrogates (half an emoji cut by a tokenizer) cannot be written as UTF-8 and would make the
+    # observation unwritable: they become "?".
+    text = action.encode("utf-8", errors="replace").decode("utf-8").strip()
+    if not text:
+        raise ValueError(f"{env}.step expects a non-empty {noun}; got a blank string {repr(action)[:80]}")
+    if len(text) > max_chars:
+        return text[:max_chars], True
+    return text, False
 
 
 class EnvBatch:

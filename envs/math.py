@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch
+from envs.batching import EnvBatch, check_text_action
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
@@ -389,16 +389,7 @@ class PersonaMathEnv(gym.Env):
 
     def check_action(self, action: Any) -> tuple[str, bool]:
         """Validates an answer; returns (text to use, whether it was cut to ``max_action_chars``)."""
-        if not isinstance(action, str):
-            raise ValueError(f"PersonaMathEnv.step expects the answer as a non-empty str; got "
-                             f"{type(action).__name__}: {repr(action)[:80]}")
-        # lone surrogates (half an emoji from a tokenizer) cannot be written as UTF-8: they become "?"
-        text = action.encode("utf-8", errors="replace").decode("utf-8").strip()
-        if not text:
-            raise ValueError(f"PersonaMathEnv.step expects a non-empty answer; got a blank string {repr(action)[:80]}")
-        if len(text) > self.max_action_chars:
-            return text[: self.max_action_chars], True
-        return text, False
+        return check_text_action(action, env="PersonaMathEnv", noun="answer", max_chars=self.max_action_chars)
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch
+from envs.batching import EnvBatch, check_text_action
 from envs.data.persona import (
     FACET_LABELS,
     FACETS,
@@ -306,17 +306,7 @@ class PersonaCriticEnv(gym.Env):
 
     def check_action(self, action: Any) -> tuple[str, bool]:
         """Validates a response; returns (text to use, whether it was cut to ``max_action_chars``)."""
-        if not isinstance(action, str):
-            raise ValueError(f"PersonaCriticEnv.step expects the response as a non-empty str; got "
-                             f"{type(action).__name__}: {repr(action)[:80]}")
-        # lone surrogates (half an emoji from a tokenizer) cannot be written as UTF-8: they become "?"
-        text = action.encode("utf-8", errors="replace").decode("utf-8").strip()
-        if not text:
-            raise ValueError(f"PersonaCriticEnv.step expects a non-empty response; got a blank string "
-                             f"{repr(action)[:80]}")
-        if len(text) > self.max_action_chars:
-            return text[: self.max_action_chars], True
-        return text, False
+        return check_text_action(action, env="PersonaCriticEnv", noun="response", max_chars=self.max_action_chars)
 
     # -- helpers, also used by PersonaCriticBatch -------------------------------------------------
 

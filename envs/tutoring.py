@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.batching import EnvBatch
+from envs.batching import EnvBatch, check_text_action
 from envs.data import load_tutoring_topics
 from envs.judges.base import LABEL_SCORE, JudgeDialogue, SatisfactionJudge, TurnJudgement
 from envs.students.base import (
@@ -334,22 +334,8 @@ class TutoringEnv(gym.Env):
         self._turn = int(state["turn"])
 
     def check_action(self, action: Any) -> tuple[str, bool]:
-        """Validate a teacher turn; return (text to use, whether it was cut to the limit)."""
-        if not isinstance(action, str):
-            raise ValueError(
-                f"TutoringEnv.step expects the teacher turn as a non-empty str; got "
-                f"{type(action).__name__}: {repr(action)[:80]}"
-            )
-        # Lone surrogates (e.g. half of an emoji cut by a tokenizer) cannot be encoded as UTF-8 and would
-        # make the observation unwritable: they become "?".
-        text = action.encode("utf-8", errors="replace").decode("utf-8").strip()
-        if not text:
-            raise ValueError(
-                f"TutoringEnv.step expects a non-empty teacher turn; got a blank string {repr(action)[:80]}"
-            )
-        if len(text) > self.max_action_chars:
-            return text[: self.max_action_chars], True
-        return text, False
+        """Validates a teacher turn; returns (text to use, whether it was cut to ``max_action_chars``)."""
+        return check_text_action(action, env="TutoringEnv", noun="teacher turn", max_chars=self.max_action_chars)
 
     def _start_episode(self, *, seed: int | None, options: dict[str, Any] | None) -> StudentContext:
         super().reset(seed=seed)

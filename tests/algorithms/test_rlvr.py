@@ -75,6 +75,10 @@ def test_two_step_runs_reproduce_pinned_losses(algorithm, tmp_path, varied_rewar
     assert len(row["accuracy"]) == 8  # seven lottery roles and one held-out persona
     assert {"attribution", "margin"} <= set(row["fidelity"]) and 0 <= row["pss"]["value"] <= 1
     assert (tmp_path / "a" / "eval.png").is_file() and summary["finished"]
+    from algorithms.compare import compare
+
+    table = compare([tmp_path / "a", tmp_path / "b"], ["run-a", "run-b"])
+    assert "| run-a head_solver |" in table and "| run-b base |" in table and "PSS" in table
     turns = [t for r in rows for t in r["turns"]]
     assert len(set(turns)) == 2 * 2 * 4  # steps x groups x answers, each trained once
 
