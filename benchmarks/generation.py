@@ -40,6 +40,7 @@ def run(policy, tokenizer, batch: int, selection: dict, new_tokens: int, repeats
     return best
 
 
+@torch.no_grad()  # and restores gradients after: tests call main() in-process
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -49,7 +50,6 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
 
     load_backbone(args.model, device=args.device)  # make sure the cache is warm
     start = time.perf_counter()

@@ -113,9 +113,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()  # and restores gradients after: tests call main() in-process
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     personas = find_personas(args.personas)
     sets = task_sets(args)
     start = time.perf_counter()

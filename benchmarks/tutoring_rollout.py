@@ -57,6 +57,7 @@ def batched(policy, tokenizer, task, args, drop_finished: bool = True) -> tuple[
     return time.perf_counter() - start, args.dialogues * args.turns
 
 
+@torch.no_grad()  # and restores gradients after: tests call main() in-process
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -68,7 +69,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
 
     backbone = load_backbone(args.model, device=args.device)
     policy = MultiHeadPolicy(backbone.model, num_heads=2, head_names=["direct", "interactive"])
