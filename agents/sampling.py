@@ -81,7 +81,9 @@ def sample_dropping_finished(
     active = torch.arange(batch, device=device)
     mask = attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # logits_to_keep=1: only the last position's logits, as generate() asks for (the prompt's full
+    # (B, P, V) logits would cost more than the decoding on a CPU)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache, sequences = out.past_key_values, input_ids
     steps = 0
     for t in range(max_new_tokens):
