@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from algorithms.tasks.math import math_markdown
+from algorithms.tasks.math import math_markdown, plot_accuracy
 from algorithms.tasks.persona import compare_runs as compare_persona
 from algorithms.tasks.reporting import fmt, markdown_table
 
@@ -37,8 +37,14 @@ def _tutoring(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(markdown_table(header, table)) + "\n"
 
 
-def compare(run_dirs: list[Path], labels: list[str] | None = None) -> str:
-    """Markdown tables comparing the runs' evaluations (see the module docstring)."""
+def compare(run_dirs: list[Path], labels: list[str] | None = None, plot: Path | None = None) -> str:
+    """Markdown tables comparing the runs' evaluations (see the module docstring).
+
+    Args:
+        run_dirs: Finished run folders of one task (each with ``eval.json``).
+        labels: A name per run (default: the folder names).
+        plot: For math runs, also draw accuracy per evaluation persona of every run's rows here.
+    """
     labels = labels or [d.name for d in run_dirs]
     if len(labels) != len(run_dirs):
         raise ValueError(f"{len(run_dirs)} runs but {len(labels)} labels.")
@@ -52,7 +58,12 @@ def compare(run_dirs: list[Path], labels: list[str] | None = None) -> str:
     target = str(OmegaConf.load(run_dirs[0] / "config.yaml").env.get("_target_", ""))
     if target.endswith("PersonaTask"):
         return compare_persona(reports)
-    return math_markdown(reports) if target.endswith("MathTask") else _tutoring(reports)
+    if target.endswith("MathTask"):
+        if plot is not None:
+            plot_accuracy({f"{run} {name}": row for run, report in reports.items()
+                           for name, row in report["rows"].items()}, plot)
+        return math_markdown(reports)
+    return _tutoring(reports)
 
 
 def main() -> None:
@@ -60,9 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (with eval.json)")
     parser.add_argument("--labels", default=None, help="comma-separated names for the runs")
-    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the markdown here (and, for math runs, the accuracy plot next to it as .png)")
     args = parser.parse_args()
-    markdown = compare(args.runs, args.labels.split(",") if args.labels else None)
+    plot = args.out.with_suffix(".png") if args.out else None
+    markdown = compare(args.runs, args.labels.split(",") if args.labels else None, plot=plot)
     print(markdown)
     if args.out:
         args.out.write_text(markdown)

@@ -10,8 +10,9 @@ plus held-out PersonaGym personas) and gives, per row:
 
 - accuracy per persona (with bootstrap intervals over questions) and their mean, std, min and max;
 - the **persona-stability score** (PSS; the paper does not define it, this definition is the
-  project's own): the share of questions answered correctly under *every* evaluation persona, and
-  ``1 - std / mean`` of the per-persona accuracies as a second, smoother figure;
+  project's own): the share of questions answered correctly under *every* evaluation persona (or
+  under at least ``pss_share`` of them), and ``1 - std / mean`` of the per-persona accuracies as a
+  second, smoother figure;
 - **persona fidelity** measured without an API (:class:`envs.judges.fidelity.PersonaAttribution`:
   can the frozen base model tell from the answer which persona wrote it?), and a 1-5 judge rating
   when an LLM fidelity judge is configured.
@@ -52,6 +53,8 @@ class MathTask:
         fidelity_judge: Optional chat-model fidelity judge (1-5 ratings), null to skip it.
         fidelity_candidates: Other personas each answer is told apart from (chance = 1 / (this + 2)).
         format_bonus: Reward added for writing the ``#### <number>`` form (0: the plain verifiable reward).
+        pss_share: PSS counts a question as stable when it is answered right under at least this
+            share of the evaluation personas (1: under every one).
         seed: Seeds the problem streams.
     """
 
@@ -62,9 +65,12 @@ class MathTask:
     def __init__(self, source: str = "generated", difficulty: int = DEFAULT_DIFFICULTY,
                  gsm8k_max_steps: int | None = None, num_problems: int | None = None, persona_none_prob: float = 0.25,
                  eval_heldout_personas: int = 3, fidelity: Any = None, fidelity_judge: Any = None,
-                 fidelity_candidates: int = 4, format_bonus: float = 0.0, seed: int = 0):
+                 fidelity_candidates: int = 4, format_bonus: float = 0.0, pss_share: float = 1.0, seed: int = 0):
         if source not in ("generated", "gsm8k"):
             raise ValueError(f"source must be 'generated' or 'gsm8k', got {source!r}")
+        if not 0 < pss_share <= 1:
+            raise ValueError(f"env.pss_share must be in (0, 1] (1: right under every persona), got {pss_share!r}")
+        self.pss_share = float(pss_share)
         self.source, self.difficulty, self.gsm8k_max_steps = source, int(difficulty), gsm8k_max_steps
         self.num_problems, self.persona_none_prob, self.seed = num_problems, float(persona_none_prob), int(seed)
         self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
@@ -157,7 +163,8 @@ class MathTask:
         per_persona = {p: estimate(correct[:, j].mean(), np.array([correct[idx, j].mean() for idx in reps]),
                                    len(questions), confidence).as_dict() for j, p in enumerate(personas)}
         acc = correct.mean(0)
-        pss = estimate(correct.all(1).mean(), np.array([correct[idx].all(1).mean() for idx in reps]),
+        stable = correct.mean(1) >= self.pss_share - 1e-9  # (Q,) right under enough of the personas
+        pss = estimate(stable.mean(), np.array([stable[idx].mean() for idx in reps]),
                        len(questions), confidence).as_dict()
         return {"accuracy": per_persona, "mean": float(acc.mean()), "std": float(acc.std()), "min": float(acc.min()),
                 "max": float(acc.max()), "best": personas[int(acc.argmax())], "worst": personas[int(acc.argmin())],
@@ -170,7 +177,9 @@ class MathTask:
         """Accuracy per evaluation persona, PSS and fidelity for every row."""
         results = {name: self._row(records, bootstrap, confidence, seed) for name, records in rows.items()}
         metrics = {"rows": results, "heads": list(heads), "confidence": confidence,
-                   "pss_definition": "share of questions answered correctly under every evaluation persona",
+                   "pss_definition": "share of questions answered correctly under every evaluation persona"
+                   if self.pss_share == 1 else f"share of questions answered correctly under at least "
+                   f"{self.pss_share:.0%} of the evaluation personas",
                    "questions": len({r.options["problem"] for records in rows.values() for r in records})}
         scalars = {}
         for name, r in results.items():

@@ -77,7 +77,8 @@ def test_two_step_runs_reproduce_pinned_losses(algorithm, tmp_path, varied_rewar
     assert (tmp_path / "a" / "eval.png").is_file() and summary["finished"]
     from algorithms.compare import compare
 
-    table = compare([tmp_path / "a", tmp_path / "b"], ["run-a", "run-b"])
+    table = compare([tmp_path / "a", tmp_path / "b"], ["run-a", "run-b"], plot=tmp_path / "lottery.png")
+    assert (tmp_path / "lottery.png").is_file()
     assert "| run-a head_solver |" in table and "| run-b base |" in table and "PSS" in table
     turns = [t for r in rows for t in r["turns"]]
     assert len(set(turns)) == 2 * 2 * 4  # steps x groups x answers, each trained once
@@ -133,6 +134,10 @@ def test_pss_and_the_persona_lottery_on_known_records():
     assert row["stability"] == pytest.approx(1 - np.std([1, 0.5, 0.5]) / (2 / 3))
     assert row["best"] == "none" and row["format"] == 1.0
     assert "| Persona |" in report.markdown and "PSS" in report.markdown
+    lenient = MathTask(eval_heldout_personas=0, pss_share=0.3).evaluate({"x": records}, heads=["x"], bootstrap=200)
+    assert lenient.metrics["rows"]["x"]["pss"]["value"] == 1.0  # q1 is right under one of three personas
+    with pytest.raises(ValueError, match="pss_share"):
+        MathTask(pss_share=0)
 
 
 def test_offline_fidelity_attribution_runs_on_a_tiny_model():
