@@ -7,7 +7,8 @@ Usage:
     python benchmarks/math_accuracy.py --model tiny-random --levels 1 --num 2 --max-new-tokens 4   # smoke run
 
 Each problem is asked exactly as ``pluralgym/PersonaMath-v0`` asks it (``envs.math.math_messages``),
-answered greedily (temperature 0) and scored by the environment's reward rule
+answered greedily (temperature 0; ``--temperature`` samples instead, as training rollouts do) and
+scored by the environment's reward rule
 (``envs.data.math.is_correct``). Generated problems come from the ``--split`` stream (``eval`` by
 default, which training never sees). Prints a markdown table with a 95% Wilson interval per row;
 ``--out`` also writes the rows and every answer as JSON.
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--personas", nargs="+", default=["none"],
                         help="persona ids: 'none', lottery roles, PersonaGym ids (pg-3...)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; above 0 samples (seeded by --seed), e.g. as RLVR's rollouts do")
+    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--show", type=int, default=0, help="print this many answers per row")
     parser.add_argument("--out", default=None, help="write rows and answers as JSON here")
@@ -93,11 +97,11 @@ def task_sets(args: argparse.Namespace) -> list[tuple[str, list[MathProblem]]]:
 
 
 def answer(model, tokenizer, problems: list[MathProblem], persona: PromptPersona, args) -> list[str]:
-    """Greedy answers in input order (prompts sorted by length inside, to pad less)."""
+    """Answers in input order (greedy unless --temperature; prompts sorted by length inside, to pad less)."""
     prompts = [math_messages(p, persona) for p in problems]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][-1]["content"]))
     out = generate(model, tokenizer, [prompts[i] for i in order], max_new_tokens=args.max_new_tokens,
-                   temperature=0, batch_size=args.batch_size)
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
     texts = [""] * len(prompts)
     for i, text in zip(order, out.texts):
         texts[i] = text
