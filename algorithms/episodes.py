@@ -92,7 +92,7 @@ class EpisodeRecord:
     Attributes:
         driver: Name of what chose the turns (the evaluation row).
         options: The reset options that fixed the episode (context and label).
-        label: The hidden label (``label["persona"]`` included).
+        label: The hidden label (``label["persona"]`` included), as of the last turn.
         start: The reset info (the episode's context, e.g. its topic).
         observations: The observation before each generated turn (the prefixes a router reads).
         actions: The generated turns, as sent to the env.
@@ -183,6 +183,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
             record.feedback.append(step.infos[i]["feedback"])
             record.rewards.append(float(step.rewards[i]))
             record.infos.append(step.infos[i])
+            if "label" in step.infos[i]:  # a label can grow once the episode is played (e.g. ``correct``)
+                record.label = dict(step.infos[i]["label"])
         observations = step.observations
         active &= ~(step.terminated | step.truncated)
     for record, observation in zip(records, observations):

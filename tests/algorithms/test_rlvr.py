@@ -151,3 +151,18 @@ def test_offline_fidelity_attribution_runs_on_a_tiny_model():
     scores = scorer.score_batch(items)
     assert isinstance(scores[0].attributed, bool) and np.isfinite(scores[0].margin)
     assert scores[1].attributed is None  # no persona, nothing to attribute
+
+
+def test_played_records_carry_the_label_as_of_their_last_turn(tiny, monkeypatch):
+    """The math report reads ``label["correct"]``, which the env sets only once the question is answered."""
+    import envs.math
+    from algorithms.episodes import play_episodes
+    from algorithms.tasks.math import MathTask
+
+    monkeypatch.setattr(envs.math, "is_correct", lambda *args, **kwargs: True)
+    task = MathTask(eval_heldout_personas=0)
+    records = play_episodes(tiny.model, tiny.tokenizer, task, {}, task.eval_options(1), driver="x", turns=1,
+                            max_new_tokens=3, temperature=1.0, seed=0)
+    assert len(records) == 7 and all(r.label["correct"] is True for r in records)
+    report = task.evaluate({"x": records}, heads=["x"], bootstrap=50)
+    assert report.metrics["rows"]["x"]["mean"] == 1.0
