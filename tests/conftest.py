@@ -43,6 +43,14 @@ def group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
+def trained_parameters(run_dir) -> dict[str, torch.Tensor]:
+    """The trainable tensors of a run folder's checkpoint (kill-and-resume tests compare them)."""
+    from algorithms.checkpoint import load_checkpoint
+    from algorithms.trainer import CHECKPOINT
+
+    return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
+
+
 def make_tiny_run(folder: Path) -> Path:
     """A finished-run folder for router and benchmark tests: a fresh tiny two-head policy and its config."""
     from omegaconf import OmegaConf

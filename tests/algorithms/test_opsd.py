@@ -9,13 +9,12 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 import algorithms.opsd as opsd
-from algorithms.checkpoint import load_checkpoint
 from algorithms.components import build_task
 from algorithms.rollout import RolloutWorker
 from algorithms.tasks import TutoringTask
 from algorithms.trainer import CHECKPOINT
 from configs.validation import ConfigError
-from tests.conftest import compose_config, group_options
+from tests.conftest import compose_config, group_options, trained_parameters
 
 OPSD_PRESETS = ("opsd", "opsd_quick")
 RLVR_PRESETS = ("rlvr", "permix")
@@ -151,10 +150,6 @@ def test_persona_kill_and_resume_matches_an_uninterrupted_run(tmp_path, opsd_con
     a, b = trained_parameters(tmp_path / "straight"), trained_parameters(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
-
-
-def trained_parameters(run_dir):
-    return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
 
 
 def test_kill_after_two_steps_and_resume_matches_an_uninterrupted_run(tmp_path, opsd_config):
