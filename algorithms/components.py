@@ -94,7 +94,8 @@ class AdapterTeacher(nn.Module):
         return _Logits(nn.functional.linear(hidden, self.base_head))
 
 
-def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, device: torch.device) -> nn.Module:
+def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, device: torch.device, *,
+                        reference: bool = True) -> nn.Module | None:
     """Freezes what ``settings.trainable`` says and returns the frozen base model (teacher or reference).
 
     Args:
@@ -102,10 +103,11 @@ def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, devi
         settings: A trainer config with ``trainable``, ``last_n_layers`` and ``lora``.
         cfg: The run config (its ``agent`` node loads the second copy of the base model).
         device: Where the frozen copy goes.
+        reference: Whether the trainer reads a frozen base model at all (False: no copy is loaded).
 
     Returns:
         The frozen base model: with LoRA the same weights with adapters disabled (no copy),
-        otherwise a second, frozen copy of the backbone.
+        otherwise a second, frozen copy of the backbone; None when ``reference`` is False.
     """
     policy = built.policy
     if settings.trainable == "lora":
@@ -121,6 +123,8 @@ def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, devi
         for module in list(decoder.layers[first:]) + [decoder.norm]:
             for p in module.parameters():
                 p.requires_grad_(True)
+    if not reference:
+        return None
     frozen = agent_config(cfg).load(device).model
     frozen.requires_grad_(False)
     return frozen.eval()

@@ -119,6 +119,10 @@ class RLVRTrainer(Trainer):
     config_cls = RLVRConfig
     name = "rlvr"
 
+    def uses_reference(self) -> bool:
+        """The frozen base model is read only by the KL term."""
+        return self.settings.kl_coef > 0
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
         s = self.settings

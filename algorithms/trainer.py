@@ -240,6 +240,10 @@ class Trainer:
     config_cls: type[TrainerConfig] = TrainerConfig
     name = "trainer"
 
+    def uses_reference(self) -> bool:
+        """Whether updates read the frozen base model (``self.reference``); False saves loading a copy."""
+        return True
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -251,7 +255,7 @@ class Trainer:
         self.personas = list(self.task.personas)
         built = build_policy(cfg, [p.name for p in self.personas], self.policy_variant, self.device)
         self.policy, self.tokenizer = built.policy, built.tokenizer
-        self.reference = configure_trainable(built, self.settings, cfg, self.device)
+        self.reference = configure_trainable(built, self.settings, cfg, self.device, reference=self.uses_reference())
         s = self.settings
         self.optimizer = make_optimizer(self.policy.param_groups(s.lr, s.head_lr_mult, s.weight_decay))
         self.scheduler = get_scheduler(s.scheduler, self.optimizer, num_warmup_steps=s.warmup_steps,

@@ -8,10 +8,8 @@ import pytest
 import torch
 
 import algorithms.rlvr as rlvr
-from algorithms.checkpoint import load_checkpoint
 from algorithms.episodes import EpisodeRecord
-from algorithms.trainer import CHECKPOINT
-from tests.conftest import compose_config
+from tests.conftest import compose_config, trained_parameters
 
 TINY_RLVR = ("agent=tiny", "algorithm.steps=2", "algorithm.prompts_per_step=2", "algorithm.group_size=4",
              "algorithm.max_new_tokens=6", "algorithm.micro_batch=2", "algorithm.warmup_steps=0",
@@ -91,8 +89,7 @@ def test_rlvr_kill_and_resume_matches_an_uninterrupted_run(tmp_path, varied_rewa
     rlvr.train(config("algorithm.steps=3", "algorithm.stop_after=1", "algorithm.eval.enabled=false",
                       "algorithm=permix"), tmp_path / "resumed")
     rlvr.train(full, tmp_path / "resumed", resume=True)
-    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)["trainable"]
-    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["trainable"]
+    a, b = trained_parameters(tmp_path / "straight"), trained_parameters(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss/total"] for r in history(tmp_path / "resumed")] == \
         [r["loss/total"] for r in history(tmp_path / "straight")]
@@ -166,3 +163,8 @@ def test_played_records_carry_the_label_as_of_their_last_turn(tiny, monkeypatch)
     assert len(records) == 7 and all(r.label["correct"] is True for r in records)
     report = task.evaluate({"x": records}, heads=["x"], bootstrap=50)
     assert report.metrics["rows"]["x"]["mean"] == 1.0
+
+
+def test_the_frozen_reference_is_loaded_only_for_the_kl_term(tmp_path):
+    assert rlvr.RLVRTrainer(config(), tmp_path / "a").reference is None
+    assert rlvr.RLVRTrainer(config("algorithm.kl_coef=0.05"), tmp_path / "b").reference is not None
