@@ -37,7 +37,7 @@ from algorithms.tasks.reporting import (
 from envs.chat import chat_counters
 from envs.data import load_tutoring_topics
 from envs.judges.base import JudgeDialogue
-from envs.students.quality import quality_figures
+from envs.students.quality import last_full_sentence, quality_figures
 from envs.tutoring import MAX_TURNS, TutoringBatch
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class TutoringTask:
         heldout_every: Every n-th topic is held out for evaluation (the ``eval`` split).
         router_val_every: Every n-th remaining topic forms ``router_val``; the rest are ``train``
             and ``router_train``.
+        trim_cut_turns: Deliver a sampled turn up to its last complete sentence (see
+            :meth:`actions`); ``False`` sends the raw text, as before.
         env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
             ``topics`` here replaces the shipped list before the split.
     """
@@ -100,6 +102,7 @@ class TutoringTask:
         max_turns: int = MAX_TURNS,
         heldout_every: int = 5,
         router_val_every: int = 5,
+        trim_cut_turns: bool = True,
         env_kwargs: dict[str, Any] | None = None,
     ):
         self.personas = personas_from(personas)
@@ -107,6 +110,7 @@ class TutoringTask:
         self.satisfaction_judge = satisfaction_judge
         self.style_judge = style_judge
         self.max_turns = int(max_turns)
+        self.trim_cut_turns = bool(trim_cut_turns)
         env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
         topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
         self.train_topics, self.heldout_topics = split_topics(list(topics), heldout_every)
@@ -158,10 +162,17 @@ class TutoringTask:
         block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, feedback=feedback)
         return self.policy_messages(observation) + [{"role": "system", "content": block}]
 
-    @staticmethod
-    def actions(texts: Sequence[str]) -> list[str]:
-        """Sampled teacher turns as env actions: stripped, an empty one replaced by ``EMPTY_TURN``."""
-        return [text.strip() or EMPTY_TURN for text in texts]
+    def actions(self, texts: Sequence[str]) -> list[str]:
+        """Sampled teacher turns as env actions.
+
+        Each is stripped, cut back to its last complete sentence when ``trim_cut_turns`` is on
+        (a turn that ran into ``max_new_tokens`` would otherwise reach the student mid-sentence,
+        and the student treats that as bad teaching), and an empty one is replaced by
+        ``EMPTY_TURN``. The trainer still learns from every sampled token; only what the student
+        hears is trimmed, as a serving system that stops at a sentence boundary would.
+        """
+        trim = last_full_sentence if self.trim_cut_turns else str.strip
+        return [trim(text) or EMPTY_TURN for text in texts]
 
     @staticmethod
     def step_metrics(texts: Sequence[str], infos: Sequence[dict] = ()) -> dict[str, list[float]]:

@@ -297,6 +297,28 @@ def _ends_cleanly(text: str) -> bool:
     return core.endswith(_END_MARKS)
 
 
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)")
+
+
+def last_full_sentence(text: str) -> str:
+    """``text`` up to the end of its last complete sentence.
+
+    A turn that stops mid-sentence (typically because generation reached ``max_new_tokens``) loses
+    its unfinished tail; a turn that ends cleanly, or that has no complete sentence at all, is
+    returned unchanged (stripped), so the detector still sees a single unfinished sentence as cut off.
+
+    >>> last_full_sentence("Force is mass times acceleration. So if you push twice as")
+    'Force is mass times acceleration.'
+    >>> last_full_sentence("It costs 3.5 dollars and")
+    'It costs 3.5 dollars and'
+    """
+    text = text.strip()
+    if _ends_cleanly(text):
+        return text
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()] if ends else text
+
+
 def _dangles(text: str) -> bool:
     core = text.rstrip(_CLOSERS)
     if core.endswith((",", ";", ":", "-", "–", "—")):

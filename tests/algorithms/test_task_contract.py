@@ -27,6 +27,13 @@ def actions_for(task, n, salt=""):
     return task.actions([f"Here is an answer {salt}{i}, with a detail or two about it." for i in range(n)])
 
 
+def test_tutoring_turns_reach_the_student_up_to_their_last_full_sentence():
+    cut = "Force is mass times acceleration. So if you push twice as"
+    assert build_task(compose_config("opsd")).actions([cut, "  "]) == ["Force is mass times acceleration.", "Okay."]
+    legacy = build_task(compose_config("opsd", "env.trim_cut_turns=false"))
+    assert legacy.actions([cut]) == [cut]
+
+
 def test_the_task_satisfies_the_contract(task):
     assert isinstance(task, Task)
     assert task.max_turns >= 1 and len(task.personas) >= 2

@@ -10,7 +10,7 @@ import pytest
 
 from envs.data import load_tutoring_topics
 from envs.students import QualityFigures, Thresholds, assess_turn, is_degenerate, quality_figures
-from envs.students.quality import REASONS, distinct_n, topic_overlap
+from envs.students.quality import REASONS, distinct_n, last_full_sentence, topic_overlap
 from envs.tutoring import SEED_TURNS
 
 DATA = Path(__file__).parent / "data"
@@ -226,3 +226,24 @@ def test_quality_figures_see_a_degenerate_batch():
     looped = quality_figures(["Plants use sunlight to make food. " * 4] * 3, "Photosynthesis")
     varied = quality_figures([r["text"] for r in rows if r["label"] == "coherent"], "Photosynthesis")
     assert looped.degenerate_share == 1.0 and looped.distinct_2 < 0.1 < 0.8 < varied.distinct_2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Force is mass times acceleration. So if you push twice as", "Force is mass times acceleration."),
+        ("What pushes back? Think of a wall and", "What pushes back?"),
+        ('He said "stop." Then the car', 'He said "stop."'),
+        ("  A clean turn ends here.  ", "A clean turn ends here."),
+        ("It costs 3.5 dollars and", "It costs 3.5 dollars and"),  # no complete sentence: left for the detector
+        ("", ""),
+    ],
+)
+def test_last_full_sentence(text, expected):
+    assert last_full_sentence(text) == expected
+
+
+def test_a_trimmed_turn_is_no_longer_cut_off():
+    text = "Newton's second law says force equals mass times acceleration, so a heavier cart needs more force. If you"
+    assert "cut_off" in assess_turn(text, "Newton's Second Law of Motion").reasons
+    assert assess_turn(last_full_sentence(text), "Newton's Second Law of Motion").reasons == []
