@@ -1,5 +1,6 @@
 """Policies: backbones, multi-head language models, generation and the head router."""
 
+from agents.draft_judge import DraftJudge, DraftJudgeStats
 from agents.generation import (
     GenerationOutput,
     completion_logits,
@@ -18,6 +19,8 @@ from agents.router import Router, RouterFeatures, RouterOutput
 __all__ = [
     "Backbone",
     "BackboneError",
+    "DraftJudge",
+    "DraftJudgeStats",
     "GenerationOutput",
     "HeadSelection",
     "MultiHeadLMHead",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from agents.draft_judge import DraftJudge
 from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights
 from agents.sampling import sample_dropping_finished
 
@@ -116,12 +117,16 @@ def _rows(weights: Weights, start: int, stop: int):
 @torch.no_grad()
 def _generate_chunk(
     policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, min_new_tokens, temperature, top_p,
-    drop_finished,
+    drop_finished, decoder,
 ):
     model = _hf_model(policy)
     eos = _eos_ids(tokenizer, model)
     with _selection_context(policy, head, weights) as selection:
-        if drop_finished:
+        if decoder is not None:
+            completion, logprobs = decoder.decode(
+                policy, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                temperature=temperature, eos_ids=eos, pad_id=tokenizer.pad_token_id)
+        elif drop_finished:
             per_row = selection is not None and selection.weights is not None and selection.weights.dim() == 2
 
             def narrow(rows: torch.Tensor) -> None:  # finished rows left the batch: so do their head weights
@@ -170,6 +175,7 @@ def generate(
     seed: int | None = None,
     batch_size: int | None = None,
     drop_finished: bool = True,
+    decoder: DraftJudge | None = None,
 ) -> GenerationOutput:
     """Samples one completion per prompt from a head, a mixture or the equal blend.
 
@@ -189,6 +195,9 @@ def generate(
         drop_finished: Remove each row from the batch once it has ended
             (:func:`agents.sampling.sample_dropping_finished`: the same tokens as
             ``transformers.generate``, with finished rows costing nothing); False runs ``generate``.
+        decoder: Decode with Persona-judge draft/judge blocks between heads
+            (:class:`agents.draft_judge.DraftJudge`) instead of one head or mixture; ``top_p`` is
+            not used then.
 
     Returns:
         A :class:`GenerationOutput`.
@@ -201,6 +210,8 @@ def generate(
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
     if isinstance(policy, MultiHeadPolicy):
         policy.selection(head, weights)  # validate once, before any work
+    if decoder is not None and (not isinstance(policy, MultiHeadPolicy) or head is not None or weights is not None):
+        raise ValueError("decoder= decodes between the heads of a MultiHeadPolicy; pass it without head= or weights=.")
     device = _hf_model(policy).device
     input_ids, attention_mask = encode_prompts(tokenizer, prompts, device)
     n = input_ids.shape[0]
@@ -222,7 +233,7 @@ def generate(
             comp, comp_mask, logprobs = _generate_chunk(
                 policy, tokenizer, ids, mask, head, _rows(weights, start, stop),
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
-                drop_finished=drop_finished,
+                drop_finished=drop_finished, decoder=decoder,
             )
             chunks.append((ids, mask, comp, comp_mask, logprobs))
     pad = tokenizer.pad_token_id

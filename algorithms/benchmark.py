@@ -8,9 +8,10 @@ Run it with Hydra (configs/benchmark.yaml)::
 
 Every entry of ``benchmark.entries`` is a Hydra ``_target_`` that contributes one or more rows
 (:class:`Contender`). The defaults compare the untrained base model, each fixed head, the equal
-blend, the offline router (re-reads the prefix before every turn) and the online router (starts
-from the router's weights and then follows the feedback with Hedge steps: the project's own
-test-time extension, not part of any paper's protocol). Each row plays the same held-out episodes
+blend, Persona-judge (seed 004: the heads take turns drafting and judging blocks of tokens,
+training-free), the offline router (re-reads the prefix before every turn) and the online router
+(starts from the router's weights and then follows the feedback with Hedge steps: the project's
+own test-time extension, not part of any paper's protocol). Each row plays the same held-out episodes
 (the task's ``eval`` split, every context against every persona label) turn by turn.
 
 Reported: the task's own report of every row (for tutoring, satisfaction per student type and
@@ -27,7 +28,7 @@ command line); set an entry to null to drop it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agents import Router, RouterFeatures
+from agents import DraftJudge, Router, RouterFeatures
 from agents.models import resolve_device
 from agents.router import DEFAULT_POOLING
 from algorithms.components import agent_config, build_task
@@ -62,8 +63,8 @@ def _default_entries() -> dict[str, Any]:
     """The default rows, each a config node built from its class's signature (so every argument can be overridden)."""
     from hydra_zen import builds
 
-    rows = {"base": BaseModel, "heads": FixedHeads, "blend": EqualBlend, "router": OfflineRouter,
-            "online_router": OnlineRouter}
+    rows = {"base": BaseModel, "heads": FixedHeads, "blend": EqualBlend, "persona_judge": PersonaJudge,
+            "router": OfflineRouter, "online_router": OnlineRouter}
     return {name: builds(cls, populate_full_signature=True)() for name, cls in rows.items()}
 
 
@@ -163,6 +164,8 @@ class Contender:
         model: What generates (default: the context's policy); a plain causal LM takes ``selector={}``.
         tokenizer: Its tokenizer (default: the context's).
         mixes: Whether it picks per-episode head weights (router statistics are reported).
+        statistics: Called once the row has played; its figures go to ``benchmark.json`` and
+            ``benchmark.md`` (e.g. tokens accepted per draft/judge block).
     """
 
     name: str
@@ -171,6 +174,7 @@ class Contender:
     model: Any = None
     tokenizer: Any = None
     mixes: bool = False
+    statistics: Callable[[], dict[str, float]] | None = None
 
 
 class BaseModel:
@@ -215,6 +219,39 @@ class EqualBlend:
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
         """One row: the equal blend."""
         return [Contender(self.name, self.label, {})]
+
+
+class PersonaJudge:
+    """Persona-judge decoding (seed 004): heads take turns drafting and judging blocks of tokens.
+
+    Training-free: both distributions come from one backbone pass
+    (:class:`agents.draft_judge.DraftJudge`). With ``exact=True`` every token follows its block's
+    judge head, so the row is a block-wise alternation of the heads; ``exact=False`` is the paper's
+    greedy top-k variant. The row reports the draft tokens accepted per block.
+
+    Args:
+        heads: Heads that take turns (null: all, in order).
+        block: Draft tokens per block (the paper's lambda).
+        exact: Speculative sampling (True) or greedy top-k (False).
+        topk: Candidates of the greedy variant.
+        swap: Roles move on after every block (False: "Persona-judge-Base").
+        label: Row label.
+        name: Row key.
+    """
+
+    def __init__(self, heads: Sequence[str] | None = None, block: int = 4, exact: bool = True, topk: int = 20,
+                 swap: bool = True, label: str = "Persona-judge", name: str = "persona_judge"):
+        self.decoder = DraftJudge(heads or (), block=block, exact=exact, topk=topk, swap=swap)
+        self.label, self.name = label, name
+
+    def build(self, ctx: BenchmarkContext) -> list[Contender]:
+        """One row decoded with draft/judge blocks between the policy's heads."""
+        self.decoder.head_order(ctx.policy)  # fail now, not after the other rows, on a bad head name
+        return [Contender(self.name, self.label, {"decoder": self.decoder}, statistics=self.statistics)]
+
+    def statistics(self) -> dict[str, float]:
+        """The decoder's block counts, plus which variant the row ran."""
+        return {**self.decoder.stats.as_dict(), "exact": self.decoder.exact, "block": self.decoder.block}
 
 
 class OfflineRouter:
@@ -349,6 +386,18 @@ def router_markdown(routers: dict[str, dict[str, Any]], head_names: Sequence[str
     return "\n".join(lines) + "\n"
 
 
+def decoding_markdown(decoding: dict[str, dict[str, float]]) -> str:
+    """The table of the draft/judge rows' block figures (empty when there is none)."""
+    if not decoding:
+        return ""
+    lines = ["", "Draft/judge decoding (a block ends at the first rejected draft or with a bonus token):", ""]
+    lines += markdown_table(
+        ["Policy", "variant", "block", "blocks", "accepted drafts / block", "tokens / block"],
+        [[label, "exact sampling" if st["exact"] else "greedy top-k", str(st["block"]), str(st["blocks"]),
+          f"{st['accepted_per_block']:.2f}", f"{st['tokens_per_block']:.2f}"] for label, st in decoding.items()])
+    return "\n".join(lines) + "\n"
+
+
 def plot_router_weights(routers: dict[str, dict[str, Any]], head_names: Sequence[str], path: Path) -> None:
     """Mean weight on each head at each generated turn, per persona label, one panel per mixing row."""
     plt = pyplot()
@@ -415,6 +464,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     options = task.eval_options(b.contexts)
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
+    decoding: dict[str, dict[str, float]] = {}
     with (out_dir / "episodes.jsonl").open("w") as episodes:
         for c in contenders:
             print(f"[benchmark] {c.label}: {len(options)} episodes, {b.turns} turns")
@@ -424,14 +474,18 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             rows[c.label] = records
             if c.mixes:
                 routers[c.label] = router_statistics(records, policy.head_names)
+            if c.statistics is not None:
+                decoding[c.label] = c.statistics()
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
     report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
     results = {"policy": str(cfg.policy), "router": cfg.get("router"), "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
-               "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers}
+               "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
+               "decoding": decoding}
     markdown = (f"{len(options)} held-out episodes per row ({b.contexts} contexts x every persona label), "
-                f"{b.turns} generated turns each.\n\n" + report.markdown + router_markdown(routers, policy.head_names))
+                f"{b.turns} generated turns each.\n\n" + report.markdown + router_markdown(routers, policy.head_names)
+                + decoding_markdown(decoding))
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)
     if report.plot is not None:

@@ -38,10 +38,14 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     for name in ("benchmark.json", "benchmark.md", "benchmark.png", "router_weights.png", "episodes.jsonl"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "benchmark.json").read_text())
-    labels = ["Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Router", "Online router"]
+    labels = ["Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Persona-judge", "Router",
+              "Online router"]
     assert list(saved["rows"]) == labels
-    assert list(saved["rows"].values()) == ["base", "head_direct", "head_interactive", "blend", "router",
-                                            "online_router"]
+    assert list(saved["rows"].values()) == ["base", "head_direct", "head_interactive", "blend", "persona_judge",
+                                            "router", "online_router"]
+    judge = saved["decoding"]["Persona-judge"]
+    assert judge["exact"] and judge["block"] == 4 and judge["blocks"] >= 1
+    assert 0 <= judge["accepted_per_block"] <= 4 and 1 <= judge["tokens_per_block"] <= 5
     for row in saved["report"]["rows"].values():
         for key in ("direct", "interactive", "mean"):
             stat = row["satisfaction"][key]
@@ -55,7 +59,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     assert set(saved["routers"]) == {"Router", "Online router"}
     # both router rows start each episode from the same router weights
     episodes = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
-    assert len(episodes) == 6 * 8 and all("states" not in e for e in episodes)
+    assert len(episodes) == 7 * 8 and all("states" not in e for e in episodes)
     first = {name: [e["weights"][0] for e in episodes if e["driver"] == name] for name in ("router", "online_router")}
     torch.testing.assert_close(torch.tensor(first["router"]), torch.tensor(first["online_router"]))
     # every row met the same openings
@@ -66,12 +70,13 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     for label in labels:
         assert f"| {label} |" in table
     assert table.count("**") >= 2  # the best mean is bold
+    assert "| Persona-judge | exact sampling | 4 |" in table
     assert results["markdown"] == table
 
 
 def test_without_a_router_the_router_rows_are_skipped_and_rows_come_from_config(tiny_run, tmp_path):
     run, _ = tiny_run
-    cfg = bench_cfg(f"policy={run}", "benchmark.entries.base=null",
+    cfg = bench_cfg(f"policy={run}", "benchmark.entries.base=null", "benchmark.entries.persona_judge=null",
                     "benchmark.entries.heads.heads=[interactive]", "benchmark.entries.heads.label='just-{head}'",
                     "+benchmark.entries.fixed_mix={_target_: tests.algorithms.test_benchmark.FixedMix, weights: [0.25, 0.75]}")
     results = bm.run_benchmark(cfg, tmp_path)
