@@ -81,6 +81,10 @@ class BenchmarkConfig:
         bootstrap: Bootstrap resamples for the intervals.
         confidence: Level of the intervals.
         feature_batch_size: Prefixes per backbone forward for router features.
+        protocol: ``project`` (the defaults here) or ``paper`` (000 Section 4.2.2: up to 6 teacher
+            turns per dialogue; ``benchmark_settings@benchmark=paper`` sets it with 6 turns). The
+            tutoring report counts rates the paper's way under both: style rates without neutral
+            turns (Table 4), satisfaction with them (Table 5). The report says which protocol ran.
         entries: The rows: each a ``_target_`` with ``build(ctx) -> list[Contender]`` plus its
             constructor arguments (``benchmark.entries.online_router.lr=1.0``); keys only order the
             rows, and a null entry is dropped.
@@ -94,6 +98,7 @@ class BenchmarkConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     feature_batch_size: int = 8
+    protocol: str = "project"
     entries: dict[str, Any] = field(default_factory=_default_entries)
 
     def __post_init__(self):
@@ -102,6 +107,20 @@ class BenchmarkConfig:
             require(getattr(self, key) >= 1, f"benchmark.{key}", getattr(self, key), "must be an integer >= 1")
         require(self.temperature >= 0, "benchmark.temperature", self.temperature, "must be >= 0")
         require(0 < self.confidence < 1, "benchmark.confidence", self.confidence, "must be in (0, 1)")
+        require(self.protocol in PROTOCOLS, "benchmark.protocol", self.protocol, f"must be one of {list(PROTOCOLS)}")
+        if self.protocol == "paper":
+            require(self.turns <= 6, "benchmark.turns", self.turns, "must be at most 6 under the paper's protocol")
+
+    def describe(self, episodes: int) -> str:
+        """One line for the report: the protocol and the episodes."""
+        return (f"Protocol: {self.protocol} ({PROTOCOLS[self.protocol]}). {episodes} held-out episodes per row "
+                f"({self.contexts} contexts x every persona label), {self.turns} generated turns each.")
+
+
+PROTOCOLS = {
+    "project": "this project's default size for a 2-core CPU",
+    "paper": "000 Section 4.2.2: up to 6 teacher turns per dialogue, re-routed before every turn",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,12 +498,12 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
     report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
-    results = {"policy": str(cfg.policy), "router": cfg.get("router"), "contexts": b.contexts, "turns": b.turns,
+    results = {"policy": str(cfg.policy), "router": cfg.get("router"), "protocol": b.protocol,
+               "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
                "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
                "decoding": decoding}
-    markdown = (f"{len(options)} held-out episodes per row ({b.contexts} contexts x every persona label), "
-                f"{b.turns} generated turns each.\n\n" + report.markdown + router_markdown(routers, policy.head_names)
+    markdown = (b.describe(len(options)) + "\n\n" + report.markdown + router_markdown(routers, policy.head_names)
                 + decoding_markdown(decoding))
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)

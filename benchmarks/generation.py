@@ -1,11 +1,13 @@
-"""Generation throughput of a multi-head policy: one head vs per-sample mixtures, batch 1 vs 8.
+"""Generation throughput of a multi-head policy: one head, per-sample mixtures and Persona-judge, batch 1 vs 8.
 
 Usage:
     python benchmarks/generation.py                      # embedded SmolLM2-135M, CPU
     python benchmarks/generation.py --model tiny-random --new-tokens 16 --repeats 1   # smoke run
 
 Every configuration generates exactly ``--new-tokens`` tokens per sequence (EOS suppressed) from
-the same chat prompts, so tokens/s compare like for like. Writes a JSON report with ``--out``.
+the same chat prompts, so tokens/s compare like for like. Persona-judge rows (``agents.DraftJudge``,
+block 4, exact sampling and greedy top-20) also report the draft tokens their judges accepted per
+block. Writes a JSON report with ``--out``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 import torch
 
-from agents import MultiHeadPolicy, generate, load_backbone
+from agents import DraftJudge, MultiHeadPolicy, generate, load_backbone
 
 TOPICS = ["photosynthesis", "the French Revolution", "Newton's third law", "metaphors", "the nervous system",
           "supply and demand", "the Parthenon", "DNA"]
@@ -65,13 +67,24 @@ def main() -> None:
             else:  # a different random mixture per sample: the hardest case for the mixed projection
                 w = torch.distributions.Dirichlet(torch.ones(heads)).sample((batch,))
                 selection, label = {"weights": w}, f"{heads}-head per-sample mixture"
-            tps = run(policy, backbone.tokenizer, batch, selection, args.new_tokens, args.repeats)
-            rows.append({"config": label, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1)})
-            print(f"{label:30s} batch {batch:2d}: {tps:7.1f} tokens/s", flush=True)
+            configs = [(label, selection)]
+            if heads > 1:
+                configs += [(f"{heads}-head Persona-judge, {kind}", {"decoder": DraftJudge(block=4, exact=exact)})
+                            for kind, exact in (("exact", True), ("greedy top-k", False))]
+            for name, sel in configs:
+                tps = run(policy, backbone.tokenizer, batch, sel, args.new_tokens, args.repeats)
+                row = {"config": name, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1)}
+                extra = ""
+                if "decoder" in sel:
+                    row["accepted_per_block"] = round(sel["decoder"].stats.accepted_per_block, 2)
+                    extra = f"  ({row['accepted_per_block']:.2f} drafts accepted per block)"
+                rows.append(row)
+                print(f"{name:36s} batch {batch:2d}: {tps:7.1f} tokens/s{extra}", flush=True)
         del policy
 
-    def tps(heads, batch):
-        return next(r["tokens_per_s"] for r in rows if r["heads"] == heads and r["batch"] == batch)
+    def tps(heads, batch, config=None):
+        return next(r["tokens_per_s"] for r in rows if r["heads"] == heads and r["batch"] == batch
+                    and (config is None or r["config"] == config))
 
     big, small = max(args.batches), min(args.batches)
     summary = {
@@ -84,11 +97,16 @@ def main() -> None:
         "rows": rows,
         "mixture_cost_vs_single_head": {f"{k}-head": round(tps(1, big) / tps(k, big), 3) for k in (2, 5)},
         "batch_speedup": round(tps(1, big) / tps(1, small), 2),
+        "persona_judge_cost_vs_single_head": {
+            f"{k}-head {kind}": round(tps(1, big) / tps(k, big, f"{k}-head Persona-judge, {kind}"), 3)
+            for k in (2, 5) for kind in ("exact", "greedy top-k")},
     }
     print(f"warm-cache load: {load_s:.2f} s")
     print(f"batch {big} vs batch {small} speed-up (single head): {summary['batch_speedup']}x")
     for k, v in summary["mixture_cost_vs_single_head"].items():
         print(f"{k} mixture cost vs single head at batch {big}: {v}x")
+    for k, v in summary["persona_judge_cost_vs_single_head"].items():
+        print(f"{k} Persona-judge cost vs single head at batch {big}: {v}x")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=1)

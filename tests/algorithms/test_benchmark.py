@@ -162,3 +162,20 @@ def test_online_selector_moves_weights_with_the_reactions(tiny_policy):
     top = int(start[0].argmax())
     assert after[0, top] > start[0, top] > after[1, top]
     torch.testing.assert_close(after.sum(-1), torch.ones(2))
+
+
+def test_the_papers_protocol_is_a_preset_and_the_report_names_it(tiny_run, tmp_path):
+    run, _ = tiny_run
+    cfg = compose_config("benchmark", "benchmark_settings@benchmark=paper", f"policy={run}")
+    assert cfg.benchmark.protocol == "paper" and cfg.benchmark.turns == 6
+    with pytest.raises(ValueError, match="benchmark.turns"):
+        bm.run_benchmark(compose_config("benchmark", "benchmark_settings@benchmark=paper", "benchmark.turns=7",
+                                        f"policy={run}"), tmp_path / "refused")
+    with pytest.raises(ValueError, match="benchmark.protocol"):
+        bm.run_benchmark(bench_cfg("benchmark.protocol=mine", f"policy={run}"), tmp_path / "refused")
+    small = [o for o in TINY_BENCH if not o.startswith("benchmark.turns")]
+    cfg = compose_config("benchmark", "benchmark_settings@benchmark=paper", *small, f"policy={run}",
+                         "benchmark.entries.base=null", "benchmark.entries.persona_judge=null", "benchmark.contexts=1")
+    results = bm.run_benchmark(cfg, tmp_path / "paper")
+    assert results["protocol"] == "paper" and results["turns"] == 6
+    assert results["markdown"].startswith("Protocol: paper (000 Section 4.2.2")
