@@ -6,7 +6,8 @@ the top-K support, the number of kept tokens ``k``).
 - Self-distillation (OPSD): :func:`topk_reverse_kl`, :func:`opsd_sequence_loss`,
   :func:`weighted_head_sum`, :func:`normalized_alphas`.
 - Router learning: :func:`matched_head_loss`, :func:`pairwise_preference_loss` (REBEL-style),
-  :func:`hedge_targets` / :func:`hedge_router_loss` (MiCRo-style), :func:`hedge_step` and
+  :func:`hedge_targets` / :func:`hedge_router_loss` (MiCRo-style), :func:`pairwise_log_losses`,
+  :func:`bt_mixture_loss` (MiCRo's Stage 1), :func:`hedge_step` and
   :func:`reaction_head_losses` (the benchmark's online router), :func:`weight_entropy`,
   :func:`soft_cross_entropy`.
 """
@@ -194,6 +195,43 @@ def hedge_router_loss(logits: torch.Tensor, head_losses: torch.Tensor, tau: floa
     """
     targets = hedge_targets(torch.softmax(logits.detach().float(), -1), head_losses, tau)
     return soft_cross_entropy(logits, targets)
+
+
+def pairwise_log_losses(delta: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """Per-head losses on a log-loss scale from judged preferences over the blend (for MiCRo's Hedge).
+
+    ``delta`` in [-1, 1] is read as the chance ``(1 + delta) / 2`` that the head's candidate beats the
+    blend's, and the loss is its negative log, clipped at ``eps``: 0 for a clear win, log 2 for a
+    tie, ``-log eps`` for a clear loss (the scale of the Bradley-Terry log-losses MiCRo's tau is set for).
+
+    Args:
+        delta: ``(B, K)`` judged preferences.
+        eps: Smallest probability before the log.
+
+    Returns:
+        ``(B, K)`` losses >= 0.
+    """
+    return -((1.0 + delta.float()) / 2.0).clamp(min=eps, max=1.0).log()
+
+
+def bt_mixture_loss(router_weights: torch.Tensor, margins: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """MiCRo's Stage-1 loss: mixture Bradley-Terry likelihood plus a pull of the router towards uniform.
+
+    ``L = -mean_i log sum_k f_ik sigma(m_ik) + alpha mean_i sum_k f_ik log f_ik`` with
+    ``m_ik = r_k(x_i, chosen_i) - r_k(x_i, rejected_i)`` (003 Eqs. 3-5).
+
+    Args:
+        router_weights: ``(B, K)`` mixture weights ``f(x)`` (rows on the simplex).
+        margins: ``(B, K)`` reward margin of the chosen over the rejected answer under each head.
+        alpha: Weight of the negative-entropy term (0.5 in the paper).
+
+    Returns:
+        Scalar loss.
+    """
+    f = router_weights.float()
+    log_mix = torch.logsumexp(f.clamp(min=1e-12).log() + F.logsigmoid(margins.float()), dim=-1)
+    neg_entropy = (f * f.clamp(min=1e-12).log()).sum(-1)
+    return -log_mix.mean() + alpha * neg_entropy.mean()
 
 
 def hedge_step(weights: torch.Tensor, head_losses: torch.Tensor, lr: float, floor: float = 0.0) -> torch.Tensor:

@@ -26,7 +26,13 @@ input. Everything goes through the task contract (:mod:`algorithms.router_data`)
    - ``pairwise``: REBEL-style signed preferences ``delta_d`` of head d over the equal blend,
      loss ``-w . delta - lambda H(w)``;
    - ``hedge``: MiCRo-style soft targets, the router's own weights reweighted multiplicatively by
-     ``exp(-loss_d / tau)``, then cross-entropy to them (the losses are in :mod:`algorithms.losses`).
+     ``exp(-loss_d / tau)``, then cross-entropy to them (the losses are in :mod:`algorithms.losses`);
+   - ``micro``: MiCRo's Stage-2 protocol (seed 003, Alg. 1): the prior is the router's weights
+     recomputed once at the start of every epoch and held fixed within it, the targets are its Hedge
+     update (003 Eq. 6), and only ``router.budget`` labelled prefixes per persona label are used.
+     ``router_settings@router=micro`` sets the paper's router and schedule (one hidden layer of 128,
+     10 epochs, batch 32, budget 50, log-loss per head); start it from a trained router with
+     ``router.init_from=``, as MiCRo starts from its Stage-1 router.
 
 4. Training: AdamW on the features; the validation metric (``router.select_by``) picks the epoch
    whose weights are kept.
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +63,21 @@ from agents import MultiHeadPolicy, Router, RouterFeatures
 from agents.models import resolve_device
 from agents.router import DEFAULT_POOLING, POOLINGS
 from algorithms.components import build_task
-from algorithms.losses import hedge_router_loss, matched_head_loss, pairwise_preference_loss, weight_entropy
+from algorithms.losses import (
+    hedge_router_loss,
+    hedge_targets,
+    matched_head_loss,
+    pairwise_log_losses,
+    pairwise_preference_loss,
+    soft_cross_entropy,
+    weight_entropy,
+)
 from algorithms.router_data import PrefixExample, collect_prefixes, matched_head, prefix_features, score_candidates
 from algorithms.runs import json_line, write_json
 from configs import check_top_level, register
 from configs.validation import check_types, require, require_choice, structured
 
-METHODS = ("matched", "pairwise", "hedge")
+METHODS = ("matched", "pairwise", "hedge", "micro")
 Messages = list[dict[str, str]]
 
 
@@ -77,7 +91,7 @@ class RouterConfig:
     """Hyper-parameters of router learning (node ``router`` of configs/router.yaml; only source of these defaults).
 
     Attributes:
-        method: ``matched``, ``pairwise`` or ``hedge`` (see the module docstring).
+        method: ``matched``, ``pairwise``, ``hedge`` or ``micro`` (see the module docstring).
         hidden_dim: Width of the router MLP's hidden layers (512, as in the paper).
         num_layers: Linear layers of the router MLP (3, as in the paper).
         dropout: Dropout after each hidden layer (0.1, as in the paper).
@@ -91,7 +105,9 @@ class RouterConfig:
         entropy_coef: lambda of the pairwise loss's entropy bonus.
         hedge_tau: Temperature tau of the Hedge soft targets (smaller trusts the losses more).
         hedge_loss: Per-head loss that Hedge reweights by: ``satisfaction`` (how badly the env scored
-            that head's candidate, ``(1 - reward) / 2``) or ``pairwise`` (``(1 - delta) / 2``).
+            that head's candidate, ``(1 - reward) / 2``), ``pairwise`` (``(1 - delta) / 2``) or
+            ``log_pairwise`` (``-log((1 + delta) / 2)``, clipped: the log-loss scale of MiCRo's tau).
+        budget: Labelled training prefixes kept per persona label (MiCRo's B; null keeps them all).
         init_from: A saved router (folder) to start from instead of a fresh one (MiCRo fine-tunes a
             pre-trained router this way).
         features: The router's input (``agents.RouterFeatures`` pooling): ``last_token`` (the paper's,
@@ -113,6 +129,7 @@ class RouterConfig:
     entropy_coef: float = 0.01
     hedge_tau: float = 0.5
     hedge_loss: str = "satisfaction"
+    budget: int | None = None
     init_from: str | None = None
     features: str = DEFAULT_POOLING
     feature_batch_size: int = 8
@@ -124,7 +141,9 @@ class RouterConfig:
         require_choice("router.select_by", self.select_by, ("auto", "accuracy", "preference", "loss"))
         if self.select_by == "auto":
             self.select_by = "preference" if self.method == "pairwise" else "accuracy"
-        require_choice("router.hedge_loss", self.hedge_loss, ("satisfaction", "pairwise"))
+        require_choice("router.hedge_loss", self.hedge_loss, ("satisfaction", "pairwise", "log_pairwise"))
+        require(self.budget is None or self.budget >= 1, "router.budget", self.budget,
+                "must be null or an integer >= 1")
         require_choice("router.features", self.features, POOLINGS)
         for key in ("hidden_dim", "num_layers", "epochs", "batch_size", "feature_batch_size"):
             require(getattr(self, key) >= 1, f"router.{key}", getattr(self, key), "must be an integer >= 1")
@@ -137,7 +156,7 @@ class RouterConfig:
     @property
     def needs_candidates(self) -> bool:
         """Whether the method needs every head's (and the blend's) judged candidate at each prefix."""
-        return self.method in ("pairwise", "hedge") or self.select_by == "preference"
+        return self.method in ("pairwise", "hedge", "micro") or self.select_by == "preference"
 
 
 @dataclass
@@ -196,6 +215,7 @@ class RouterData:
         turn: ``(N,)`` generated-turn index following each prefix.
         deltas: ``(N, K)`` judged preference of each head over the blend, or None.
         head_losses: ``(N, K)`` per-head loss for Hedge, or None.
+        prior: ``(N, K)`` fixed prior weights of ``micro`` (set by :func:`fit_router` every epoch), or None.
     """
 
     features: torch.Tensor
@@ -203,6 +223,7 @@ class RouterData:
     turn: torch.Tensor
     deltas: torch.Tensor | None = None
     head_losses: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -211,7 +232,7 @@ class RouterData:
         """The rows ``idx`` of every tensor."""
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return RouterData(self.features[idx], self.target[idx], self.turn[idx], pick(self.deltas),
-                          pick(self.head_losses))
+                          pick(self.head_losses), pick(self.prior))
 
 
 def build_router_data(features: torch.Tensor, examples: Sequence[PrefixExample], head_names: Sequence[str],
@@ -223,7 +244,10 @@ def build_router_data(features: torch.Tensor, examples: Sequence[PrefixExample],
     if examples and all(e.deltas is not None for e in examples):
         deltas = torch.tensor([e.deltas for e in examples], dtype=torch.float32)
         scores = torch.tensor([e.head_scores for e in examples], dtype=torch.float32)
-        head_losses = (1.0 - (scores if hedge_loss == "satisfaction" else deltas)) / 2.0
+        if hedge_loss == "log_pairwise":
+            head_losses = pairwise_log_losses(deltas)
+        else:
+            head_losses = (1.0 - (scores if hedge_loss == "satisfaction" else deltas)) / 2.0
     return RouterData(features.float(), target, turn, deltas, head_losses)
 
 
@@ -235,7 +259,21 @@ def method_loss(method: str, out, batch: RouterData, rc: RouterConfig) -> torch.
         raise ValueError(f"router.method={method} needs judged candidates for every prefix.")
     if method == "pairwise":
         return pairwise_preference_loss(out.weights, batch.deltas, rc.entropy_coef)
-    return hedge_router_loss(out.logits, batch.head_losses, rc.hedge_tau)
+    if method == "micro" and batch.prior is not None:
+        return soft_cross_entropy(out.logits, hedge_targets(batch.prior, batch.head_losses, rc.hedge_tau))
+    return hedge_router_loss(out.logits, batch.head_losses, rc.hedge_tau)  # prior: the router's own weights
+
+
+def within_budget(examples: Sequence[PrefixExample], budget: int | None, seed: int) -> list[PrefixExample]:
+    """At most ``budget`` examples per persona label, drawn without replacement (all when ``budget`` is None)."""
+    if budget is None:
+        return list(examples)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for persona in dict.fromkeys(e.persona for e in examples):
+        idx = [i for i, e in enumerate(examples) if e.persona == persona]
+        kept += [int(i) for i in rng.permutation(idx)[:budget]]
+    return [examples[i] for i in sorted(kept)]
 
 
 @torch.no_grad()
@@ -309,6 +347,10 @@ def fit_router(
         history: list[dict[str, float]] = []
         best_key, best_state, best_epoch, best = None, None, 0, {}
         for epoch in tqdm(range(1, rc.epochs + 1), desc=f"router ({rc.method})", disable=not progress):
+            if rc.method == "micro":  # MiCRo: the prior is recomputed once per epoch, then held fixed
+                router.eval()
+                with torch.no_grad():
+                    train = replace(train, prior=router(train.features).weights.detach())
             router.train()
             order = torch.randperm(len(train), generator=generator)
             total, count = 0.0, 0
@@ -392,6 +434,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                                 seed=cfg.seed * 1_000_003 + 1)
     val_ex = collect_prefixes(policy, tokenizer, task, data, split="router_val", episodes=data.val_episodes,
                               seed=cfg.seed * 1_000_003 + 500_009)
+    train_ex = within_budget(train_ex, rc.budget, seed=cfg.seed * 7 + 3)
     judge_counter = None
     if rc.needs_candidates:
         judge = instantiate(cfg.pairwise_judge)

@@ -9,10 +9,12 @@ from hydra.errors import ConfigCompositionException
 import algorithms.router as rl
 from agents import Router, RouterFeatures
 from algorithms.losses import (
+    bt_mixture_loss,
     hedge_router_loss,
     hedge_step,
     hedge_targets,
     matched_head_loss,
+    pairwise_log_losses,
     pairwise_preference_loss,
     reaction_head_losses,
     soft_cross_entropy,
@@ -77,6 +79,47 @@ def test_hedge_router_loss_targets_are_detached_and_soft_ce_matches_ce_on_one_ho
     loss = hedge_router_loss(logits, torch.tensor([[1.0, 1.0, 0.0]]), tau=0.5)
     loss.backward()
     assert logits.grad[0, 2] < 0  # pushes weight towards the lowest-loss head
+
+
+def test_micro_losses_on_hand_computed_cases():
+    # log-loss scale of the judged preferences: a clear win costs 0, a tie log 2, a clear loss -log 0.01
+    torch.testing.assert_close(pairwise_log_losses(torch.tensor([[1.0, 0.0, -1.0]])),
+                               torch.tensor([[0.0, 0.6931472, 4.6051702]]))
+    # Eq. 6 with prior (1/2, 1/2), losses (0, log 2), tau 1: targets (1/2, 1/4) / (3/4) = (2/3, 1/3)
+    targets = hedge_targets(torch.tensor([[0.5, 0.5]]), pairwise_log_losses(torch.tensor([[1.0, 0.0]])), tau=1.0)
+    torch.testing.assert_close(targets, torch.tensor([[2 / 3, 1 / 3]]))
+    # Stage 1, Eqs. 3-5: f = (1/4, 3/4), margins (0, log 3) -> sigma = (1/2, 3/4), mixture 11/16;
+    # L = -log(11/16) + 0.5 (1/4 log 1/4 + 3/4 log 3/4)
+    f, m = torch.tensor([[0.25, 0.75]]), torch.tensor([[0.0, float(torch.log(torch.tensor(3.0)))]])
+    expected = -torch.log(torch.tensor(11 / 16)) + 0.5 * (0.25 * torch.log(torch.tensor(0.25))
+                                                          + 0.75 * torch.log(torch.tensor(0.75)))
+    torch.testing.assert_close(bt_mixture_loss(f, m, alpha=0.5), expected)
+    # a router sure of the right head has a near-zero likelihood term; alpha=0 leaves only that term
+    assert bt_mixture_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[20.0, -20.0]]), alpha=0.0) < 1e-6
+
+
+def test_micro_trains_towards_hedge_targets_of_the_fixed_prior():
+    data = toy_data(4, 0)
+    rc = rl.RouterConfig(method="micro", hedge_tau=0.5)
+    logits = torch.tensor([[1.0, -1.0], [0.5, 0.0], [0.0, 2.0], [-1.0, 1.0]], requires_grad=True)
+    out = type("Out", (), {"logits": logits, "weights": torch.softmax(logits, -1)})()
+    prior = torch.tensor([[0.9, 0.1]] * 4)
+    with_prior = rl.method_loss("micro", out, rl.RouterData(data.features, data.target, data.turn, data.deltas,
+                                                            data.head_losses, prior), rc)
+    expected = soft_cross_entropy(logits, hedge_targets(prior, data.head_losses, 0.5))
+    torch.testing.assert_close(with_prior, expected)
+    own = rl.method_loss("micro", out, data, rc)  # no prior yet: the router's own weights, as hedge
+    torch.testing.assert_close(own, hedge_router_loss(logits, data.head_losses, 0.5))
+    assert not torch.allclose(with_prior, own)
+
+
+def test_budget_keeps_at_most_b_prefixes_per_persona_label():
+    examples = [PrefixExample(observation=[], persona=p, context={}, episode=i, turn=0, driver=p, matched=True,
+                              state={}) for i, p in enumerate(["direct"] * 7 + ["interactive"] * 3)]
+    kept = rl.within_budget(examples, 4, seed=0)
+    assert [e.persona for e in kept].count("direct") == 4 and [e.persona for e in kept].count("interactive") == 3
+    assert kept == rl.within_budget(examples, 4, seed=0) and rl.within_budget(examples, None, 0) == examples
+    assert [e.episode for e in kept] == sorted(e.episode for e in kept)  # original order kept
 
 
 def test_online_hedge_step_follows_reactions():
@@ -218,6 +261,17 @@ def test_router_output_ignores_the_hidden_label(tiny_policy):
 
 
 # ---- a tiny end-to-end run --------------------------------------------------------------------
+
+
+def test_micro_preset_runs_on_a_budget(tiny_run, tmp_path):
+    cfg = compose_config("router", "router_settings@router=micro", f"policy={tiny_run}", *TINY_ROUTER[4:],
+                         "router.budget=2", "router.epochs=2")
+    rc, _ = rl.router_config(cfg)
+    assert (rc.method, rc.hidden_dim, rc.num_layers, rc.batch_size, rc.hedge_loss) == (
+        "micro", 128, 2, 32, "log_pairwise")
+    summary = rl.train(cfg, tmp_path)
+    assert summary["method"] == "micro" and summary["train_prefixes"] == 4  # 2 per student type
+    assert rl.load_router(tmp_path).hparams["hidden_dim"] == 128
 
 
 @pytest.mark.parametrize("method", ["matched", "pairwise", "hedge"])
