@@ -193,7 +193,7 @@ class Contender:
     model: Any = None
     tokenizer: Any = None
     mixes: bool = False
-    statistics: Callable[[], dict[str, float]] | None = None
+    statistics: Callable[[], dict[str, Any]] | None = None
 
 
 class BaseModel:
@@ -268,9 +268,12 @@ class PersonaJudge:
         self.decoder.head_order(ctx.policy)  # fail now, not after the other rows, on a bad head name
         return [Contender(self.name, self.label, {"decoder": self.decoder}, statistics=self.statistics)]
 
-    def statistics(self) -> dict[str, float]:
-        """The decoder's block counts, plus which variant the row ran."""
-        return {**self.decoder.stats.as_dict(), "exact": self.decoder.exact, "block": self.decoder.block}
+    def statistics(self) -> dict[str, Any]:
+        """Which variant the row ran and the decoder's block counts."""
+        st = self.decoder.stats
+        return {"variant": "exact sampling" if self.decoder.exact else f"greedy top-{self.decoder.topk}",
+                "block": self.decoder.block, "blocks": st.blocks, "accepted drafts per block": st.accepted_per_block,
+                "tokens per block": st.tokens_per_block}
 
 
 class OfflineRouter:
@@ -405,15 +408,17 @@ def router_markdown(routers: dict[str, dict[str, Any]], head_names: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-def decoding_markdown(decoding: dict[str, dict[str, float]]) -> str:
-    """The table of the draft/judge rows' block figures (empty when there is none)."""
-    if not decoding:
+def statistics_markdown(statistics: dict[str, dict[str, Any]]) -> str:
+    """One line per row that reported its own figures (e.g. Persona-judge's accepted drafts per block)."""
+    if not statistics:
         return ""
-    lines = ["", "Draft/judge decoding (a block ends at the first rejected draft or with a bonus token):", ""]
-    lines += markdown_table(
-        ["Policy", "variant", "block", "blocks", "accepted drafts / block", "tokens / block"],
-        [[label, "exact sampling" if st["exact"] else "greedy top-k", str(st["block"]), str(st["blocks"]),
-          f"{st['accepted_per_block']:.2f}", f"{st['tokens_per_block']:.2f}"] for label, st in decoding.items()])
+
+    def show(value: Any) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["", "Figures the rows report about themselves:", ""]
+    lines += [f"- **{label}**: " + ", ".join(f"{k} {show(v)}" for k, v in st.items())
+              for label, st in statistics.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -483,7 +488,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     options = task.eval_options(b.contexts)
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
-    decoding: dict[str, dict[str, float]] = {}
+    row_stats: dict[str, dict[str, Any]] = {}
     with (out_dir / "episodes.jsonl").open("w") as episodes:
         for c in contenders:
             print(f"[benchmark] {c.label}: {len(options)} episodes, {b.turns} turns")
@@ -494,7 +499,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             if c.mixes:
                 routers[c.label] = router_statistics(records, policy.head_names)
             if c.statistics is not None:
-                decoding[c.label] = c.statistics()
+                row_stats[c.label] = c.statistics()
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
     report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
@@ -502,9 +507,9 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
                "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
-               "decoding": decoding}
+               "row_statistics": row_stats}
     markdown = (b.describe(len(options)) + "\n\n" + report.markdown + router_markdown(routers, policy.head_names)
-                + decoding_markdown(decoding))
+                + statistics_markdown(row_stats))
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)
     if report.plot is not None:

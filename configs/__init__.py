@@ -35,6 +35,7 @@ def register() -> None:
 
     from agents.models import AgentConfig
     from algorithms.benchmark import BenchmarkConfig
+    from algorithms.micro import MicroConfig
     from algorithms.opsd import OPSDConfig
     from algorithms.rlvr import RLVRConfig
     from algorithms.rollout import RayConfig
@@ -66,6 +67,7 @@ def register() -> None:
         "router_settings": {"default": RouterConfig},
         "router_data": {"default": RouterDataConfig},
         "benchmark_settings": {"default": BenchmarkConfig},
+        "micro_settings": {"default": MicroConfig},
         "chat": {"local": plugin(LocalChatClient), "openai": plugin(OpenAIChatClient)},
         "student": {"scripted": plugin(ScriptedStudent),
                     "chat_model": plugin(ChatModelStudent, hydra_defaults=with_chat)},

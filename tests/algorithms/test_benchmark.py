@@ -43,9 +43,9 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     assert list(saved["rows"]) == labels
     assert list(saved["rows"].values()) == ["base", "head_direct", "head_interactive", "blend", "persona_judge",
                                             "router", "online_router"]
-    judge = saved["decoding"]["Persona-judge"]
-    assert judge["exact"] and judge["block"] == 4 and judge["blocks"] >= 1
-    assert 0 <= judge["accepted_per_block"] <= 4 and 1 <= judge["tokens_per_block"] <= 5
+    judge = saved["row_statistics"]["Persona-judge"]
+    assert judge["variant"] == "exact sampling" and judge["block"] == 4 and judge["blocks"] >= 1
+    assert 0 <= judge["accepted drafts per block"] <= 4 and 1 <= judge["tokens per block"] <= 5
     for row in saved["report"]["rows"].values():
         for key in ("direct", "interactive", "mean"):
             stat = row["satisfaction"][key]
@@ -70,7 +70,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     for label in labels:
         assert f"| {label} |" in table
     assert table.count("**") >= 2  # the best mean is bold
-    assert "| Persona-judge | exact sampling | 4 |" in table
+    assert "- **Persona-judge**: variant exact sampling, block 4, blocks" in table
     assert results["markdown"] == table
 
 
