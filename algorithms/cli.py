@@ -22,7 +22,7 @@ from agents.models import resolve_device
 from algorithms.components import agent_config, build_task
 from algorithms.evaluation import evaluate_policy
 from algorithms.trainer import Trainer, fit
-from configs import check_top_level
+from configs import PLUGIN_KEYS, check_top_level
 from configs.validation import structured
 
 RUN_KEYS = ("seed", "device", "resume", "evaluate", "overwrite", "env", "agent", "algorithm", "ray")
@@ -55,8 +55,32 @@ def run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
     for override in HydraConfig.get().overrides.task:
         key = override.partition("=")[0].lstrip("+~")
         if key not in ("resume", "evaluate") and "." in key:
-            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
+            apply_override(run_cfg, key, OmegaConf.select(cfg, key))
     return run_cfg, folder, "resume" if cfg.get("resume") else "evaluate"
+
+
+def apply_override(run_cfg: DictConfig, key: str, value: Any) -> None:
+    """Sets ``key`` in a saved run config, including the env's copies of a top-level plug-in.
+
+    A run's ``config.yaml`` is saved resolved, so the plug-ins the env config took from the top
+    level (``env.student: ${student}``, ``env.style_judge: ${judge.style}``) are copies there.
+    Without this, ``evaluate=<run> student.quality_check=false`` would change the top-level node that
+    nothing reads and leave the task's student as it was: every env node equal to the plug-in node
+    ``key`` points into (``student``, ``judge.style``...) gets the same change.
+    """
+    parts = key.split(".")
+    copies = []
+    if parts[0] in PLUGIN_KEYS and isinstance(run_cfg.get("env"), DictConfig):
+        for depth in range(1, len(parts)):
+            node = OmegaConf.select(run_cfg, ".".join(parts[:depth]))
+            if not isinstance(node, DictConfig):
+                continue
+            rest = ".".join(parts[depth:])
+            copies += [f"env.{name}.{rest}" for name, child in run_cfg.env.items()
+                       if isinstance(child, DictConfig) and child == node]
+    OmegaConf.update(run_cfg, key, value, force_add=True)
+    for copy in copies:
+        OmegaConf.update(run_cfg, copy, value, force_add=True)
 
 
 def evaluate_run(trainer_cls: type[Trainer], cfg: DictConfig, folder: Path) -> dict[str, Any]:

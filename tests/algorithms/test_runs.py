@@ -181,3 +181,21 @@ def test_an_api_key_given_as_a_variable_name_is_refused_before_anything_is_writt
     assert out.returncode != 0 and "api_key_env must be the NAME" in out.stderr
     assert secret not in out.stdout + out.stderr and not (tmp_path / "run").exists()
     assert not any(secret.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_an_override_on_a_saved_run_reaches_the_envs_copy_of_the_plug_in():
+    # config.yaml is saved resolved: env.student and env.style_judge are copies of the top-level nodes
+    from omegaconf import OmegaConf
+
+    from algorithms.cli import apply_override
+
+    student = {"_target_": "envs.students.scripted.ScriptedStudent", "noise": 0.1, "quality_check": True}
+    style = {"_target_": "envs.judges.heuristic.HeuristicStyleJudge", "quality_check": True}
+    run_cfg = OmegaConf.create({"env": {"student": dict(student), "style_judge": dict(style), "max_turns": 6},
+                                "student": dict(student), "judge": {"style": dict(style)}, "algorithm": {"lr": 1}})
+    apply_override(run_cfg, "student.quality_check", False)
+    apply_override(run_cfg, "judge.style.quality_check", False)
+    apply_override(run_cfg, "algorithm.lr", 2)
+    assert run_cfg.env.student.quality_check is False and run_cfg.student.quality_check is False
+    assert run_cfg.env.style_judge.quality_check is False and run_cfg.judge.style.quality_check is False
+    assert run_cfg.env.student.noise == 0.1 and run_cfg.algorithm.lr == 2
