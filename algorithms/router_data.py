@@ -19,7 +19,7 @@ from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.router import DEFAULT_POOLING
 from algorithms.episodes import play_episodes
 from algorithms.tasks.base import Task
-from envs.judges.pairwise import PairwiseComparison, PairwiseJudge
+from envs.judges.pairwise import PairwiseJudge
 
 
 @dataclass
@@ -143,8 +143,8 @@ def score_candidates(policy: MultiHeadPolicy, tokenizer, task: Task, examples: S
         rewards.append([float(r) for r in reward])
     batch.close()
     blend = len(selections) - 1
-    comparisons = [PairwiseComparison(e.context.get("topic", ""), e.observation, texts[d][i], texts[blend][i],
-                                      feedback[d][i], feedback[blend][i])
+    comparisons = [task.comparison(e.observation, e.context, texts[d][i], texts[blend][i], feedback[d][i],
+                                   feedback[blend][i])
                    for d in range(blend) for i, e in enumerate(examples)]
     deltas = judge.compare_batch(comparisons)
     n = len(examples)

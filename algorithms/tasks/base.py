@@ -21,7 +21,8 @@ What a task provides, in the order a trainer uses it:
 4. **The privileged prompt** (:meth:`Task.teacher_messages`): what the frozen teacher sees. It keeps
    the policy's conversation (every user and assistant message, in order) and differs only in its
    system text, which names the persona and holds the feedback (the student's reply, the critique).
-5. **Actions** (:meth:`Task.actions`): sampled text turned into valid env actions.
+5. **Actions** (:meth:`Task.actions`): sampled text turned into valid env actions; and what a
+   pairwise judge may see when two candidates from one prefix are compared (:meth:`Task.comparison`).
 6. **Per-step figures** (:meth:`Task.step_metrics`): per-turn values the trainer logs per persona.
 7. **Evaluation** (:meth:`Task.eval_options`, :meth:`Task.evaluate`): the held-out episodes, and
    the task's own report of rows of :class:`algorithms.episodes.EpisodeRecord` (one row per head,
@@ -44,6 +45,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord
+    from envs.judges.pairwise import PairwiseComparison
 
 Messages = list[dict[str, str]]
 SPLITS = ("train", "router_train", "router_val", "eval")
@@ -175,6 +177,17 @@ class Task(Protocol):
 
     def actions(self, texts: Sequence[str]) -> list[str]:
         """Sampled texts as valid env actions (e.g. an empty turn replaced by a placeholder)."""
+        ...
+
+    def comparison(self, observation: Any, context: dict[str, Any], first: str, second: str,
+                   first_feedback: str = "", second_feedback: str = "") -> PairwiseComparison:
+        """What a pairwise judge sees when two candidates written from the same prefix are compared.
+
+        The router's pairwise labels and the benchmark's win rates use a judge that must not know
+        the hidden persona. Tutoring shows the dialogue and the student's answers to both
+        candidates; the persona critic shows only the user's request and the two responses, never
+        the persona scaffold or the critiques.
+        """
         ...
 
     def step_metrics(self, texts: Sequence[str], infos: Sequence[dict]) -> dict[str, list[float]]:

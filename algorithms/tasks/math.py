@@ -31,6 +31,7 @@ from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_tab
 from envs.chat import chat_counters
 from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker
 from envs.judges.fidelity import FidelityItem
+from envs.judges.pairwise import PairwiseComparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
 
 if TYPE_CHECKING:
@@ -102,6 +103,13 @@ class MathTask:
         """``contexts`` questions of ``split``, each under every evaluation persona."""
         personas = self.persona_pool(split)
         return [{"problem": q, **self.persona_options(p)} for q in range(contexts) for p in personas]
+
+    @staticmethod
+    def comparison(observation: Messages, context: dict[str, Any], first: str, second: str,
+                   first_feedback: str = "", second_feedback: str = "") -> PairwiseComparison:
+        """The question and the two answers, without the persona's system message or the verdicts."""
+        question = str(observation[-1]["content"])
+        return PairwiseComparison(question, [{"role": "user", "content": question}], first, second)
 
     @staticmethod
     def policy_messages(observation: Messages) -> Messages:

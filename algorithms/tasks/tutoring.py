@@ -37,6 +37,7 @@ from algorithms.tasks.reporting import (
 from envs.chat import chat_counters
 from envs.data import load_tutoring_topics
 from envs.judges.base import JudgeDialogue
+from envs.judges.pairwise import PairwiseComparison
 from envs.students.quality import last_full_sentence, quality_figures
 from envs.tutoring import MAX_TURNS, TutoringBatch
 
@@ -173,6 +174,13 @@ class TutoringTask:
         """
         trim = last_full_sentence if self.trim_cut_turns else str.strip
         return [trim(text) or EMPTY_TURN for text in texts]
+
+    @staticmethod
+    def comparison(observation: Messages, context: dict[str, Any], first: str, second: str,
+                   first_feedback: str = "", second_feedback: str = "") -> PairwiseComparison:
+        """The topic, the dialogue so far, both candidate turns and the student's answer to each."""
+        return PairwiseComparison(str(context.get("topic", "")), [dict(m) for m in observation], first, second,
+                                  first_feedback, second_feedback)
 
     @staticmethod
     def step_metrics(texts: Sequence[str], infos: Sequence[dict] = ()) -> dict[str, list[float]]:

@@ -43,6 +43,7 @@ from envs.judges.pairwise import (
     PairwiseComparison,
     PairwiseJudge,
     parse_verdict,
+    question_fit,
 )
 from envs.judges.persona import (
     Q_EPS,
@@ -109,6 +110,7 @@ __all__ = [
     "HeuristicPairwiseJudge",
     "LLMPairwiseJudge",
     "PairwiseComparison",
+    "question_fit",
     "PairwiseJudge",
     "parse_verdict",
     "LABEL_SCORE",

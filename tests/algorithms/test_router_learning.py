@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 
 import algorithms.router as rl
 from agents import Router, RouterFeatures
+from algorithms.components import build_task
 from algorithms.losses import (
     bt_mixture_loss,
     hedge_router_loss,
@@ -176,6 +177,50 @@ def test_llm_pairwise_judge_randomises_order_and_maps_back():
     shown_first = ["Option A (teacher): first" in c[-1]["content"] for c in judge.client.calls[0]]
     assert 5 < sum(shown_first) < 35  # both orders were used
     assert judge.counter.calls == 40 and judge.counter.fallbacks == 0
+
+
+class SlotAClient:
+    """A judge with pure position bias: always 'A much better'."""
+
+    def __init__(self):
+        self.calls = []
+
+    def chat_json_batch(self, conversations, *, default, max_tokens=None, temperature=None):
+        self.calls.append(conversations)
+        return [JsonReply(data={"reason": "x", "verdict": "A much better"}, raw="", ok=True) for _ in conversations]
+
+
+def test_a_judge_that_always_prefers_slot_a_gives_zero_mean_label_and_a_slot_a_rate_of_one():
+    judge = judges.LLMPairwiseJudge(client=SlotAClient(), seed=0)
+    scores = judge.compare_batch([judges.PairwiseComparison("q", [], "x", "y") for _ in range(400)])
+    assert abs(sum(scores) / len(scores)) < 0.1 and set(scores) == {1.0, -1.0}  # the swap is undone
+    assert judge.slot_a_rate == 1.0
+
+
+def test_persona_comparisons_show_the_judge_the_request_only():
+    task = build_task(compose_config("opsd", "env=persona"))
+    batch = task.make_batch(1, split="router_train")
+    obs, infos = batch.reset(seed=0)
+    system = obs[0][0]["content"]
+    c = task.comparison(obs[0], infos[0], "Answer one.", "Answer two.", "critique one", "critique two")
+    assert c.topic == obs[0][-1]["content"] and c.prefix == [{"role": "user", "content": c.topic}]
+    assert not c.has_replies  # the critiques name the facet: never shown
+    client = SlotAClient()
+    judges.LLMPairwiseJudge(client=client).compare_batch([c])
+    shown = json.dumps(client.calls[0])
+    assert system not in shown and "critique" not in shown and infos[0]["label"]["persona"] not in shown.lower()
+
+
+def test_heuristic_judge_compares_fit_to_the_question_without_replies():
+    judge = judges.HeuristicPairwiseJudge()
+    question = "How do volcanoes form along tectonic plate boundaries?"
+    on_topic = "Volcanoes form where tectonic plates pull apart or dive under each other, letting magma rise."
+    off_topic = "My favourite recipe uses basil. My favourite recipe uses basil. My favourite recipe uses basil."
+    scores = judge.compare_batch([judges.PairwiseComparison(question, [], on_topic, off_topic),
+                                  judges.PairwiseComparison(question, [], off_topic, on_topic),
+                                  judges.PairwiseComparison(question, [], on_topic, on_topic)])
+    assert scores == [1.0, -1.0, 0.0]
+    assert judges.question_fit(question, off_topic) == 0.0 < judges.question_fit(question, on_topic)
 
 
 def test_llm_pairwise_judge_falls_back_to_a_tie_on_bad_replies():
