@@ -51,6 +51,7 @@ from algorithms.router_data import matched_head, route
 from algorithms.runs import json_line, write_json
 from algorithms.tasks.base import Task
 from algorithms.tasks.reporting import markdown_table, pyplot, save_figure
+from algorithms.win_rates import win_rate_markdown, win_rates
 from configs import check_top_level, register
 from configs.validation import check_types, require, structured
 
@@ -81,6 +82,9 @@ class BenchmarkConfig:
         bootstrap: Bootstrap resamples for the intervals.
         confidence: Level of the intervals.
         feature_batch_size: Prefixes per backbone forward for router features.
+        win_rates: Compare the first turn of every other row (routers, Persona-judge, rerankers)
+            with the equal blend's and each fixed head's through the ``pairwise_judge`` plug-in
+            (:mod:`algorithms.win_rates`; 000 Table 3).
         protocol: ``project`` (the defaults here) or ``paper`` (000 Section 4.2.2: up to 6 teacher
             turns per dialogue; ``benchmark_settings@benchmark=paper`` sets it with 6 turns). The
             tutoring report counts rates the paper's way under both: style rates without neutral
@@ -98,6 +102,7 @@ class BenchmarkConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     feature_batch_size: int = 8
+    win_rates: bool = True
     protocol: str = "project"
     entries: dict[str, Any] = field(default_factory=_default_entries)
 
@@ -468,6 +473,22 @@ def build_contenders(cfg: DictConfig, ctx: BenchmarkContext) -> list[Contender]:
     return contenders
 
 
+def _win_rates(cfg: DictConfig, b: BenchmarkConfig, task: Task, rows: dict[str, list[EpisodeRecord]],
+               contenders: Sequence[Contender], head_labels: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
+    """First-turn win rates of the other rows against the blend and each head (None when off or nothing to compare)."""
+    opponents = [c.label for c in contenders if c.label in head_labels or c.name == "blend"]
+    challengers = [c.label for c in contenders if c.label not in opponents and c.name != "base"]
+    if not (b.win_rates and opponents and challengers):
+        return None, ""
+    if cfg.get("pairwise_judge") is None:
+        raise ValueError("benchmark.win_rates needs a pairwise judge (pairwise_judge=heuristic|llm), or set "
+                         "benchmark.win_rates=false.")
+    judge = instantiate(cfg.pairwise_judge)
+    wins = win_rates(task, judge, rows, challengers, opponents, bootstrap=b.bootstrap, confidence=b.confidence,
+                     seed=b.seed)
+    return wins, win_rate_markdown(wins, type(judge).__name__, b.confidence)
+
+
 def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Runs every row on the same held-out episodes and writes the reports into ``out_dir``.
 
@@ -503,13 +524,14 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
     report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
+    wins, wins_md = _win_rates(cfg, b, task, rows, contenders, head_labels)
     results = {"policy": str(cfg.policy), "router": cfg.get("router"), "protocol": b.protocol,
                "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
                "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
-               "row_statistics": row_stats}
+               "row_statistics": row_stats, "win_rates": wins}
     markdown = (b.describe(len(options)) + "\n\n" + report.markdown + router_markdown(routers, policy.head_names)
-                + statistics_markdown(row_stats))
+                + statistics_markdown(row_stats) + wins_md)
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)
     if report.plot is not None:
@@ -521,7 +543,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark"))
+    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge"))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_benchmark(cfg, out_dir)
     print()

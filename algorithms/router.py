@@ -169,7 +169,8 @@ class RouterDataConfig:
         episodes: Training episodes (every persona label equally, half matched / half mismatched
             head). On tutoring 32 overfit: validation accuracy 0.875 vs 0.896 with 128.
         val_episodes: Validation episodes.
-        turns: Generated turns per episode; the prefix before each is one example.
+        turns: Generated turns per episode, at most the env's own limit (a single-turn env plays
+            one); the prefix before each is one example.
         matched_fraction: Share of episodes driven by the matched head (the rest by another head).
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature of the rollouts and the candidates.

@@ -90,18 +90,19 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
 
     The episodes cover every persona label equally (``task.eval_options`` of the split); within
     each label, ``data.matched_fraction`` of them are driven by the matched head and the rest by
-    another head, so the prefixes show both engaged and disengaged feedback.
+    another head, so the prefixes show both engaged and disengaged feedback. Episodes last
+    ``data.turns`` turns or the env's own limit, whichever is smaller (one for the persona critic).
     """
-    if data.turns > task.max_turns:
-        raise ValueError(f"data.turns={data.turns} exceeds the env's {task.max_turns} turns per episode.")
-    contexts = max(1, -(-episodes // len(task.personas)))
-    options = task.eval_options(contexts, split=split)[:episodes]
+    # eval_options(n) gives at least n episodes whether the task pairs each context with every
+    # label (tutoring) or plays each once with the labels cycling (persona critic); keep the first n
+    options = task.eval_options(max(1, episodes), split=split)[:episodes]
     personas = _option_personas(task, options, split, seed)
     names = policy.head_names
     drivers, matched = _drivers(personas, names, data.matched_fraction)
     one_hot = F.one_hot(torch.tensor(drivers), policy.num_heads).float()  # (N, K)
     records = play_episodes(policy, tokenizer, task, {"weights": one_hot}, options, driver="router-data",
-                            turns=data.turns, max_new_tokens=data.max_new_tokens, temperature=data.temperature,
+                            turns=min(data.turns, task.max_turns), max_new_tokens=data.max_new_tokens,
+                            temperature=data.temperature,
                             seed=seed, split=split, batch_size=data.gen_batch_size, keep_states=True)
     return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start, episode=i,
                           turn=t, driver=names[drivers[i]], matched=matched[i], state=r.states[t])

@@ -51,14 +51,15 @@ def trained_parameters(run_dir) -> dict[str, torch.Tensor]:
     return load_checkpoint(Path(run_dir) / CHECKPOINT)["trainable"]
 
 
-def make_tiny_run(folder: Path) -> Path:
-    """A finished-run folder for router and benchmark tests: a fresh tiny two-head policy and its config."""
+def make_tiny_run(folder: Path, env: str = "tutoring") -> Path:
+    """A finished-run folder for router and benchmark tests: a fresh tiny policy (one head per persona) and its config."""
     from omegaconf import OmegaConf
 
-    from algorithms.components import build_policy
+    from algorithms.components import build_policy, build_task
 
-    cfg = compose_config("opsd", "agent=tiny", "device=cpu")
-    policy, tokenizer, _ = build_policy(cfg, ["direct", "interactive"], "mah", torch.device("cpu"))
+    cfg = compose_config("opsd", "agent=tiny", "device=cpu", f"env={env}")
+    heads = [p.name for p in build_task(cfg).personas]
+    policy, tokenizer, _ = build_policy(cfg, heads, "mah", torch.device("cpu"))
     policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return folder

@@ -71,6 +71,11 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
         assert f"| {label} |" in table
     assert table.count("**") >= 2  # the best mean is bold
     assert "- **Persona-judge**: variant exact sampling, block 4, blocks" in table
+    wins = saved["win_rates"]["rates"]
+    assert set(wins) == {"Persona-judge", "Router", "Online router"}
+    assert set(wins["Router"]) == {"always-DIRECT", "always-INTERACTIVE", "Equal blend"}
+    assert all(0 <= r["value"] <= 1 and r["n"] == 8 for row in wins.values() for r in row.values())
+    assert "| Policy | vs always-DIRECT | vs always-INTERACTIVE | vs Equal blend |" in table
     assert results["markdown"] == table
 
 
@@ -85,6 +90,25 @@ def test_without_a_router_the_router_rows_are_skipped_and_rows_come_from_config(
     assert mix["mean_weights"] == pytest.approx({"direct": 0.25, "interactive": 0.75})
     assert mix["accuracy"] == pytest.approx(0.5)  # argmax is always 'interactive': right for half the students
     assert (tmp_path / "router_weights.png").is_file()
+
+
+def test_persona_router_and_benchmark_on_the_tiny_model_write_every_report(tmp_path):
+    run = make_tiny_run(tmp_path / "run", env="persona")
+    rcfg = compose_config("router", "env=persona", f"policy={run}", "router.method=pairwise", "router.hidden_dim=16",
+                          "router.num_layers=2", "router.epochs=2", "data.episodes=5", "data.val_episodes=5",
+                          "data.max_new_tokens=4", "device=cpu")
+    summary = rl.train(rcfg, tmp_path / "router")
+    assert summary["train_prefixes"] == 5 and "preference" in summary["val"]  # one turn per persona episode
+    cfg = compose_config("benchmark", "env=persona", f"policy={run}", f"router={tmp_path / 'router'}",
+                         "benchmark.contexts=5", "benchmark.turns=1", "benchmark.max_new_tokens=4",
+                         "benchmark.bootstrap=20", "device=cpu")
+    results = bm.run_benchmark(cfg, tmp_path / "bench")
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png", "router_weights.png", "episodes.jsonl"):
+        assert (tmp_path / "bench" / name).is_file(), name
+    wins = results["win_rates"]["rates"]["Router"]
+    assert len(wins) == 6 and all(r["n"] == 5 for r in wins.values())  # the blend and the five facet heads
+    assert results["routers"]["Router"]["entropy"] >= 0
+    assert "Persona-judge" in results["rows"] and "vs Equal blend" in results["markdown"]
 
 
 class FixedMix:
