@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from agents.sampling import drop_ended
+
 
 @dataclass
 class DraftJudgeStats:
@@ -179,13 +181,10 @@ class DraftJudge:
             in_block[active] = torch.where(ended, 0, in_block[active] + 1)
             block_index[active] += ended.long()
             steps = t + 1
-            going = ~torch.isin(chosen, eos)
-            if not going.any():
+            kept = drop_ended(cache, chosen, eos, (active, mask, chosen))
+            if kept is None:
                 break
-            if not going.all():
-                keep = going.nonzero(as_tuple=True)[0]
-                cache.batch_select_indices(keep)
-                active, mask, chosen = active[keep], mask[keep], chosen[keep]
+            (active, mask, chosen), _ = kept
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             if t + 1 < max_new_tokens:
                 out = decoder(input_ids=chosen[:, None], attention_mask=mask,

@@ -37,6 +37,23 @@ def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, 
     return processors
 
 
+def drop_ended(cache, chosen: torch.Tensor, eos: torch.Tensor,
+               rows: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool] | None:
+    """Removes the rows that ``chosen`` ended (an end-of-sequence token) from the KV cache and from ``rows``.
+
+    Returns:
+        None when every row has ended, else ``(rows narrowed to the live ones, whether any left)``.
+    """
+    going = ~torch.isin(chosen, eos)
+    if not going.any():
+        return None
+    if going.all():
+        return list(rows), False
+    keep = going.nonzero(as_tuple=True)[0]
+    cache.batch_select_indices(keep)
+    return [r[keep] for r in rows], True
+
+
 @torch.no_grad()
 def sample_dropping_finished(
     model,
@@ -97,15 +114,12 @@ def sample_dropping_finished(
         tokens[active, t] = chosen
         logprobs[active, t] = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
         steps = t + 1
-        going = ~torch.isin(chosen, eos)
-        if not going.any():
+        kept = drop_ended(cache, chosen, eos, (active, mask, sequences, chosen))
+        if kept is None:
             break
-        if not going.all():
-            keep = going.nonzero(as_tuple=True)[0]
-            cache.batch_select_indices(keep)
-            active, mask, sequences, chosen = active[keep], mask[keep], sequences[keep], chosen[keep]
-            if on_rows is not None:
-                on_rows(active)
+        (active, mask, sequences, chosen), shrunk = kept
+        if shrunk and on_rows is not None:
+            on_rows(active)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         sequences = torch.cat([sequences, chosen[:, None]], dim=1)
         if t + 1 < max_new_tokens:
