@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -49,9 +48,11 @@ from tqdm.auto import tqdm
 
 from agents import RouterFeatures
 from agents.models import resolve_device
+from agents.sampling import sample_dropping_finished
+from algorithms.benchmark import Contender
 from algorithms.components import build_task
 from algorithms.losses import bt_mixture_loss, hedge_targets, soft_cross_entropy
-from algorithms.router import load_run
+from algorithms.router import budget_indices, load_run
 from algorithms.runs import write_json
 from algorithms.tasks.reporting import markdown_table
 from configs import check_top_level, register
@@ -233,13 +234,8 @@ def fit_stage2(model: MixtureReward, pairs: PreferencePairs, settings: MicroConf
 
 
 def per_label_budget(pairs: PreferencePairs, budget: int, seed: int) -> PreferencePairs:
-    """At most ``budget`` pairs per persona label, drawn without replacement."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in pairs.persona.unique().tolist():
-        idx = (pairs.persona == label).nonzero(as_tuple=True)[0].numpy()
-        keep += rng.permutation(idx)[:budget].tolist()
-    return pairs.subset(torch.tensor(sorted(keep), dtype=torch.long))
+    """At most ``budget`` pairs per persona label, drawn without replacement (as ``router.budget_indices``)."""
+    return pairs.subset(torch.tensor(budget_indices(pairs.persona.tolist(), budget, seed), dtype=torch.long))
 
 
 @torch.no_grad()
@@ -287,8 +283,6 @@ class BestOfN:
                min_new_tokens: int, temperature: float, eos_ids: Sequence[int],
                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples one candidate per source for every prompt and keeps the best-scored one."""
-        from agents.sampling import sample_dropping_finished
-
         selections = [{"head": d} for d in range(policy.num_heads)] + [{}]
         outputs = []
         for selection in selections:
@@ -334,8 +328,6 @@ class MicroRerank:
 
     def build(self, ctx) -> list:
         """One row decoded by :class:`BestOfN`."""
-        from algorithms.benchmark import Contender
-
         folder = Path(self.path)
         reward = MixtureReward.from_pretrained(folder / "reward" if (folder / "reward").is_dir() else folder)
         if reward.hparams["input_dim"] != ctx.policy.config.hidden_size:

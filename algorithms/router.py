@@ -265,16 +265,21 @@ def method_loss(method: str, out, batch: RouterData, rc: RouterConfig) -> torch.
     return hedge_router_loss(out.logits, batch.head_losses, rc.hedge_tau)  # prior: the router's own weights
 
 
+def budget_indices(labels: Sequence[Any], budget: int, seed: int) -> list[int]:
+    """Indices of at most ``budget`` items per label, drawn without replacement, in their original order."""
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in dict.fromkeys(labels):
+        idx = [i for i, x in enumerate(labels) if x == label]
+        kept += [int(i) for i in rng.permutation(idx)[:budget]]
+    return sorted(kept)
+
+
 def within_budget(examples: Sequence[PrefixExample], budget: int | None, seed: int) -> list[PrefixExample]:
     """At most ``budget`` examples per persona label, drawn without replacement (all when ``budget`` is None)."""
     if budget is None:
         return list(examples)
-    rng = np.random.default_rng(seed)
-    kept = []
-    for persona in dict.fromkeys(e.persona for e in examples):
-        idx = [i for i, e in enumerate(examples) if e.persona == persona]
-        kept += [int(i) for i in rng.permutation(idx)[:budget]]
-    return [examples[i] for i in sorted(kept)]
+    return [examples[i] for i in budget_indices([e.persona for e in examples], budget, seed)]
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import numpy as np
 
 from algorithms.episodes import EpisodeRecord
 from algorithms.tasks.base import Task
-from algorithms.tasks.reporting import cell, estimate, markdown_table
+from algorithms.tasks.reporting import cell, markdown_table, ratio_estimate
 
 
 def win_scores(preferences: Sequence[float]) -> np.ndarray:
@@ -57,9 +57,7 @@ def win_rates(task: Task, judge: Any, rows: dict[str, list[EpisodeRecord]], chal
             prefs = first_turn_preferences(task, judge, rows[name], rows[other])
             scores = win_scores(prefs)
             n = len(scores)
-            reps = (np.array([scores[rng.integers(0, n, n)].mean() for _ in range(bootstrap)]) if n
-                    else np.array([]))
-            est = estimate(float(scores.mean()) if n else float("nan"), reps, n, confidence)
+            est, _ = ratio_estimate(scores, np.ones(n), samples=bootstrap, confidence=confidence, rng=rng)
             rates[name][other] = {"value": est.value, "low": est.low, "high": est.high, "n": n,
                                   "decisive": float(np.mean(np.abs(prefs) >= 0.5)) if n else float("nan")}
     slot = getattr(judge, "slot_a_rate", None)

@@ -31,7 +31,7 @@ from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_tab
 from envs.chat import chat_counters
 from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker
 from envs.judges.fidelity import FidelityItem
-from envs.judges.pairwise import PairwiseComparison
+from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
 
 if TYPE_CHECKING:
@@ -108,8 +108,7 @@ class MathTask:
     def comparison(observation: Messages, context: dict[str, Any], first: str, second: str,
                    first_feedback: str = "", second_feedback: str = "") -> PairwiseComparison:
         """The question and the two answers, without the persona's system message or the verdicts."""
-        question = str(observation[-1]["content"])
-        return PairwiseComparison(question, [{"role": "user", "content": question}], first, second)
+        return question_comparison(observation, first, second)
 
     @staticmethod
     def policy_messages(observation: Messages) -> Messages:

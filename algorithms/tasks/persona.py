@@ -25,7 +25,7 @@ from algorithms.tasks.base import EvalReport, Messages, Persona
 from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure
 from envs.chat import chat_counters
 from envs.data.persona import FACET_LABELS, FACETS, PersonaRecord, load_split
-from envs.judges.pairwise import PairwiseComparison
+from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.judges.persona import ResponseQuery, delta_diag, diag_wins, q_own
 from envs.persona import PersonaCriticBatch, teacher_messages
 
@@ -116,8 +116,7 @@ class PersonaTask:
     def comparison(observation: Messages, context: dict[str, Any], first: str, second: str,
                    first_feedback: str = "", second_feedback: str = "") -> PairwiseComparison:
         """The user's request and the two responses only: no persona scaffold, no critique (000 App. B.5)."""
-        request = str(observation[-1]["content"])
-        return PairwiseComparison(request, [{"role": "user", "content": request}], first, second)
+        return question_comparison(observation, first, second)
 
     @staticmethod
     def step_metrics(texts: Sequence[str], infos: Sequence[dict]) -> dict[str, list[float]]:

@@ -60,6 +60,12 @@ class PairwiseComparison:
         return bool(self.first_reply or self.second_reply)
 
 
+def question_comparison(observation: Messages, first: str, second: str) -> PairwiseComparison:
+    """A comparison that shows only the last message (the question) and the two answers: no system text, no feedback."""
+    question = str(observation[-1]["content"])
+    return PairwiseComparison(question, [{"role": "user", "content": question}], first, second)
+
+
 def question_fit(question: str, response: str) -> float:
     """Offline proxy of how well a response takes up a question, in [0, 1].
 

@@ -130,3 +130,16 @@ def test_missing_inputs_get_clear_errors(candidates_run, tmp_path):
     (tmp_path / "data.jsonl").write_text(json.dumps({"split": "train", "candidates": None, "head_scores": None}) + "\n")
     with pytest.raises(ValueError, match="router.method=pairwise"):
         mc.load_candidates(tmp_path)
+
+
+def test_bad_settings_are_refused_with_the_key_named():
+    from configs.validation import ConfigError
+
+    with pytest.raises(ConfigError, match="micro.num_heads"):
+        mc.MicroConfig(num_heads=0)
+    with pytest.raises(ConfigError, match="micro.tau"):
+        mc.MicroConfig(tau=0.0)
+    with pytest.raises(ConfigError, match="router.budget"):
+        import algorithms.router as rl
+
+        rl.RouterConfig(budget=0)

@@ -48,3 +48,10 @@ def test_rows_from_different_episodes_are_refused():
     b[0].options = {"topic": "other"}
     with pytest.raises(ValueError, match="same episodes"):
         first_turn_preferences(task, LengthJudge(), a, b)
+
+
+def test_heuristic_judge_refuses_margins_out_of_order():
+    from envs.judges import HeuristicPairwiseJudge
+
+    with pytest.raises(ValueError, match="tie_margin <= clear_margin"):
+        HeuristicPairwiseJudge(tie_margin=0.5, clear_margin=0.1)
