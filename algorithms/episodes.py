@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agents import generate
 from agents.generation import GenerationOutput
@@ -160,7 +161,7 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
     records = [EpisodeRecord(driver, dict(o), dict(info["label"]), dict(info), token_limit=max_new_tokens)
                for o, info in zip(options, infos)]
     active = np.ones(len(records), dtype=bool)
-    for turn in range(min(turns, task.max_turns)):
+    for turn in tqdm(range(min(turns, task.max_turns)), desc=driver, unit="turn", leave=False):
         if not active.all():  # single-turn envs end after one step; others never end early here
             break
         selection = selector(observations, turn) if callable(selector) else dict(selector)

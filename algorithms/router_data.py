@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.router import DEFAULT_POOLING
@@ -133,7 +134,7 @@ def score_candidates(policy: MultiHeadPolicy, tokenizer, task: Task, examples: S
     selections = [{"head": d} for d in range(policy.num_heads)] + [{}]  # the heads, then the equal blend
     batch = task.make_batch(len(examples), split=split)
     texts, feedback, rewards = [], [], []
-    for s, selection in enumerate(selections):
+    for s, selection in enumerate(tqdm(selections, desc="router candidates", unit="writer", leave=False)):
         out = generate(policy, tokenizer, prompts, max_new_tokens=data.max_new_tokens, temperature=data.temperature,
                        seed=seed * 104729 + s, batch_size=data.gen_batch_size, **selection)
         actions = task.actions(out.texts)
