@@ -116,10 +116,13 @@ class BenchmarkConfig:
         if self.protocol == "paper":
             require(self.turns <= 6, "benchmark.turns", self.turns, "must be at most 6 under the paper's protocol")
 
-    def describe(self, episodes: int) -> str:
-        """One line for the report: the protocol and the episodes."""
+    def describe(self, episodes: int, max_turns: int) -> str:
+        """One line for the report: the protocol, the episodes and the turns actually played."""
+        turns = min(self.turns, max_turns)
+        capped = f" (the env's limit; benchmark.turns={self.turns})" if turns < self.turns else ""
         return (f"Protocol: {self.protocol} ({PROTOCOLS[self.protocol]}). {episodes} held-out episodes per row "
-                f"({self.contexts} contexts x every persona label), {self.turns} generated turns each.")
+                f"(benchmark.contexts={self.contexts}, every persona label), {turns} generated "
+                f"turn{'s' if turns != 1 else ''} each{capped}.")
 
 
 PROTOCOLS = {
@@ -190,6 +193,7 @@ class Contender:
         mixes: Whether it picks per-episode head weights (router statistics are reported).
         statistics: Called once the row has played; its figures go to ``benchmark.json`` and
             ``benchmark.md`` (e.g. tokens accepted per draft/judge block).
+        base: Whether it is the untrained base model (the task's report measures the heads against it).
     """
 
     name: str
@@ -199,6 +203,7 @@ class Contender:
     tokenizer: Any = None
     mixes: bool = False
     statistics: Callable[[], dict[str, Any]] | None = None
+    base: bool = False
 
 
 class BaseModel:
@@ -213,7 +218,8 @@ class BaseModel:
             raise ValueError("The base-model row needs the OPSD run's config.yaml (agent node) next to policy/.")
         backbone = agent_config(ctx.run_cfg).load(ctx.device)
         backbone.tokenizer.padding_side = "left"
-        return [Contender(self.name, self.label, {}, model=backbone.model.eval(), tokenizer=backbone.tokenizer)]
+        return [Contender(self.name, self.label, {}, model=backbone.model.eval(), tokenizer=backbone.tokenizer,
+                          base=True)]
 
 
 class FixedHeads:
@@ -353,7 +359,10 @@ class OnlineRouter:
         self.lr, self.floor, self.path, self.label, self.name = lr, floor, path, label, name
 
     def build(self, ctx: BenchmarkContext) -> list[Contender]:
-        """One row driven by the router plus per-turn Hedge steps (none when no router is given)."""
+        """One row driven by the router plus per-turn Hedge steps (none without a router or a second turn)."""
+        if ctx.task.max_turns < 2:
+            print(f"[benchmark] single-turn env: skipping '{self.label}' (its Hedge steps act from the second turn)")
+            return []
         router = ctx.router(self.path)
         if router is None:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
@@ -512,7 +521,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     row_stats: dict[str, dict[str, Any]] = {}
     with (out_dir / "episodes.jsonl").open("w") as episodes:
         for c in contenders:
-            print(f"[benchmark] {c.label}: {len(options)} episodes, {b.turns} turns")
+            print(f"[benchmark] {c.label}: {len(options)} episodes, {min(b.turns, task.max_turns)} turns")
             records = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector, options,
                                     driver=c.name, turns=b.turns, max_new_tokens=b.max_new_tokens,
                                     temperature=b.temperature, seed=b.seed)
@@ -523,15 +532,17 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                 row_stats[c.label] = c.statistics()
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
-    report = task.evaluate(rows, heads=head_labels, bootstrap=b.bootstrap, confidence=b.confidence, seed=b.seed)
+    base = next((c.label for c in contenders if c.base), None)
+    report = task.evaluate(rows, heads=head_labels, base=base, bootstrap=b.bootstrap, confidence=b.confidence,
+                           seed=b.seed)
     wins, wins_md = _win_rates(cfg, b, task, rows, contenders, head_labels)
     results = {"policy": str(cfg.policy), "router": cfg.get("router"), "protocol": b.protocol,
                "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
                "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
                "row_statistics": row_stats, "win_rates": wins}
-    markdown = (b.describe(len(options)) + "\n\n" + report.markdown + router_markdown(routers, policy.head_names)
-                + statistics_markdown(row_stats) + wins_md)
+    markdown = (b.describe(len(options), task.max_turns) + "\n\n" + report.markdown
+                + router_markdown(routers, policy.head_names) + statistics_markdown(row_stats) + wins_md)
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)
     if report.plot is not None:

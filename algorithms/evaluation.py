@@ -86,8 +86,8 @@ def evaluate_policy(policy, tokenizer, task: Task, settings: Any, out_dir: str |
     out_dir = Path(out_dir)
     rows = play_rows(policy, tokenizer, task, settings, head_for_persona=head_for_persona, base=base)
     heads = list(head_rows(policy, head_for_persona))
-    report = task.evaluate(rows, heads=heads, bootstrap=settings.bootstrap, confidence=settings.confidence,
-                           seed=settings.seed)
+    report = task.evaluate(rows, heads=heads, base="base" if "base" in rows else None,
+                           bootstrap=settings.bootstrap, confidence=settings.confidence, seed=settings.seed)
     write_json(out_dir / "eval.json", {"report": report.metrics,
                                        "records": [r.to_json() for records in rows.values() for r in records]})
     (out_dir / "eval.md").write_text(report.markdown)

@@ -509,7 +509,8 @@ def _main(cfg: DictConfig) -> None:
     print(f"[router] epoch {summary['best_epoch']} kept (by {summary['select_by']}): val accuracy "
           f"{val['accuracy']:.3f}, at turn 1 {val['accuracy_turn1']:.3f}, entropy {val['entropy']:.3f}"
           + (f", expected preference {val['preference']:+.3f}" if "preference" in val else ""))
-    print(f"[router] wall {summary['wall_s']} s; benchmark it with: python -m algorithms.benchmark env=tutoring "
+    env = HydraConfig.get().runtime.choices.get("env", "<env>")
+    print(f"[router] wall {summary['wall_s']} s; benchmark it with: python -m algorithms.benchmark env={env} "
           f"policy={summary['policy']} router={out_dir}")
 
 

@@ -194,14 +194,17 @@ class Task(Protocol):
         """Per-turn figures the trainer averages per persona and logs under ``env/`` (may be empty)."""
         ...
 
-    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str]) -> EvalReport:
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str],
+                 base: str | None = None) -> EvalReport:
         """The task's report on evaluation rows.
 
         Args:
             rows: Row name -> the records its driver produced on :meth:`eval_options` episodes.
-                Rows ``head_<persona name>`` are single heads; other rows (``blend``, ``base``,
-                ``router``...) are compared with them.
+                The names are display names (the evaluation uses ``head_<persona>``, ``blend``,
+                ``base``; the benchmark its row labels), so a task reads roles from ``heads`` and
+                ``base``, never from a name.
             heads: The row names that are the policy's heads, in persona order.
+            base: The row name of the untrained base model, when there is one.
         """
         ...
 

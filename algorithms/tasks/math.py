@@ -179,8 +179,8 @@ class MathTask:
                 "format": float(np.mean([has_final_marker(r.actions[0]) for r in records])),
                 "fidelity": self._fidelity(records, seed)}
 
-    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], base: str | None = None,
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> EvalReport:
         """Accuracy per evaluation persona, PSS and fidelity for every row."""
         results = {name: self._row(records, bootstrap, confidence, seed) for name, records in rows.items()}
         metrics = {"rows": results, "heads": list(heads), "confidence": confidence,

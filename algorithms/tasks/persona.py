@@ -147,8 +147,8 @@ class PersonaTask:
             q[name][i, j] = judgement.q
         return q
 
-    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], base: str | None = None,
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> EvalReport:
         """The Q matrix (rows x judging facets) and, for the heads, Q_own, Delta_base and Delta_diag."""
         q = self.judge_rows(rows)
         n = min((len(v) for v in q.values()), default=0)
@@ -174,10 +174,10 @@ class PersonaTask:
             aggregates["q_own"] = interval(lambda idx: q_own(block[idx].mean(0)))
             aggregates["delta_diag"] = interval(lambda idx: delta_diag(block[idx].mean(0)))
             aggregates["diagonal_is_row_max"] = [bool(np.argmax(block.mean(0)[i]) == i) for i in range(len(FACETS))]
-            if "base" in q:
-                base = q["base"]
-                aggregates["delta_base"] = interval(lambda idx: q_own(block[idx].mean(0)) - base[idx].mean())
-        metrics = {"facets": list(FACETS), "heads": head_rows, "rows": matrix, "aggregates": aggregates,
+            if base in q:
+                base_q = q[base]
+                aggregates["delta_base"] = interval(lambda idx: q_own(block[idx].mean(0)) - base_q[idx].mean())
+        metrics = {"facets": list(FACETS), "heads": head_rows, "base": base, "rows": matrix, "aggregates": aggregates,
                    "confidence": confidence, "prompts": n}
         scalars = {f"q/{name}/{f}": cells[f]["value"] for name, cells in matrix.items() for f in FACETS + ("mean",)}
         scalars.update({k: v["value"] for k, v in aggregates.items() if isinstance(v, dict)})
@@ -192,7 +192,7 @@ class PersonaTask:
                  "a head's own facet in bold:", ""]
         table = []
         for name, cells in rows.items():
-            own = name[len("head_"):] if name.startswith("head_") else None
+            own = facets[metrics["heads"].index(name)] if name in metrics["heads"] else None
             table.append([name] + [f"**{fmt(cells[f]['value'], 3)}**" if f == own else fmt(cells[f]["value"], 3)
                                    for f in facets]
                          + [f"{fmt(cells['mean']['value'], 3)} [{fmt(cells['mean']['low'], 3)}, "

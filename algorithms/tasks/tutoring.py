@@ -193,8 +193,8 @@ class TutoringTask:
 
     # ---- the report ---------------------------------------------------------------------
 
-    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], bootstrap: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> EvalReport:
+    def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], base: str | None = None,
+                 bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> EvalReport:
         """Questions per turn, the style matrix and satisfaction by student type for every row."""
         if self.style_judge is None:
             raise ValueError("The tutoring report needs a style judge (judge.style in the config).")

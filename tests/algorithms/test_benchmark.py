@@ -100,9 +100,14 @@ def test_persona_router_and_benchmark_on_the_tiny_model_write_every_report(tmp_p
     summary = rl.train(rcfg, tmp_path / "router")
     assert summary["train_prefixes"] == 5 and "preference" in summary["val"]  # one turn per persona episode
     cfg = compose_config("benchmark", "env=persona", f"policy={run}", f"router={tmp_path / 'router'}",
-                         "benchmark.contexts=5", "benchmark.turns=1", "benchmark.max_new_tokens=4",
+                         "benchmark.contexts=5", "benchmark.turns=3", "benchmark.max_new_tokens=4",
                          "benchmark.bootstrap=20", "device=cpu")
     results = bm.run_benchmark(cfg, tmp_path / "bench")
+    assert "1 generated turn each (the env's limit; benchmark.turns=3)" in results["markdown"]
+    assert "Online router" not in results["rows"]  # its Hedge steps need a second turn
+    aggregates = results["report"]["aggregates"]
+    assert results["report"]["base"] == "Base model" and "delta_base" in aggregates  # roles, not row names
+    assert results["markdown"].count("| **") == 5  # each facet head's own cell of the Q table in bold
     for name in ("benchmark.json", "benchmark.md", "benchmark.png", "router_weights.png", "episodes.jsonl"):
         assert (tmp_path / "bench" / name).is_file(), name
     wins = results["win_rates"]["rates"]["Router"]
