@@ -244,18 +244,19 @@ def pairwise_accuracy(model: MixtureReward, pairs: PreferencePairs, labels: Sequ
 
     ``routed`` thresholds the mixture probability ``sum_k f_k sigma(margin_k)`` at 0.5; ``per_head``
     gives each head's own accuracy (``sigma(margin_k) > 0.5``), from which an oracle picks the best
-    head per label.
+    head per label; ``count`` is the number of pairs per label.
     """
     margins = pairs.margins(model)  # (N, K)
     weights = torch.softmax(model.router_logits(pairs.context), -1)
     routed = ((weights * torch.sigmoid(margins)).sum(-1) > 0.5).float()
     heads = (margins > 0).float()
-    out: dict[str, Any] = {"routed": {}, "per_head": {}}
+    out: dict[str, Any] = {"routed": {}, "per_head": {}, "count": {}}
     for i, label in enumerate(labels):
         mask = pairs.persona == i
         if mask.any():
             out["routed"][label] = float(routed[mask].mean())
             out["per_head"][label] = heads[mask].mean(0).tolist()
+            out["count"][label] = int(mask.sum())
     out["routed"]["all"] = float(routed.mean()) if len(pairs) else float("nan")
     return out
 
@@ -417,6 +418,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     acc = {name: pairwise_accuracy(m, val_pairs, labels) for name, m in
            (("single", single), ("static", static), ("stage1", stage1), ("stage2", stage2))}
     best = {label: max(acc["stage1"]["per_head"].get(label, [float("nan")])) for label in labels}
+    counts_per_label = acc["stage1"]["count"]
+    if counts_per_label:  # the oracle over all pairs: each label's pairs scored by that label's best head
+        best["all"] = sum(best[label] * n for label, n in counts_per_label.items()) / sum(counts_per_label.values())
     results = {"Single Bradley-Terry head": acc["single"]["routed"], "Static mixture": acc["static"]["routed"],
                "Best Stage-1 head per label (oracle)": best, "MiCRo, Stage 1": acc["stage1"]["routed"],
                "MiCRo, Stage 2 (Hedge, budget)": acc["stage2"]["routed"]}

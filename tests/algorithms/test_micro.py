@@ -111,7 +111,9 @@ def test_micro_run_writes_the_report_and_its_reward_model_drives_a_benchmark_row
                                         "Best Stage-1 head per label (oracle)", "MiCRo, Stage 1",
                                         "MiCRo, Stage 2 (Hedge, budget)"}
     table = (tmp_path / "micro" / "micro.md").read_text()
-    assert "| Model | direct | interactive | all |" in table
+    assert "| Model | direct | interactive | all |" in table and "nan" not in table
+    oracle = summary["accuracy"]["Best Stage-1 head per label (oracle)"]
+    assert min(oracle["direct"], oracle["interactive"]) <= oracle["all"] <= max(oracle["direct"], oracle["interactive"])
     bench = compose_config("benchmark", f"policy={run}", "benchmark.contexts=1", "benchmark.turns=1",
                            "benchmark.max_new_tokens=4", "benchmark.bootstrap=20", "device=cpu",
                            "benchmark.entries.base=null", "benchmark.entries.persona_judge=null",
