@@ -26,6 +26,7 @@ import yaml
 from algorithms.runs import read_history
 from algorithms.tasks.reporting import fmt, markdown_table, pyplot, save_figure
 
+LOWER_IS_BETTER = ("*degenerate*", "*cut_at_limit*")  # figures whose best point is their minimum
 DEFAULT_METRICS = ("questions_per_turn/*", "style/*", "satisfaction/*/mean", "quality/*/degenerate_share",
                    "q/*", "q_own", "delta_diag", "pss/*", "lottery/*/mean")
 
@@ -63,7 +64,10 @@ def curve_series(history: list[dict[str, Any]], patterns: tuple[str, ...]) -> di
 
 
 def tabulate(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...]) -> str:
-    """The markdown table: one column per variant, one row per figure (last value, best step)."""
+    """The markdown table: one column per variant, one row per figure (last value, best step).
+
+    The best point is the largest value, or the smallest for the figures in ``LOWER_IS_BETTER``.
+    """
     series = {name: curve_series(history, patterns) for name, history in variants.items()}
     metrics = sorted({m for s in series.values() for m in s})
     rows = []
@@ -74,7 +78,8 @@ def tabulate(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...
             if not points:
                 cells.append("n/a")
                 continue
-            best = max(points, key=lambda p: p[1])
+            lower = any(fnmatch.fnmatch(metric, p) for p in LOWER_IS_BETTER)
+            best = (min if lower else max)(points, key=lambda p: p[1])
             cells.append(f"{fmt(points[-1][1], 3)} (best {fmt(best[1], 3)} @ {best[0]})")
         rows.append([metric] + cells)
     steps = [str(h[-1]["step"]) if h else "0" for h in variants.values()]

@@ -29,6 +29,9 @@ def test_sweep_tabulates_the_last_and_best_curve_points_of_every_variant(tmp_pat
     line = next(row for row in table.splitlines() if row.startswith("| questions_per_turn/direct"))
     assert "0.300 (best 0.300 @ 10)" in line and "0.200 (best 0.500 @ 5)" in line
     assert "style/x" not in table and "| steps | 10 | 10 |" in table
+    lower = sweep.tabulate({"a": [{"step": 5, "curve/quality/h/degenerate_share": 0.4},
+                                  {"step": 10, "curve/quality/h/degenerate_share": 0.1}]}, ("quality/*",))
+    assert "0.100 (best 0.100 @ 10)" in lower  # a lower-is-better figure's best point is its minimum
     assert "| training minutes (rollouts + updates) | 1.0 | 1.0 |" in table
     monkeypatch.setattr(sys, "argv", ["sweep", str(tmp_path), "--metrics", "questions_per_turn/*"])
     sweep.main()
