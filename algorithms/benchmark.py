@@ -116,9 +116,8 @@ class BenchmarkConfig:
         if self.protocol == "paper":
             require(self.turns <= 6, "benchmark.turns", self.turns, "must be at most 6 under the paper's protocol")
 
-    def describe(self, episodes: int, max_turns: int) -> str:
-        """One line for the report: the protocol, the episodes and the turns actually played."""
-        turns = min(self.turns, max_turns)
+    def describe(self, episodes: int, turns: int) -> str:
+        """One line for the report: the protocol, the episodes and the turns actually played (``turns``)."""
         capped = f" (the env's limit; benchmark.turns={self.turns})" if turns < self.turns else ""
         return (f"Protocol: {self.protocol} ({PROTOCOLS[self.protocol]}). {episodes} held-out episodes per row "
                 f"(benchmark.contexts={self.contexts}, every persona label), {turns} generated "
@@ -519,11 +518,12 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
     row_stats: dict[str, dict[str, Any]] = {}
+    turns = min(b.turns, task.max_turns)  # what play_episodes plays
     with (out_dir / "episodes.jsonl").open("w") as episodes:
         for c in contenders:
-            print(f"[benchmark] {c.label}: {len(options)} episodes, {min(b.turns, task.max_turns)} turns")
+            print(f"[benchmark] {c.label}: {len(options)} episodes, {turns} turns")
             records = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector, options,
-                                    driver=c.name, turns=b.turns, max_new_tokens=b.max_new_tokens,
+                                    driver=c.name, turns=turns, max_new_tokens=b.max_new_tokens,
                                     temperature=b.temperature, seed=b.seed)
             rows[c.label] = records
             if c.mixes:
@@ -541,7 +541,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
                "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
                "row_statistics": row_stats, "win_rates": wins}
-    markdown = (b.describe(len(options), task.max_turns) + "\n\n" + report.markdown
+    markdown = (b.describe(len(options), turns) + "\n\n" + report.markdown
                 + router_markdown(routers, policy.head_names) + statistics_markdown(row_stats) + wins_md)
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)

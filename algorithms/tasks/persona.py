@@ -235,8 +235,8 @@ def compare_runs(reports: dict[str, dict[str, Any]]) -> str:
          + [f"{sum(r['aggregates']['diagonal_is_row_max'])}/5" if r["aggregates"] else "n/a",
             fmt(next((c["mean"]["value"] for n, c in r["rows"].items() if n == "head_shared"), float("nan")), 3)]
          for label, r in reports.items()])
-    diagonals = {label: [r["rows"][f"head_{f}"][f]["value"] for f in FACETS] for label, r in reports.items()
-                 if r["heads"]}
+    diagonals = {label: [r["rows"][h][f]["value"] for h, f in zip(r["heads"], FACETS)]
+                 for label, r in reports.items() if r["heads"]}
     lines += ["", "Own-facet Q of each head (MT-OPSD: its single head under each facet):", ""]
     single = {label: [r["rows"]["head_shared"][f]["value"] for f in FACETS] for label, r in reports.items()
               if "head_shared" in r["rows"]}
