@@ -39,6 +39,8 @@ input. Everything goes through the task contract (:mod:`algorithms.router_data`)
 
 Outputs in the run folder: ``router/`` (the router), ``summary.json``, ``history.jsonl``,
 ``data.jsonl`` (the prefixes with their labels and candidate scores), ``config.yaml`` and ``tb/``.
+``prefixes=<earlier router run>`` fits on that run's saved prefixes instead of playing episodes
+again (same ``policy=``), e.g. to try other ``router.features`` in a few minutes.
 """
 
 from __future__ import annotations
@@ -72,7 +74,14 @@ from algorithms.losses import (
     soft_cross_entropy,
     weight_entropy,
 )
-from algorithms.router_data import PrefixExample, collect_prefixes, matched_head, prefix_features, score_candidates
+from algorithms.router_data import (
+    PrefixExample,
+    collect_prefixes,
+    load_prefixes,
+    matched_head,
+    prefix_features,
+    score_candidates,
+)
 from algorithms.runs import json_line, write_json
 from configs import check_top_level, register
 from configs.validation import check_types, require, require_choice, structured
@@ -436,13 +445,16 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas
 
     stamp = time.perf_counter()
-    train_ex = collect_prefixes(policy, tokenizer, task, data, split="router_train", episodes=data.episodes,
-                                seed=cfg.seed * 1_000_003 + 1)
-    val_ex = collect_prefixes(policy, tokenizer, task, data, split="router_val", episodes=data.val_episodes,
-                              seed=cfg.seed * 1_000_003 + 500_009)
+    if cfg.get("prefixes"):  # an earlier run's prefixes (and candidates): no episodes are played
+        train_ex, val_ex = load_prefixes(cfg.prefixes, policy=cfg.policy, needs_candidates=rc.needs_candidates)
+    else:
+        train_ex = collect_prefixes(policy, tokenizer, task, data, split="router_train", episodes=data.episodes,
+                                    seed=cfg.seed * 1_000_003 + 1)
+        val_ex = collect_prefixes(policy, tokenizer, task, data, split="router_val", episodes=data.val_episodes,
+                                  seed=cfg.seed * 1_000_003 + 500_009)
     train_ex = within_budget(train_ex, rc.budget, seed=cfg.seed * 7 + 3)
     judge_counter = None
-    if rc.needs_candidates:
+    if rc.needs_candidates and not cfg.get("prefixes"):
         judge = instantiate(cfg.pairwise_judge)
         score_candidates(policy, tokenizer, task, train_ex, judge, data, split="router_train", seed=cfg.seed * 31 + 1)
         score_candidates(policy, tokenizer, task, val_ex, judge, data, split="router_val", seed=cfg.seed * 31 + 2)
@@ -501,7 +513,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="router")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "data"))
+    check_top_level(cfg, ("seed", "device", "env", "policy", "prefixes", "router", "data"))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = train(cfg, out_dir)
     val = summary["val"]

@@ -8,8 +8,10 @@ student's reply and the satisfaction judge in tutoring) judge them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +62,45 @@ class PrefixExample:
     def to_json(self) -> dict[str, Any]:
         """The example without its replay state, as JSON-compatible data."""
         return {k: v for k, v in self.__dict__.items() if k != "state"}
+
+
+def load_prefixes(run: str | Path, *, policy: str | Path, needs_candidates: bool
+                  ) -> tuple[list[PrefixExample], list[PrefixExample]]:
+    """The train and validation prefixes an earlier router run saved in its ``data.jsonl``.
+
+    Reusing them skips playing the episodes (most of a router run's time), e.g. to fit a router on
+    other features or settings. The replay states are not saved, so no new candidates can be
+    scored: a method that needs candidates needs a run that wrote them.
+
+    Args:
+        run: The earlier router run folder (``data.jsonl`` and ``summary.json``).
+        policy: This run's ``policy=``; it must be the one that wrote the prefixes.
+        needs_candidates: Whether this run's method reads candidate scores.
+
+    Raises:
+        ValueError: If the folder holds no saved prefixes, they came from another policy, or they
+            lack the candidates the method needs.
+    """
+    run = Path(run)
+    data, summary = run / "data.jsonl", run / "summary.json"
+    if not data.is_file() or not summary.is_file():
+        raise ValueError(f"prefixes={run} is not a finished router run folder (no data.jsonl and summary.json); "
+                         "pass the folder of an earlier `python -m algorithms.router` run.")
+    wrote = json.loads(summary.read_text()).get("policy")
+    if wrote is None or Path(wrote).resolve() != Path(policy).resolve():
+        raise ValueError(f"prefixes={run} was collected with policy={wrote}, not policy={policy}: its prefixes "
+                         "and labels come from that policy's heads. Reuse it with the same policy=, or leave "
+                         "prefixes= out to collect new ones.")
+    split: dict[str, list[PrefixExample]] = {"train": [], "val": []}
+    with data.open() as f:
+        for line in f:
+            row = json.loads(line)
+            split[row.pop("split")].append(PrefixExample(**row, state={}))
+    if needs_candidates and any(e.deltas is None for e in split["train"] + split["val"]):
+        raise ValueError(f"prefixes={run} holds no candidate scores (it was a router.method=matched run); "
+                         "this router.method needs them: reuse a pairwise, hedge or micro run, or leave "
+                         "prefixes= out.")
+    return split["train"], split["val"]
 
 
 def matched_head(policy_or_names, persona: str) -> int:

@@ -1,6 +1,7 @@
 """Router learning: the pure losses, the pairwise judges, toy problems with a known answer, and a tiny run."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -342,6 +343,28 @@ def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+
+
+def test_a_router_run_can_reuse_the_prefixes_of_an_earlier_one(tiny_run, tmp_path):
+    first = tmp_path / "pairwise"
+    rl.train(router_cfg(tiny_run, "router.method=pairwise"), first)
+    again = tmp_path / "again"
+    summary = rl.train(router_cfg(tiny_run, "router.method=hedge", "router.features=last_message",
+                                  f"prefixes={first}"), again)
+    assert (summary["train_prefixes"], summary["val_prefixes"]) == (8, 4)
+    assert summary["rollout_s"] < 1  # nothing was played or scored again
+    assert (again / "data.jsonl").read_text() == (first / "data.jsonl").read_text()
+    assert rl.load_router(again).hparams["pooling"] == "last_message"
+
+    matched = tmp_path / "matched"
+    rl.train(router_cfg(tiny_run), matched)  # matched targets: no candidates are written
+    with pytest.raises(ValueError, match="no candidate scores"):
+        rl.train(router_cfg(tiny_run, "router.method=pairwise", f"prefixes={matched}"), tmp_path / "x")
+    other = shutil.copytree(tiny_run, tmp_path / "other_policy")
+    with pytest.raises(ValueError, match="collected with policy="):
+        rl.train(router_cfg(other, f"prefixes={first}"), tmp_path / "y")
+    with pytest.raises(ValueError, match="not a finished router run folder"):
+        rl.train(router_cfg(tiny_run, f"prefixes={tmp_path}"), tmp_path / "z")
 
 
 @pytest.mark.parametrize("judge", [j for j in group_options("pairwise_judge") if j != "custom"])
