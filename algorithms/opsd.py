@@ -27,7 +27,7 @@ checkpoints and resume are :mod:`algorithms.trainer`'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from agents.generation import encode_prompts
 from algorithms import cli
 from algorithms.losses import normalized_alphas, opsd_sequence_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
-from algorithms.trainer import Trainer, TrainerConfig, fit
+from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
 from configs import register
 from configs.validation import ConfigError, require, require_choice, structured
 
@@ -54,21 +54,30 @@ class OPSDConfig(TrainerConfig):
     These defaults (with :class:`algorithms.trainer.TrainerConfig`'s) are the only place they are
     written: presets such as ``configs/algorithm/opsd_quick.yaml`` override some of them, and every
     value is checked before anything is loaded. They are sized for the embedded 135M model on a
-    2-core CPU (about 25 minutes).
+    2-core CPU (about 20 minutes for tutoring, with the learning curve) and were chosen by the sweeps
+    in the README ("Learning curves and sweeps"): a learning rate of 3e-4 on the shared layers and
+    training on each dialogue's first teacher turn only separated the heads most within that time.
+    Other envs set their own in ``configs/env_opsd/<env>.yaml``.
 
     Attributes:
+        lr: Learning rate of the shared trainable layers (overrides the trainer's default).
         variant: ``mah`` (one head per persona) or ``mt`` (one shared head: the MT-OPSD ablation).
         episodes_per_persona: Live episodes per persona; each step samples one turn in each.
-        turns_per_episode: Turns before an episode is replaced by a fresh one (<= the env's episode length).
+        turns_per_episode: Turns before an episode is replaced by a fresh one (<= the env's episode
+            length); 1 trains on first turns only, where the student's style shows most.
         topk: Size of the student's top-k support for the reverse KL (null: full vocabulary).
         alphas: Per-persona loss weights (null: uniform); rescaled to sum to 1.
+        eval: The held-out evaluation: 16 contexts at the end, and a learning-curve point on 8 of
+            them every 10 steps.
     """
 
+    lr: float = 3e-4
     variant: str = "mah"
     episodes_per_persona: int = 4
-    turns_per_episode: int = 3
+    turns_per_episode: int = 1
     topk: int | None = 256
     alphas: list[float] | None = None
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(contexts=16, every=10, curve_contexts=8))
 
     def __post_init__(self):
         super().__post_init__()

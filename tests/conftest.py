@@ -19,6 +19,7 @@ TINY_OPSD = (
     "agent=tiny",
     "algorithm=opsd_quick",
     "algorithm.steps=2",
+    "algorithm.lr=1e-4",  # fixed here, so tuning the default does not move the pinned losses
     "algorithm.episodes_per_persona=2",
     "algorithm.micro_batch=1",
     "algorithm.max_new_tokens=6",
