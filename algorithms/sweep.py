@@ -85,10 +85,22 @@ def tabulate(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...
     steps = [str(h[-1]["step"]) if h else "0" for h in variants.values()]
     learn = [fmt(sum(r.get("perf/learn_s", 0) + r.get("perf/idle_s", 0) for r in h) / 60, 1) for h in variants.values()]
     rows += [["steps"] + steps, ["training minutes (rollouts + updates)"] + learn]
-    names = list(variants)
-    header = ["figure (last curve point)"] + [f"[{i + 1}]" for i in range(len(names))]
-    legend = [f"[{i + 1}] {name}" for i, name in enumerate(names)]
-    return "\n".join(["Variants:", ""] + legend + [""] + markdown_table(header, rows)) + "\n"
+    shared, own = split_overrides(list(variants))
+    header = ["figure (last curve point)"] + [f"[{i + 1}]" for i in range(len(own))]
+    legend = [f"[{i + 1}] {name or '(the shared settings only)'}" for i, name in enumerate(own)]
+    lead = ["Variants" + (f" (all with: {shared}):" if shared else ":"), ""]
+    return "\n".join(lead + legend + [""] + markdown_table(header, rows)) + "\n"
+
+
+def split_overrides(names: list[str]) -> tuple[str, list[str]]:
+    """The overrides every variant shares, and each variant's own ones (a name is space-separated overrides).
+
+    >>> split_overrides(["env=a lr=1", "env=a lr=2"])
+    ('env=a', ['lr=1', 'lr=2'])
+    """
+    tokens = [name.split() for name in names]
+    common = [t for t in tokens[0] if all(t in other for other in tokens[1:])] if len(tokens) > 1 else []
+    return " ".join(common), [" ".join(t for t in ts if t not in common) for ts in tokens]
 
 
 def plot(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...], path: Path) -> None:

@@ -42,3 +42,12 @@ def test_sweep_tabulates_the_last_and_best_curve_points_of_every_variant(tmp_pat
 def test_sweep_of_an_empty_folder_says_what_it_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match="history.jsonl"):
         sweep.collect(tmp_path)
+
+
+def test_sweep_legend_names_the_shared_overrides_once():
+    shared, own = sweep.split_overrides(["env=t steps=20 lr=3e-4", "env=t steps=20 lr=3e-4 lr=2e-4 mult=5",
+                                         "env=t steps=20 lr=3e-4 tpe=1"])
+    assert shared == "env=t steps=20 lr=3e-4" and own == ["", "lr=2e-4 mult=5", "tpe=1"]
+    table = sweep.tabulate({"env=t a=1": [{"step": 1}], "env=t a=2": [{"step": 1}]}, ("x",))
+    assert table.startswith("Variants (all with: env=t):") and "[1] a=1" in table and "[2] a=2" in table
+    assert sweep.split_overrides(["env=t a=1"]) == ("", ["env=t a=1"])  # one variant: nothing is "shared"
