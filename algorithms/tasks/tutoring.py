@@ -52,8 +52,9 @@ QUALITY_COLUMNS = ("degenerate_share", "distinct_1", "distinct_2", "mean_words",
 
 PRIVILEGED_BLOCK = (
     "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
-    "{description} The student's actual reaction to that turn was: \"{feedback}\")"
+    "{description}{reaction})"
 )
+REACTION = " The student's actual reaction to that turn was: \"{feedback}\""
 
 
 def count_questions(text: str) -> int:
@@ -88,6 +89,8 @@ class TutoringTask:
             and ``router_train``.
         trim_cut_turns: Deliver a sampled turn up to its last complete sentence (see
             :meth:`actions`); ``False`` sends the raw text, as before.
+        teacher_feedback: Show the privileged teacher the student's reply to the turn it scores;
+            ``False`` leaves only the style cue (an ablation: distilling the style prompt alone).
         env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
             ``topics`` here replaces the shipped list before the split.
     """
@@ -104,6 +107,7 @@ class TutoringTask:
         heldout_every: int = 5,
         router_val_every: int = 5,
         trim_cut_turns: bool = True,
+        teacher_feedback: bool = True,
         env_kwargs: dict[str, Any] | None = None,
     ):
         self.personas = personas_from(personas)
@@ -112,6 +116,7 @@ class TutoringTask:
         self.style_judge = style_judge
         self.max_turns = int(max_turns)
         self.trim_cut_turns = bool(trim_cut_turns)
+        self.teacher_feedback = bool(teacher_feedback)
         env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
         topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
         self.train_topics, self.heldout_topics = split_topics(list(topics), heldout_every)
@@ -160,7 +165,8 @@ class TutoringTask:
         embedded 135M model, 0.03 vs 0.50 questions per sampled turn for the two styles, against
         0.19 vs 0.28 with the cue in the opening message; 32 dialogues each).
         """
-        block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, feedback=feedback)
+        reaction = REACTION.format(feedback=feedback) if self.teacher_feedback else ""
+        block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, reaction=reaction)
         return self.policy_messages(observation) + [{"role": "system", "content": block}]
 
     def actions(self, texts: Sequence[str]) -> list[str]:

@@ -92,6 +92,17 @@ def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(task):
             assert info["feedback"] not in " ".join(m["content"] for m in policy)
 
 
+def test_the_style_only_ablation_leaves_the_reply_out_of_the_teacher_prompt():
+    task = build_task(compose_config("opsd", "env.teacher_feedback=false"))
+    obs = [{"role": "system", "content": "Tutoring session."}, {"role": "teacher", "content": "Hi."},
+           {"role": "student", "content": "Hello."}]
+    persona = task.personas[1]
+    block = task.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
+    assert persona.label in block and persona.description in block and "just tell me" not in block
+    full = build_task(compose_config("opsd")).teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
+    assert full.startswith(block[:-1]) and "Please just tell me!" in full  # the same block, plus the reply
+
+
 def test_step_metrics_and_chat_counters(task):
     texts = ["What do you think? Why?", "It is so."]
     metrics = task.step_metrics(texts, [{}, {}])
