@@ -438,25 +438,37 @@ class Trainer:
 
 
 def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """The learning curve: every ``curve/<group>/...`` figure of the history over steps, one panel per group."""
+    """The learning curve of every ``curve/...`` figure over steps.
+
+    A figure ``curve/<group>/<row>/<measure>`` (e.g. ``satisfaction/head_direct/interactive``) is
+    drawn in panel ``<group>/<measure>`` with one line per row, so the heads meet in each panel and
+    figures of different scales (shares, words per turn) never share an axis; a figure
+    ``curve/<group>/<row>`` gets panel ``<group>``.
+    """
     from algorithms.tasks.reporting import pyplot, save_figure
 
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in history:
         for key, value in row.items():
             if key.startswith("curve/") and isinstance(value, (int, float)) and value == value:
-                group, _, name = key[len("curve/"):].partition("/")
-                series.setdefault(group, {}).setdefault(name or group, []).append((row["step"], value))
+                group, *parts = key[len("curve/"):].split("/")
+                panel = f"{group}/{parts[-1]}" if len(parts) >= 2 else group
+                line = "/".join(parts[:-1]) if len(parts) >= 2 else (parts[0] if parts else group)
+                series.setdefault(panel, {}).setdefault(line, []).append((row["step"], value))
     if not series:
         return
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.6), squeeze=False)
-    for ax, (group, lines) in zip(axes[0], series.items()):
+    cols = min(4, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (panel, lines) in zip(axes.flat, series.items()):
         for name, points in lines.items():
             ax.plot(*zip(*points), marker="o", label=name)
-        ax.set_title(group)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(series):]:
+        ax.set_axis_off()
     save_figure(fig, path)
 
 
