@@ -70,8 +70,8 @@ def losses(run_dir):
 
 # Pinned on the tiny-random model (seed 0): a change here means the training step changed.
 PINNED = {
-    "mah": [0.0029305352363735437, 0.002802543865982443],
-    "mt": [0.0027012662612833083, 0.0026107750018127263],
+    "mah": [0.002913805074058473, 0.0027517129201442003],
+    "mt": [0.0026967323501594365, 0.002600528474431485],
 }
 
 
@@ -93,13 +93,14 @@ def test_seeded_two_step_run_reproduces_pinned_losses(variant, tmp_path, opsd_co
 
 
 def test_the_stricter_student_changes_losses_only_where_its_replies_change(tmp_path, opsd_config):
-    def run(name, *overrides):
-        opsd.train(opsd_config("algorithm.eval.enabled=false", *overrides), tmp_path / name)
+    def run(name, *overrides):  # the paper's privileged block, which carries the student's reply
+        opsd.train(opsd_config("algorithm.eval.enabled=false", "env.teacher_feedback=true", *overrides),
+                   tmp_path / name)
         rows = [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
         return [row["loss/total"] for row in rows]
 
     # Six-token turns of the tiny model are too short to be judged degenerate: the same replies, the same
-    # losses as the legacy student (the pinned values above).
+    # losses as the legacy student.
     assert run("new") == run("legacy", "student.quality_check=false")
     # Longer turns of the tiny model are gibberish: the stricter student reacts to them, so the teacher's
     # privileged prompt, and with it the loss, changes.

@@ -78,7 +78,9 @@ def test_states_round_trip_through_pickle_and_json_and_continue_identically(task
             [i["feedback"] for i in b[4]]
 
 
-def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(task):
+@pytest.mark.parametrize("overrides", [["env=tutoring", "env.teacher_feedback=true"], ["env=persona"]])
+def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(overrides):
+    task = build_task(compose_config("opsd", *overrides))  # with the feedback in the privileged block
     batch = task.make_batch(2, split="train")
     obs, _ = batch.reset(seed=3)
     _, _, _, _, infos = batch.step(actions_for(task, 2))
@@ -92,14 +94,15 @@ def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(task):
             assert info["feedback"] not in " ".join(m["content"] for m in policy)
 
 
-def test_the_style_only_ablation_leaves_the_reply_out_of_the_teacher_prompt():
-    task = build_task(compose_config("opsd", "env.teacher_feedback=false"))
+def test_the_default_teacher_prompt_leaves_the_reply_out_and_the_papers_adds_it():
+    task = build_task(compose_config("opsd"))  # the default: the style cue only
     obs = [{"role": "system", "content": "Tutoring session."}, {"role": "teacher", "content": "Hi."},
            {"role": "student", "content": "Hello."}]
     persona = task.personas[1]
     block = task.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
     assert persona.label in block and persona.description in block and "just tell me" not in block
-    full = build_task(compose_config("opsd")).teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
+    paper = build_task(compose_config("opsd", "env.teacher_feedback=true"))
+    full = paper.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
     assert full.startswith(block[:-1]) and "Please just tell me!" in full  # the same block, plus the reply
 
 
