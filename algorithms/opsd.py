@@ -54,7 +54,7 @@ class OPSDConfig(TrainerConfig):
     These defaults (with :class:`algorithms.trainer.TrainerConfig`'s) are the only place they are
     written: presets such as ``configs/algorithm/opsd_quick.yaml`` override some of them, and every
     value is checked before anything is loaded. They are sized for the embedded 135M model on a
-    2-core CPU (about 20 minutes for tutoring, with the learning curve) and were chosen by the sweeps
+    2-core CPU (about 22 minutes for tutoring, with the learning curve) and were chosen by the sweeps
     in the README ("Learning curves and sweeps"): a learning rate of 3e-4 on the shared layers and
     training on each dialogue's first teacher turn only separated the heads most within that time.
     Other envs set their own in ``configs/env_opsd/<env>.yaml``.
