@@ -445,8 +445,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas
 
     stamp = time.perf_counter()
-    if cfg.get("prefixes"):  # an earlier run's prefixes (and candidates): no episodes are played
-        train_ex, val_ex = load_prefixes(cfg.prefixes, policy=cfg.policy, needs_candidates=rc.needs_candidates)
+    reused = cfg.get("prefixes")  # an earlier run's prefixes (and candidates): no episodes are played
+    if reused:
+        train_ex, val_ex = load_prefixes(reused, policy=cfg.policy, needs_candidates=rc.needs_candidates)
     else:
         train_ex = collect_prefixes(policy, tokenizer, task, data, split="router_train", episodes=data.episodes,
                                     seed=cfg.seed * 1_000_003 + 1)
@@ -454,7 +455,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                                   seed=cfg.seed * 1_000_003 + 500_009)
     train_ex = within_budget(train_ex, rc.budget, seed=cfg.seed * 7 + 3)
     judge_counter = None
-    if rc.needs_candidates and not cfg.get("prefixes"):
+    if rc.needs_candidates and not reused:
         judge = instantiate(cfg.pairwise_judge)
         score_candidates(policy, tokenizer, task, train_ex, judge, data, split="router_train", seed=cfg.seed * 31 + 1)
         score_candidates(policy, tokenizer, task, val_ex, judge, data, split="router_val", seed=cfg.seed * 31 + 2)

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from algorithms.runs import read_history
-from algorithms.tasks.reporting import fmt, markdown_table, pyplot, save_figure
+from algorithms.tasks.reporting import fmt, line_panels, markdown_table
 
 LOWER_IS_BETTER = ("*degenerate*", "*cut_at_limit*")  # figures whose best point is their minimum
 DEFAULT_METRICS = ("questions_per_turn/*", "style/*", "satisfaction/*/mean", "quality/*/degenerate_share",
@@ -105,24 +105,10 @@ def split_overrides(names: list[str]) -> tuple[str, list[str]]:
 
 def plot(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...], path: Path) -> None:
     """One panel per figure, one line per variant."""
-    series = {name: curve_series(history, patterns) for name, history in variants.items()}
-    metrics = sorted({m for s in series.values() for m in s})
-    if not metrics:
-        return
-    plt = pyplot()
-    cols = min(4, len(metrics))
-    rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        for i, s in enumerate(series.values()):
-            if metric in s:
-                ax.plot(*zip(*s[metric]), marker="o", label=f"[{i + 1}]")
-        ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.set_axis_off()
-    save_figure(fig, path)
+    series = [curve_series(history, patterns) for history in variants.values()]
+    metrics = sorted({m for s in series for m in s})
+    line_panels({metric: {f"[{i + 1}]": s[metric] for i, s in enumerate(series) if metric in s} for metric in metrics},
+                path)
 
 
 def main() -> None:

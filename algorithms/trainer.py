@@ -445,7 +445,7 @@ def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     figures of different scales (shares, words per turn) never share an axis; a figure
     ``curve/<group>/<row>`` gets panel ``<group>``.
     """
-    from algorithms.tasks.reporting import pyplot, save_figure
+    from algorithms.tasks.reporting import line_panels
 
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in history:
@@ -455,21 +455,7 @@ def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
                 panel = f"{group}/{parts[-1]}" if len(parts) >= 2 else group
                 line = "/".join(parts[:-1]) if len(parts) >= 2 else (parts[0] if parts else group)
                 series.setdefault(panel, {}).setdefault(line, []).append((row["step"], value))
-    if not series:
-        return
-    plt = pyplot()
-    cols = min(4, len(series))
-    rows = -(-len(series) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (panel, lines) in zip(axes.flat, series.items()):
-        for name, points in lines.items():
-            ax.plot(*zip(*points), marker="o", label=name)
-        ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(series):]:
-        ax.set_axis_off()
-    save_figure(fig, path)
+    line_panels(series, path)
 
 
 def _log(writer: SummaryWriter, metrics: dict[str, Any], step: int) -> None:

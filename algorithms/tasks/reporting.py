@@ -130,6 +130,32 @@ def grouped_bars(ax: Any, rows: dict[str, dict[str, dict[str, float]]], groups: 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
+def line_panels(panels: dict[str, dict[str, Sequence[tuple[float, float]]]], path: str | Path, *,
+                xlabel: str = "step", columns: int = 4) -> None:
+    """A grid of line plots written to ``path``: one panel per key of ``panels``, one line per label in it.
+
+    Args:
+        panels: ``title -> {line label -> [(x, y), ...]}``; nothing is written when it is empty.
+        path: The PNG file.
+        xlabel: The x axis of every panel.
+        columns: Panels per row at most.
+    """
+    if not panels:
+        return
+    cols = min(columns, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels.items()):
+        for label, points in lines.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    save_figure(fig, path)
+
+
 def save_figure(fig: Any, path: str | Path) -> None:
     """Writes a figure as PNG and frees it."""
     fig.tight_layout()
