@@ -35,8 +35,9 @@ class PrefixExample:
         context: The episode's reset info (its topic, request...).
         episode: Index of the episode it comes from.
         turn: Index of the generated turn that follows (0: the first one).
-        driver: Name of the head that drove the episode.
-        matched: Whether that head is the persona's own.
+        driver: Name of the head that drove the episode; None for an opening (:func:`collect_openings`),
+            which no head has written in yet.
+        matched: Whether that head is the persona's own (False for an opening).
         state: The episode's state at the prefix (to replay it with other candidates).
         head_scores: The env reward of each head's candidate turn (with candidates).
         blend_score: The env reward of the equal blend's candidate.
@@ -50,7 +51,7 @@ class PrefixExample:
     context: dict[str, Any]
     episode: int
     turn: int
-    driver: str
+    driver: str | None
     matched: bool
     state: dict[str, Any]
     head_scores: list[float] | None = None
@@ -66,7 +67,7 @@ class PrefixExample:
 
 def load_prefixes(run: str | Path, *, policy: str | Path, needs_candidates: bool
                   ) -> tuple[list[PrefixExample], list[PrefixExample]]:
-    """The train and validation prefixes an earlier router run saved in its ``data.jsonl``.
+    """The train and validation prefixes of the episodes an earlier router run played (its ``data.jsonl``).
 
     Reusing them skips playing the episodes (most of a router run's time), e.g. to fit a router on
     other features or settings. The replay states are not saved, so no new candidates can be
@@ -95,7 +96,8 @@ def load_prefixes(run: str | Path, *, policy: str | Path, needs_candidates: bool
     with data.open() as f:
         for line in f:
             row = json.loads(line)
-            split[row.pop("split")].append(PrefixExample(**row, state={}))
+            if row.get("driver") is not None:  # openings are not reused: each run makes its own
+                split[row.pop("split")].append(PrefixExample(**row, state={}))
     if needs_candidates and any(e.deltas is None for e in split["train"] + split["val"]):
         raise ValueError(f"prefixes={run} holds no candidate scores (it was a router.method=matched run); "
                          "this router.method needs them: reuse a pairwise, hedge or micro run, or leave "
@@ -149,6 +151,25 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
     return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start, episode=i,
                           turn=t, driver=names[drivers[i]], matched=matched[i], state=r.states[t])
             for t in range(len(records[0].observations)) for i, r in enumerate(records)]
+
+
+def collect_openings(task: Task, *, split: str, episodes: int, seed: int) -> list[PrefixExample]:
+    """The first observation of ``episodes`` freshly reset episodes of ``split``, as labelled prefixes.
+
+    Nothing is generated, so these cost only a reset each: cheap extra data for the first turn,
+    where the router has the least to go on (in tutoring: the seed turn and the student's reaction
+    to it). The options cover every persona label equally, as in :func:`collect_prefixes`.
+    """
+    if episodes < 1:
+        return []
+    options = task.eval_options(episodes, split=split)[:episodes]
+    batch = task.make_batch(len(options), split=split)
+    observations, infos = batch.reset(seed=seed, options_list=list(options))
+    states = batch.get_states()
+    batch.close()
+    return [PrefixExample(observation=o, persona=info["label"]["persona"], context=dict(info), episode=i, turn=0,
+                          driver=None, matched=False, state=state)
+            for i, (o, info, state) in enumerate(zip(observations, infos, states))]
 
 
 def _option_personas(task: Task, options: Sequence[dict], split: str, seed: int) -> list[str]:

@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory):
     make_tiny_run(folder / "run")
     rcfg = compose_config("router", f"policy={folder / 'run'}", "router.hidden_dim=16", "router.num_layers=2",
                           "router.epochs=2", "data.episodes=4", "data.val_episodes=2", "data.turns=1",
-                          "data.max_new_tokens=4", "device=cpu")
+                          "data.max_new_tokens=4", "data.openings=2", "device=cpu")
     rl.train(rcfg, folder / "router")
     return folder / "run", folder / "router"
 

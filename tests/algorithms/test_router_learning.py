@@ -29,7 +29,8 @@ from envs.chat import JsonReply
 from tests.conftest import compose_config, group_options, make_tiny_run
 
 TINY_ROUTER = ["router.hidden_dim=16", "router.num_layers=2", "router.epochs=3", "router.batch_size=4",
-               "data.episodes=4", "data.val_episodes=2", "data.turns=2", "data.max_new_tokens=4", "device=cpu"]
+               "data.episodes=4", "data.val_episodes=2", "data.turns=2", "data.max_new_tokens=4", "data.openings=0",
+               "device=cpu"]
 
 
 def router_cfg(policy_dir, *overrides):
@@ -365,6 +366,36 @@ def test_a_router_run_can_reuse_the_prefixes_of_an_earlier_one(tiny_run, tmp_pat
         rl.train(router_cfg(other, f"prefixes={first}"), tmp_path / "y")
     with pytest.raises(ValueError, match="not a finished router run folder"):
         rl.train(router_cfg(tiny_run, f"prefixes={tmp_path}"), tmp_path / "z")
+
+
+def test_openings_add_first_turn_prefixes_without_generating(tiny_run, tmp_path):
+    rc, data = rl.router_config(router_cfg(tiny_run, "data.openings=null"))
+    assert data.opening_counts(rc.needs_candidates) == (512, 256)  # matched: 512, val in proportion
+    rc, data = rl.router_config(router_cfg(tiny_run, "data.openings=null", "router.method=hedge"))
+    assert data.opening_counts(rc.needs_candidates) == (0, 0)  # a candidate method would score each one
+
+    first = tmp_path / "matched"
+    summary = rl.train(router_cfg(tiny_run, "data.openings=4"), first)
+    assert (summary["train_prefixes"], summary["val_prefixes"]) == (8 + 4, 4 + 2)
+    assert summary["openings"] == {"train": 4, "val": 2}
+    rows = [json.loads(line) for line in (first / "data.jsonl").read_text().splitlines()]
+    openings = [r for r in rows if r["driver"] is None]
+    assert len(openings) == 6 and all(r["turn"] == 0 and not r["matched"] for r in openings)
+    train_openings = [r for r in openings if r["split"] == "train"]
+    assert sorted(r["persona"] for r in train_openings) == ["direct", "direct", "interactive", "interactive"]
+    for r in openings:  # a bare reset: the seed teacher turn and the student's reaction, nothing generated
+        assert [m["role"] for m in r["observation"]] == ["system", "teacher", "student"]
+        assert r["observation"][1]["content"] == r["context"]["seed_turn"]
+
+    # reusing the run plays nothing again, keeps its played prefixes and makes this run's openings
+    again = rl.train(router_cfg(tiny_run, "data.openings=2", f"prefixes={first}"), tmp_path / "again")
+    assert (again["train_prefixes"], again["val_prefixes"], again["rollout_s"] < 1) == (8 + 2, 4 + 1, True)
+
+    # a candidate method scores its openings like any other prefix
+    scored = rl.train(router_cfg(tiny_run, "router.method=pairwise", "data.openings=2"), tmp_path / "pairwise")
+    assert scored["train_prefixes"] == 10
+    rows = [json.loads(line) for line in (tmp_path / "pairwise" / "data.jsonl").read_text().splitlines()]
+    assert all(len(r["deltas"]) == 2 and len(r["candidates"]) == 3 for r in rows if r["driver"] is None)
 
 
 @pytest.mark.parametrize("judge", [j for j in group_options("pairwise_judge") if j != "custom"])
