@@ -194,8 +194,10 @@ class RouterDataConfig:
             where the router has the least to go on, and the rollouts give it only one opening per
             episode. null: 512 for ``router.method=matched`` and 0 for the methods that score
             candidates (every opening would cost a candidate per head and the blend); set a number
-            to override either. On tutoring (held-out openings, default features) turn-1 accuracy
-            was 0.85 with 128 openings and 0.92 with 512.
+            to override either. On tutoring with the default run's policy, a router fitted on
+            openings alone classified 192 held-out ones with accuracy 0.85 from 128 and 0.92 from
+            512; with the 512 added to the rollouts, the benchmark's first-turn accuracy went from
+            0.844 to 1.000 (32 dialogues) and the router's mean satisfaction from 0.469 to 0.508.
     """
 
     episodes: int = 128
