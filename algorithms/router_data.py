@@ -137,10 +137,8 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
     another head, so the prefixes show both engaged and disengaged feedback. Episodes last
     ``data.turns`` turns or the env's own limit, whichever is smaller (one for the persona critic).
     """
-    # eval_options(n) gives at least n episodes whether the task pairs each context with every
-    # label (tutoring) or plays each once with the labels cycling (persona critic); keep the first n
-    options = task.eval_options(max(1, episodes), split=split)[:episodes]
-    personas = _option_personas(task, options, split, seed)
+    options = _options(task, split, episodes)
+    personas = [info["label"]["persona"] for info in _reset(task, options, split, seed)[1]]
     names = policy.head_names
     drivers, matched = _drivers(personas, names, data.matched_fraction)
     one_hot = F.one_hot(torch.tensor(drivers), policy.num_heads).float()  # (N, K)
@@ -162,22 +160,30 @@ def collect_openings(task: Task, *, split: str, episodes: int, seed: int) -> lis
     """
     if episodes < 1:
         return []
-    options = task.eval_options(episodes, split=split)[:episodes]
-    batch = task.make_batch(len(options), split=split)
-    observations, infos = batch.reset(seed=seed, options_list=list(options))
-    states = batch.get_states()
-    batch.close()
+    observations, infos, states = _reset(task, _options(task, split, episodes), split, seed)
     return [PrefixExample(observation=o, persona=info["label"]["persona"], context=dict(info), episode=i, turn=0,
                           driver=None, matched=False, state=state)
             for i, (o, info, state) in enumerate(zip(observations, infos, states))]
 
 
-def _option_personas(task: Task, options: Sequence[dict], split: str, seed: int) -> list[str]:
-    """The persona label each option gives its episode, read from one reset (options use the env's own keys)."""
+def _options(task: Task, split: str, episodes: int) -> list[dict[str, Any]]:
+    """Reset options of ``episodes`` episodes of ``split`` that cover every persona label equally."""
+    # eval_options(n) gives at least n episodes whether the task pairs each context with every
+    # label (tutoring) or plays each once with the labels cycling (persona critic); keep the first n
+    return task.eval_options(max(1, episodes), split=split)[:episodes]
+
+
+def _reset(task: Task, options: Sequence[dict], split: str, seed: int) -> tuple[list[Any], list[dict], list[dict]]:
+    """Resets one episode per option (the labels are in the infos: options use the env's own keys).
+
+    Returns:
+        The observations, infos and states of the fresh episodes.
+    """
     batch = task.make_batch(len(options), split=split)
-    _, infos = batch.reset(seed=seed, options_list=list(options))
+    observations, infos = batch.reset(seed=seed, options_list=list(options))
+    states = batch.get_states()
     batch.close()
-    return [info["label"]["persona"] for info in infos]
+    return observations, infos, states
 
 
 @torch.no_grad()

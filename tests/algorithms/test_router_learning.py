@@ -279,6 +279,10 @@ def test_bad_router_config_values_get_clear_errors(tmp_path):
         rl.router_config(router_cfg("somewhere", "router.method=vote"))
     with pytest.raises(ConfigCompositionException, match="router.learning_rate"):
         router_cfg("somewhere", "router.learning_rate=1")
+    with pytest.raises(ConfigError, match="data.openings"):
+        rl.router_config(router_cfg("somewhere", "data.openings=-1"))
+    with pytest.raises(ConfigCompositionException, match="data.openings=many"):
+        router_cfg("somewhere", "data.openings=many")
     no_policy = compose_config("router")
     with pytest.raises(ValueError, match="Set policy="):
         rl.train(no_policy, tmp_path)
