@@ -4,7 +4,7 @@ Notation: B sequences (or router examples), T completion positions, V vocabulary
 the top-K support, the number of kept tokens ``k``).
 
 - Self-distillation (OPSD): :func:`topk_reverse_kl`, :func:`opsd_sequence_loss`,
-  :func:`weighted_head_sum`, :func:`normalized_alphas`.
+  :func:`contrastive_teacher_logits`, :func:`weighted_head_sum`, :func:`normalized_alphas`.
 - Router learning: :func:`matched_head_loss`, :func:`pairwise_preference_loss` (REBEL-style),
   :func:`hedge_targets` / :func:`hedge_router_loss` (MiCRo-style), :func:`pairwise_log_losses`,
   :func:`bt_mixture_loss` (MiCRo's Stage 1), :func:`hedge_step` and
@@ -80,6 +80,41 @@ def opsd_sequence_loss(
         ``(B,)`` per-turn loss ``L = (1/|y|) sum_t KL_t``.
     """
     return masked_mean(topk_reverse_kl(student_logits, teacher_logits, k), mask)
+
+
+def contrastive_teacher_logits(
+    own: torch.Tensor, others: Sequence[torch.Tensor], weight: float | torch.Tensor
+) -> torch.Tensor:
+    """A teacher that amplifies what sets one persona apart from the others.
+
+    ``(1 + w) log q_d - w mean_j log q_j``, where ``q_d`` is the teacher under persona d's
+    privileged prompt and ``q_j`` the same teacher under each other persona's prompt (same
+    dialogue, same feedback). It is the contrast of classifier-free guidance, taken between
+    personas: tokens every persona's prompt likes equally keep their odds, tokens persona d's
+    prompt likes more than the others' gain by a factor ``(q_d / q_j)^w``. ``w = 0`` (or no other
+    persona) gives the plain teacher back; the result is unnormalised log-probabilities, which
+    :func:`topk_reverse_kl` renormalises on its support.
+
+    Args:
+        own: ``(..., V)`` teacher logits under the persona's own prompt.
+        others: Teacher logits under each other persona's prompt, each shaped like ``own``.
+        weight: ``w >= 0``, the strength of the contrast: a number, or a tensor that broadcasts
+            against ``own`` (``(B, 1, 1)`` gives each sequence its own weight).
+
+    Returns:
+        ``(..., V)`` logits of the contrastive teacher (``own`` itself when there is no contrast).
+    """
+    w = torch.as_tensor(weight, dtype=torch.float32, device=own.device)
+    if bool((w < 0).any()):
+        raise ValueError(f"The contrast weight must be >= 0, got {weight}.")
+    if not others or not bool((w != 0).any()):
+        return own
+    for other in others:
+        if other.shape != own.shape:
+            raise ValueError(f"Teacher logits differ in shape: {tuple(own.shape)} vs {tuple(other.shape)}.")
+    log_own = torch.log_softmax(own.float(), dim=-1)
+    log_ref = torch.stack([torch.log_softmax(o.float(), dim=-1) for o in others]).mean(0)
+    return (1 + w) * log_own - w * log_ref
 
 
 def weighted_head_sum(per_head: Sequence[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from algorithms.losses import (
+    contrastive_teacher_logits,
     masked_mean,
     normalized_alphas,
     opsd_sequence_loss,
@@ -53,6 +54,28 @@ def test_gradient_reaches_student_only():
     topk_reverse_kl(s, t, k=5).sum().backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_contrastive_teacher_on_a_two_token_case():
+    own, other = torch.tensor([0.6, 0.4]).log(), torch.tensor([0.4, 0.6]).log()
+    # (1+1) log own - log other: odds 0.36/0.4 against 0.16/0.6, i.e. 0.9 : 0.2667
+    probs = contrastive_teacher_logits(own, [other], 1.0).softmax(-1)
+    assert probs.tolist() == pytest.approx([0.9 / (0.9 + 0.16 / 0.6), (0.16 / 0.6) / (0.9 + 0.16 / 0.6)], rel=1e-5)
+    # no weight or no other persona: the plain teacher; the same prompt twice: nothing to contrast
+    assert contrastive_teacher_logits(own, [other], 0.0) is own and contrastive_teacher_logits(own, [], 2.0) is own
+    assert contrastive_teacher_logits(own, [own], 3.0).softmax(-1).tolist() == pytest.approx([0.6, 0.4], rel=1e-5)
+    # several others are averaged in log space
+    third = torch.tensor([0.5, 0.5]).log()
+    mixed = contrastive_teacher_logits(own, [other, third], 1.0)
+    assert mixed.tolist() == pytest.approx((2 * own.log_softmax(-1) - (other + third) / 2).tolist(), rel=1e-5)
+    # one weight per row: row 0 keeps the plain teacher, row 1 is contrasted
+    pair = torch.stack([own, own]), [torch.stack([other, other])]
+    rows = contrastive_teacher_logits(*pair, torch.tensor([[0.0], [1.0]]))
+    assert rows.softmax(-1).flatten().tolist() == pytest.approx([0.6, 0.4, *probs.tolist()], rel=1e-5)
+    with pytest.raises(ValueError, match=">= 0"):
+        contrastive_teacher_logits(own, [other], -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        contrastive_teacher_logits(own, [torch.zeros(3)], 1.0)
 
 
 def test_masked_mean_and_sequence_loss():
