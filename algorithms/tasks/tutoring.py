@@ -38,6 +38,7 @@ from envs.chat import chat_counters
 from envs.data import load_tutoring_topics
 from envs.judges.base import JudgeDialogue
 from envs.judges.pairwise import PairwiseComparison
+from envs.students.classifier import analyze_teacher_turn
 from envs.students.quality import last_full_sentence, quality_figures
 from envs.tutoring import MAX_TURNS, TutoringBatch
 
@@ -191,10 +192,17 @@ class TutoringTask:
         return PairwiseComparison(str(context.get("topic", "")), [dict(m) for m in observation], first, second,
                                   first_feedback, second_feedback)
 
-    @staticmethod
-    def step_metrics(texts: Sequence[str], infos: Sequence[dict] = ()) -> dict[str, list[float]]:
-        """Per-turn figures the trainer logs for each persona: questions asked per turn."""
-        return {"questions_per_turn": [float(count_questions(t)) for t in texts]}
+    def step_metrics(self, texts: Sequence[str], infos: Sequence[dict] = ()) -> dict[str, list[float]]:
+        """Per-turn figures the trainer logs for each persona.
+
+        ``questions_per_turn`` counts question marks; ``ask_share`` is 1 for a turn whose main move,
+        as delivered, is asking (``envs.students.classifier``, the rule the student and the style
+        judge apply: a question the turn answers itself, or one buried in a long explanation, does
+        not count).
+        """
+        delivered = self.actions(texts)
+        return {"questions_per_turn": [float(count_questions(t)) for t in texts],
+                "ask_share": [float(not a.is_bare and a.kind == "ask") for a in map(analyze_teacher_turn, delivered)]}
 
     def chat_counters(self) -> dict[str, int]:
         """Traffic counters of the chat models behind the student and the judges (empty when none)."""

@@ -110,6 +110,8 @@ def test_step_metrics_and_chat_counters(task):
     texts = ["What do you think? Why?", "It is so."]
     metrics = task.step_metrics(texts, [{}, {}])
     assert all(len(values) == 2 for values in metrics.values())
+    if "ask_share" in metrics:  # tutoring: the first turn asks, the second explains
+        assert metrics["ask_share"] == [1.0, 0.0] and metrics["questions_per_turn"] == [2.0, 0.0]
     assert task.chat_counters() == {}  # the offline plug-ins talk to no chat model
 
 
