@@ -40,7 +40,7 @@ from torch import nn
 from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
 from algorithms import cli
-from algorithms.losses import normalized_alphas, opsd_sequence_loss
+from algorithms.losses import contrastive_teacher_logits, normalized_alphas, opsd_sequence_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
 from configs import register
@@ -67,8 +67,16 @@ class OPSDConfig(TrainerConfig):
             length); 1 trains on first turns only, where the student's style shows most.
         topk: Size of the student's top-k support for the reverse KL (null: full vocabulary).
         alphas: Per-persona loss weights (null: uniform); rescaled to sum to 1.
-        eval: The held-out evaluation: 16 contexts at the end, and a learning-curve point on 8 of
-            them every 10 steps.
+        contrast: Per-persona strength ``w_d`` of the contrastive teacher, in persona order like
+            ``alphas`` (null: the paper's plain teacher for every persona). With ``w_d > 0``, persona
+            d's teacher becomes ``(1 + w_d) log q_d - w_d mean_j log q_j`` over the other personas'
+            privileged prompts (:func:`algorithms.losses.contrastive_teacher_logits`), which
+            amplifies what sets d apart, at one more teacher pass per other persona for d's turns.
+            Not in the paper, and off by default: on tutoring it makes the embedded model's
+            INTERACTIVE teacher ask far more often, but it amplifies every difference between the
+            blocks, their wording included: the trained head repeats the block's example or
+            instruction (README, "The contrastive teacher";
+            ``benchmarks/teacher_contrast.py`` measures a teacher before training).
     """
 
     lr: float = 3e-4
@@ -77,6 +85,7 @@ class OPSDConfig(TrainerConfig):
     turns_per_episode: int = 1
     topk: int | None = 256
     alphas: list[float] | None = None
+    contrast: list[float] | None = None
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(contexts=16, every=10, curve_contexts=8))
 
     def __post_init__(self):
@@ -88,6 +97,8 @@ class OPSDConfig(TrainerConfig):
                 "must be an integer >= 1 (the size of the student's top-k support), or null for the full vocabulary")
         require(self.alphas is None or (all(a >= 0 for a in self.alphas) and sum(self.alphas) > 0),
                 "algorithm.alphas", self.alphas, "must be null or non-negative weights with a positive sum")
+        require(self.contrast is None or all(w >= 0 for w in self.contrast), "algorithm.contrast", self.contrast,
+                "must be null or one non-negative weight per persona (0: that persona's plain teacher)")
 
 
 def algorithm_config(cfg: DictConfig) -> OPSDConfig:
@@ -117,6 +128,11 @@ class DistillBatch:
         completion_ids: ``(B, T)`` the sampled turns.
         completion_mask: ``(B, T)``.
         groups: ``(head, rows, alpha)`` per persona: which head trains on which rows, with what weight.
+        contrast: For the contrastive teacher, one ``(ids, mask)`` pair of privileged prompts per
+            other persona: slot i of row r holds the prompt of the i-th persona other than row r's
+            (empty: the plain teacher for every row).
+        contrast_weights: ``(B,)`` each row's contrast weight (None: 0 for every row); only rows
+            with a positive weight are scored under the other prompts.
     """
 
     prompt_ids: torch.Tensor
@@ -126,6 +142,8 @@ class DistillBatch:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     groups: list[tuple[int, list[int], float]]
+    contrast: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    contrast_weights: torch.Tensor | None = None
 
 
 def distill_step(
@@ -142,7 +160,8 @@ def distill_step(
 
     Each row goes through its group's head only (only that head's logits are computed); rows of all
     groups are packed into chunks of ``micro_batch`` with a backward pass per chunk to bound
-    memory; the teacher runs without gradients.
+    memory; the teacher runs without gradients. Rows with a positive ``batch.contrast_weights``
+    learn from the contrastive teacher (:func:`algorithms.losses.contrastive_teacher_logits`).
 
     Returns:
         The mean per-turn loss of each group and the gradient norm before clipping.
@@ -164,8 +183,18 @@ def distill_step(
         selection = {"head": 0} if policy.num_heads == 1 else \
             {"weights": nn.functional.one_hot(head_of[part], policy.num_heads).float()}
         with torch.no_grad():
-            teacher_logits = completion_logits(teacher, *_trim_left(batch.teacher_ids[idx], batch.teacher_mask[idx]),
-                                               comp[idx], comp_mask[idx])  # (b, T, V)
+            def score(ids, mask, rows):  # (b, T, V) teacher logits of these rows' turns under the given prompts
+                return completion_logits(teacher, *_trim_left(ids[rows], mask[rows]), comp[rows], comp_mask[rows])
+
+            teacher_logits = score(batch.teacher_ids, batch.teacher_mask, idx)
+            if batch.contrast and batch.contrast_weights is not None:
+                w = batch.contrast_weights[idx]
+                on = (w > 0).nonzero()[:, 0]
+                if len(on):
+                    teacher_logits = teacher_logits.float()
+                    teacher_logits[on] = contrastive_teacher_logits(
+                        teacher_logits[on], [score(ids, mask, idx[on]) for ids, mask in batch.contrast],
+                        w[on, None, None].to(teacher_logits))
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
                                            comp[idx], comp_mask[idx], **selection)  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
@@ -206,6 +235,9 @@ class OPSDTrainer(Trainer):
             self.alphas = normalized_alphas(s.alphas, len(self.personas))
         except ValueError as err:
             raise ConfigError(f"algorithm.alphas={s.alphas} is not allowed: {err}") from None
+        if s.contrast is not None and len(s.contrast) != len(self.personas):
+            raise ConfigError(f"algorithm.contrast={s.contrast} is not allowed: it needs one weight per persona "
+                              f"({len(self.personas)}: {', '.join(p.name for p in self.personas)}), or null.")
         n = s.episodes_per_persona
         self.row_persona = [p for p in range(len(self.personas)) for _ in range(n)]
 
@@ -257,11 +289,20 @@ class OPSDTrainer(Trainer):
         teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
                            for p, o, fb in zip(result.personas, result.prompts, result.feedback)]
         t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
+        weights = self.settings.contrast
+        contrast, contrast_weights = [], None
+        if weights is not None and any(w > 0 for w in weights):  # slot i: each row's i-th other persona
+            others = [[j for j in range(num) if j != p] for p in result.personas]
+            contrast = [encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[js[i]], fb)
+                                                        for js, o, fb in zip(others, result.prompts, result.feedback)],
+                                       self.device)
+                        for i in range(num - 1)]
+            contrast_weights = torch.tensor([float(weights[p]) for p in result.personas])
         dev = self.device
         batch = DistillBatch(result.prompt_ids.to(dev), result.prompt_mask.to(dev), t_ids, t_mask,
                              result.completion_ids.to(dev), result.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
-                                     for p in range(num)])
+                                     for p in range(num)], contrast=contrast, contrast_weights=contrast_weights)
         lr = self.optimizer.param_groups[0]["lr"]
         head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch,
                                             topk=self.settings.topk, micro_batch=self.settings.micro_batch,

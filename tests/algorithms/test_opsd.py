@@ -1,5 +1,6 @@
 """OPSD trainer on tiny-random: configs, pinned losses, variants, and what a run folder guarantees."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,7 +10,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 import algorithms.opsd as opsd
+from agents import MultiHeadPolicy
+from agents.models import load_backbone
 from algorithms.components import build_task
+from algorithms.opsd import DistillBatch, distill_step
 from algorithms.rollout import RolloutWorker
 from algorithms.tasks import TutoringTask
 from algorithms.trainer import CHECKPOINT
@@ -118,6 +122,38 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
     assert (tmp_path / "curve.png").is_file() and summary["finished"]
 
 
+@pytest.mark.parametrize("variant", ["mah", "mt"])
+def test_a_contrast_changes_the_step_and_zero_weights_are_the_plain_teacher(variant, tmp_path, opsd_config):
+    def run(name, contrast):
+        opsd.train(opsd_config(f"algorithm.variant={variant}", "algorithm.eval.enabled=false",
+                               f"algorithm.contrast={contrast}"), tmp_path / name)
+        return losses(tmp_path / name)
+
+    assert run("zeros", "[0,0]") == pytest.approx(PINNED[variant], rel=1e-4)  # the default (null) is pinned above
+    contrasted = run("contrast", "[0,2]")
+    assert all(0 < x < 10 for x in contrasted) and contrasted != pytest.approx(PINNED[variant], rel=1e-2)
+
+
+def test_distill_step_contrasted_with_its_own_prompt_is_the_plain_teacher(tiny, batch):
+    ids, mask = batch
+    policy = MultiHeadPolicy(tiny.model, num_heads=2, head_names=["a", "b"], seed=0)
+    teacher = load_backbone("tiny-random", seed=1).model
+    comp = torch.randint(10, 200, (2, 5))
+
+    def step_losses(weight, slots):
+        distill = DistillBatch(ids, mask, ids, mask, comp, torch.ones_like(comp),
+                               groups=[(0, [0], 0.5), (1, [1], 0.5)], contrast=slots,
+                               contrast_weights=torch.full((2,), weight))
+        frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+        return distill_step(policy, teacher, frozen, distill, topk=None, micro_batch=1, max_grad_norm=1.0)[0]
+
+    plain = step_losses(0.0, [])
+    assert step_losses(2.0, [(ids, mask)]) == pytest.approx(plain, rel=1e-4)  # nothing sets the prompt apart
+    assert step_losses(0.0, [(ids.flip(0), mask.flip(0))]) == plain  # no weight: the slots are not even scored
+    contrasted = step_losses(2.0, [(ids.flip(0), mask.flip(0))])  # each row against the other row's prompt
+    assert all(x >= 0 for x in contrasted) and contrasted != pytest.approx(plain, rel=1e-3)
+
+
 PINNED_PERSONA = {  # 2 steps on env=persona: 5 heads, the critic's critique in the privileged prompt
     ("mah", "true"): [0.003408033307641745, 0.0030170781305059796],
     ("mah", "false"): [0.003411725675687194, 0.0030223344452679156],
@@ -197,8 +233,8 @@ BAD_AT_COMPOSE = ["algorithm.lr=abc", "algorithm.steps=1.5", "algorithm.learning
 BAD_AT_START = ["algorithm.topk=0", "algorithm.topk=-5", "algorithm.lr=-1", "algorithm.max_grad_norm=-1",
                 "algorithm.save_every=0", "algorithm.save_every=-1", "algorithm.variant=both",
                 "algorithm.trainable=everything", "algorithm.eval.contexts=0", "algorithm.turns_per_episode=7",
-                "algorithm.alphas=[1,2,3]", "ray.max_staleness=2", "agent.dtype=int8", "student.noise=2",
-                "device=tpu"]
+                "algorithm.alphas=[1,2,3]", "algorithm.contrast=[1,2,3]", "algorithm.contrast=[-1,0]",
+                "ray.max_staleness=2", "agent.dtype=int8", "student.noise=2", "device=tpu"]
 
 
 @pytest.mark.parametrize("override", BAD_AT_COMPOSE)
@@ -242,3 +278,32 @@ def test_compare_puts_persona_runs_side_by_side(tmp_path, opsd_config):
     table = compare([tmp_path / "rubric", tmp_path / "mt"], ["rubric", "MT-OPSD"])
     assert "| Run | Q_own | Delta_base | Delta_diag |" in table and "| MT-OPSD |" in table
     assert "Own-facet Q of each head" in table
+
+
+def load_benchmark(name: str):
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_teacher_contrast_benchmark_samples_the_contrastive_teacher(tiny, tmp_path):
+    script = load_benchmark("teacher_contrast")
+    prompts = [[{"role": "user", "content": "Tell me about tides."}], [{"role": "user", "content": "Hi"}]]
+
+    def sample(weight, others):
+        return script.sample_teacher(tiny.model, tiny.tokenizer, prompts, others, weight, new_tokens=5,
+                                     generator=torch.Generator().manual_seed(0))
+
+    plain = sample(0.0, [])
+    assert sample(2.0, [prompts]) == plain  # contrasted with its own prompt: the plain teacher's draws
+    assert sample(50.0, [prompts[::-1]]) != plain  # the random tiny model barely tells the prompts apart
+    result = script.main(["agent=tiny", "--model", "tiny-random", "--prefixes", "2", "--new-tokens", "3",
+                          "--weights", "0", "1", "--out", str(tmp_path / "contrast.json")])
+    assert [(r["contrast"], r["persona"]) for r in result["rows"]] == [
+        (0.0, "direct"), (0.0, "interactive"), (1.0, "direct"), (1.0, "interactive")]
+    assert all(0 <= r["ask_share"] <= 1 for r in result["rows"])
+    assert json.loads((tmp_path / "contrast.json").read_text())["rows"] == result["rows"]
+    with pytest.raises(SystemExit):
+        script.main(["--weights", "-1"])
