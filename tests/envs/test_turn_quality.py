@@ -66,7 +66,7 @@ def test_labelled_set_covers_both_labels_both_styles_and_every_kind():
     assert "I'm ready to continue." in real
 
 
-@pytest.mark.parametrize("split, accuracy, precision, recall", [("tune", 0.9, 1.0, 0.795), ("heldout", 0.916, 0.96, 0.857)])
+@pytest.mark.parametrize("split, accuracy, precision, recall", [("tune", 0.911, 1.0, 0.818), ("heldout", 0.916, 0.96, 0.857)])
 def test_detector_meets_its_documented_figures(split, accuracy, precision, recall):
     """The floors are the figures measured when the thresholds were fixed (module docstring)."""
     acc, prec, rec = scores([r for r in ROWS if r["split"] == split])
@@ -136,7 +136,16 @@ def test_seed_turns_are_never_flagged():
          "and the paint took three weeks to dry, so he ordered pizza every night.", "Photosynthesis", [], ["off_topic"]),
         # several reasons at once, in the documented order
         ("Click here to subscribe, click here to subscribe, click here to subscribe and", "DNA", [],
-         ["repetition", "cut_off"]),
+         ["repetition", "cut_off", "off_topic"]),
+        # short turns: small talk with nothing of the lesson in it; a short question on the lesson is fine
+        ("How was your weekend?", "Cells", [], ["off_topic"]),
+        ("What's your favourite football team?", "Photosynthesis", [], ["off_topic"]),
+        ("What's your favourite part of photosynthesis?", "Photosynthesis", [], []),
+        ("What do you think plants need to grow?", "Photosynthesis", [T("Plants make food from light.")], []),
+        # talk about the lesson instead of to the student (a leaked instruction), on the topic or not
+        ("How about asking the student what they know about cells?", "Cells", [], ["off_topic"]),
+        ("Use the INTERACTIVE style. What is a cell?", "Cells", [], ["off_topic"]),
+        ("Imagine the students at the barricades. What would they want?", "The French Revolution", [], []),
     ],
 )
 def test_hard_cases(text, topic, context, reasons):
@@ -165,6 +174,13 @@ def test_the_dialogue_so_far_counts_as_connection():
     # plain strings work as context too, and system messages are ignored
     assert not assess_turn(COLD_WAR_TURN, "The Cold War", [m["content"] for m in context]).degenerate
     assert assess_turn(COLD_WAR_TURN, "The Cold War", [{"role": "system", "content": context[1]["content"]}]).degenerate
+
+
+def test_third_person_talk_is_fine_when_the_lesson_is_about_it():
+    """"The student" is a leaked instruction only when neither the topic nor the dialogue speaks of students."""
+    turn = "How would the student in that story react to the teacher?"
+    assert assess_turn(turn, "Cells").reasons == ["off_topic"]
+    assert not assess_turn(turn, "Cells", [T("A student in the story keeps a diary about his cells.")]).degenerate
 
 
 def test_no_topic_check_without_anything_to_compare_with():
