@@ -14,6 +14,7 @@ the top-K support, the number of kept tokens ``k``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,7 +84,7 @@ def opsd_sequence_loss(
 
 
 def contrastive_teacher_logits(
-    own: torch.Tensor, others: Sequence[torch.Tensor], weight: float | torch.Tensor
+    own: torch.Tensor, others: Sequence[torch.Tensor], weight: float | torch.Tensor, plausibility: float = 0.0
 ) -> torch.Tensor:
     """A teacher that amplifies what sets one persona apart from the others.
 
@@ -95,11 +96,19 @@ def contrastive_teacher_logits(
     persona) gives the plain teacher back; the result is unnormalised log-probabilities, which
     :func:`topk_reverse_kl` renormalises on its support.
 
+    ``plausibility`` (``alpha`` in ``[0, 1)``) is the adaptive plausibility constraint of
+    contrastive decoding: only tokens with ``q_d(v) >= alpha * max_u q_d(u)`` are contrasted, the
+    others keep the plain teacher's ``log q_d``, so the contrast can reorder what persona d's
+    teacher already finds likely but cannot lift a token it would hardly ever write (a word of
+    the other block, a name from nowhere). ``alpha = 0`` contrasts every token.
+
     Args:
         own: ``(..., V)`` teacher logits under the persona's own prompt.
         others: Teacher logits under each other persona's prompt, each shaped like ``own``.
         weight: ``w >= 0``, the strength of the contrast: a number, or a tensor that broadcasts
             against ``own`` (``(B, 1, 1)`` gives each sequence its own weight).
+        plausibility: ``alpha``, the share of the most likely token's probability below which a
+            token is left uncontrasted.
 
     Returns:
         ``(..., V)`` logits of the contrastive teacher (``own`` itself when there is no contrast).
@@ -107,6 +116,8 @@ def contrastive_teacher_logits(
     w = torch.as_tensor(weight, dtype=torch.float32, device=own.device)
     if bool((w < 0).any()):
         raise ValueError(f"The contrast weight must be >= 0, got {weight}.")
+    if not 0.0 <= plausibility < 1.0:
+        raise ValueError(f"The plausibility threshold must be in [0, 1), got {plausibility}.")
     if not others or not bool((w != 0).any()):
         return own
     for other in others:
@@ -114,7 +125,11 @@ def contrastive_teacher_logits(
             raise ValueError(f"Teacher logits differ in shape: {tuple(own.shape)} vs {tuple(other.shape)}.")
     log_own = torch.log_softmax(own.float(), dim=-1)
     log_ref = torch.stack([torch.log_softmax(o.float(), dim=-1) for o in others]).mean(0)
-    return (1 + w) * log_own - w * log_ref
+    mixed = (1 + w) * log_own - w * log_ref
+    if plausibility > 0:
+        plausible = log_own >= log_own.amax(-1, keepdim=True) + math.log(plausibility)
+        mixed = torch.where(plausible, mixed, log_own)
+    return mixed
 
 
 def weighted_head_sum(per_head: Sequence[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:

@@ -77,6 +77,10 @@ class OPSDConfig(TrainerConfig):
             blocks, their wording included: the trained head repeats the block's example or
             instruction (README, "The contrastive teacher";
             ``benchmarks/teacher_contrast.py`` measures a teacher before training).
+        contrast_plausibility: ``alpha`` in ``[0, 1)`` for the contrastive teacher: only tokens the
+            plain teacher gives at least ``alpha`` times its top token's probability are contrasted
+            (the adaptive plausibility constraint of contrastive decoding); 0 contrasts every token.
+            Has no effect without ``contrast``.
     """
 
     lr: float = 3e-4
@@ -86,6 +90,7 @@ class OPSDConfig(TrainerConfig):
     topk: int | None = 256
     alphas: list[float] | None = None
     contrast: list[float] | None = None
+    contrast_plausibility: float = 0.0
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(contexts=16, every=10, curve_contexts=8))
 
     def __post_init__(self):
@@ -99,6 +104,9 @@ class OPSDConfig(TrainerConfig):
                 "algorithm.alphas", self.alphas, "must be null or non-negative weights with a positive sum")
         require(self.contrast is None or all(w >= 0 for w in self.contrast), "algorithm.contrast", self.contrast,
                 "must be null or one non-negative weight per persona (0: that persona's plain teacher)")
+        require(0.0 <= self.contrast_plausibility < 1.0, "algorithm.contrast_plausibility", self.contrast_plausibility,
+                "must be in [0, 1): the share of the plain teacher's top-token probability a token needs to be "
+                "contrasted (0: every token)")
 
 
 def algorithm_config(cfg: DictConfig) -> OPSDConfig:
@@ -133,6 +141,7 @@ class DistillBatch:
             (empty: the plain teacher for every row).
         contrast_weights: ``(B,)`` each row's contrast weight (None: 0 for every row); only rows
             with a positive weight are scored under the other prompts.
+        contrast_plausibility: Plausibility threshold ``alpha`` of the contrast (0: every token).
     """
 
     prompt_ids: torch.Tensor
@@ -144,6 +153,7 @@ class DistillBatch:
     groups: list[tuple[int, list[int], float]]
     contrast: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     contrast_weights: torch.Tensor | None = None
+    contrast_plausibility: float = 0.0
 
 
 def distill_step(
@@ -194,7 +204,7 @@ def distill_step(
                     teacher_logits = teacher_logits.float()
                     teacher_logits[on] = contrastive_teacher_logits(
                         teacher_logits[on], [score(ids, mask, idx[on]) for ids, mask in batch.contrast],
-                        w[on, None, None].to(teacher_logits))
+                        w[on, None, None].to(teacher_logits), batch.contrast_plausibility)
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
                                            comp[idx], comp_mask[idx], **selection)  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
@@ -302,7 +312,8 @@ class OPSDTrainer(Trainer):
         batch = DistillBatch(result.prompt_ids.to(dev), result.prompt_mask.to(dev), t_ids, t_mask,
                              result.completion_ids.to(dev), result.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
-                                     for p in range(num)], contrast=contrast, contrast_weights=contrast_weights)
+                                     for p in range(num)], contrast=contrast, contrast_weights=contrast_weights,
+                             contrast_plausibility=self.settings.contrast_plausibility)
         lr = self.optimizer.param_groups[0]["lr"]
         head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch,
                                             topk=self.settings.topk, micro_batch=self.settings.micro_batch,

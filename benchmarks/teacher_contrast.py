@@ -5,6 +5,7 @@ Usage:
     python benchmarks/teacher_contrast.py --weights 0 0.5 1 2 --prefixes 96
     python benchmarks/teacher_contrast.py --model tiny-random --prefixes 2 --new-tokens 4   # smoke run
     python benchmarks/teacher_contrast.py env=persona --weights 0 1      # Hydra overrides pick the env
+    python benchmarks/teacher_contrast.py algorithm.contrast_plausibility=0.1 --weights 2
 
 OPSD pulls each head towards the base model under that head's privileged prompt, so a head can
 only become as distinct as that teacher is. This script samples turns *from the teacher itself*
@@ -56,7 +57,7 @@ class _Decoder:
 
 @torch.no_grad()
 def sample_teacher(model, tokenizer, own: list, others: list[list], weight: float, *, new_tokens: int,
-                   generator: torch.Generator) -> list[str]:
+                   generator: torch.Generator, plausibility: float = 0.0) -> list[str]:
     """Samples one turn per row from the (contrastive) teacher.
 
     Args:
@@ -65,6 +66,7 @@ def sample_teacher(model, tokenizer, own: list, others: list[list], weight: floa
         own: The persona's privileged prompts, one per row.
         others: For each other persona, its privileged prompts for the same rows.
         weight: Contrast weight (0: the plain teacher, and ``others`` is not decoded).
+        plausibility: Plausibility threshold of the contrast (``algorithm.contrast_plausibility``).
         new_tokens: Length limit of a turn.
         generator: Source of the sampling randomness.
 
@@ -81,7 +83,7 @@ def sample_teacher(model, tokenizer, own: list, others: list[list], weight: floa
     token = None
     for t in range(new_tokens):
         logits = [s.logits(token) for s in streams]
-        mixed = contrastive_teacher_logits(logits[0], logits[1:], weight)
+        mixed = contrastive_teacher_logits(logits[0], logits[1:], weight, plausibility)
         token = torch.multinomial(mixed.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(device)
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
         tokens[:, t] = token
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             for i in range(0, len(own), args.batch_size):
                 part = slice(i, i + args.batch_size)
                 texts += sample_teacher(backbone.model, backbone.tokenizer, own[part], [o[part] for o in others],
-                                        weight, new_tokens=new_tokens, generator=generator)
+                                        weight, new_tokens=new_tokens, generator=generator,
+                                        plausibility=float(cfg.algorithm.contrast_plausibility))
             metrics = task.step_metrics(texts, [{}] * len(texts))
             figures = {key: float(np.mean(values)) for key, values in metrics.items()}
             rows.append({"contrast": weight, "persona": persona.name, **figures,

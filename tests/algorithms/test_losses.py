@@ -78,6 +78,26 @@ def test_contrastive_teacher_on_a_two_token_case():
         contrastive_teacher_logits(own, [torch.zeros(3)], 1.0)
 
 
+def test_the_plausibility_constraint_contrasts_only_likely_tokens():
+    own = torch.tensor([0.70, 0.25, 0.05]).log()
+    other = torch.tensor([0.80, 0.10, 0.10]).log()
+    # alpha = 0.2: tokens 0 and 1 (0.70 and 0.25 >= 0.14) are contrasted, token 2 keeps log 0.05
+    mixed = contrastive_teacher_logits(own, [other], 1.0, plausibility=0.2)
+    expected = [2 * math.log(0.70) - math.log(0.80), 2 * math.log(0.25) - math.log(0.10), math.log(0.05)]
+    assert mixed.tolist() == pytest.approx(expected, rel=1e-5)
+    # without the constraint token 2 is contrasted too (and pushed down, here); alpha = 0 is the default
+    free = contrastive_teacher_logits(own, [other], 1.0)
+    assert free[2].item() == pytest.approx(2 * math.log(0.05) - math.log(0.10), rel=1e-5)
+    assert contrastive_teacher_logits(own, [other], 1.0, plausibility=0.0).tolist() == free.tolist()
+    # a token the own prompt finds unlikely cannot be lifted, however much the other prompt dislikes it
+    rare = contrastive_teacher_logits(torch.tensor([0.9, 0.1 - 1e-4, 1e-4]).log(), [torch.tensor([0.5, 0.5 - 1e-8, 1e-8]).log()],
+                                      4.0, plausibility=0.1).softmax(-1)
+    assert rare[2] < 1e-3
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="plausibility"):
+            contrastive_teacher_logits(own, [other], 1.0, plausibility=bad)
+
+
 def test_masked_mean_and_sequence_loss():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]])

@@ -124,14 +124,17 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
 
 @pytest.mark.parametrize("variant", ["mah", "mt"])
 def test_a_contrast_changes_the_step_and_zero_weights_are_the_plain_teacher(variant, tmp_path, opsd_config):
-    def run(name, contrast):
+    def run(name, contrast, *extra):
         opsd.train(opsd_config(f"algorithm.variant={variant}", "algorithm.eval.enabled=false",
-                               f"algorithm.contrast={contrast}"), tmp_path / name)
+                               f"algorithm.contrast={contrast}", *extra), tmp_path / name)
         return losses(tmp_path / name)
 
     assert run("zeros", "[0,0]") == pytest.approx(PINNED[variant], rel=1e-4)  # the default (null) is pinned above
     contrasted = run("contrast", "[0,2]")
     assert all(0 < x < 10 for x in contrasted) and contrasted != pytest.approx(PINNED[variant], rel=1e-2)
+    # the plausibility constraint leaves unlikely tokens uncontrasted: a third, different teacher
+    constrained = run("plausible", "[0,2]", "algorithm.contrast_plausibility=0.5")
+    assert constrained != pytest.approx(contrasted, rel=1e-3) and constrained != pytest.approx(PINNED[variant], rel=1e-3)
 
 
 def test_distill_step_contrasted_with_its_own_prompt_is_the_plain_teacher(tiny, batch):
@@ -234,6 +237,7 @@ BAD_AT_START = ["algorithm.topk=0", "algorithm.topk=-5", "algorithm.lr=-1", "alg
                 "algorithm.save_every=0", "algorithm.save_every=-1", "algorithm.variant=both",
                 "algorithm.trainable=everything", "algorithm.eval.contexts=0", "algorithm.turns_per_episode=7",
                 "algorithm.alphas=[1,2,3]", "algorithm.contrast=[1,2,3]", "algorithm.contrast=[-1,0]",
+                "algorithm.contrast_plausibility=1", "algorithm.contrast_plausibility=-0.5",
                 "ray.max_staleness=2", "agent.dtype=int8", "student.noise=2", "device=tpu"]
 
 
