@@ -67,6 +67,19 @@ the env's 16 seed turns is flagged for any of the 78 shipped topics. The rules l
 precision on purpose: a coherent turn flagged by mistake is punished by the student and both
 judges, so ``off_topic`` needs a long stretch with no connection at all, or a marker.
 
+The short-turn and third-person rules were added after a policy trained towards a privileged
+instruction learned to repeat it ("How about asking the student ...") and to make small talk,
+which the student rewarded as questions (with "asking" and "asked" now procedure words like
+"ask", "How about asking a question?" is procedure, as "Shall we move on?" is). They catch one
+more degenerate turn of the ``tune``
+split (a question about football teams) and flag no coherent turn of either labelled file or any
+seed turn. A stricter rule, "a question must share a content word with the topic or the recent
+dialogue", was measured and rejected: with the env's own opening (seed turn and reply) as the
+dialogue, it rejects 152 of 388 (39%) coherent asking turns of the labelled files (each tried
+after four openings on its topic), because good questions are scenarios in new words ("a plant
+kept in a dark closet"). Judging whether a short question is about the lesson needs a model
+(``student=chat_model``).
+
 A caveat on the held-out figures: the labelled turns and the rules come from the same hand.
 All 150 turns were written before any rule, and the held-out split was never used to choose a
 threshold, but the list of off-register markers was drafted after reading them, so the held-out
@@ -216,7 +229,7 @@ _PROCEDURE = frozenset(
     """
     ready continue continuing continued go going move moving moved keep keeping next proceed proceeding
     start started starting begin beginning lesson lessons part parts bit section step steps left off
-    forward onward onwards carry help helps helping happy hope feel free questions question ask time
+    forward onward onwards carry help helps helping happy hope feel free questions question ask asks asked asking time
     today now later soon session class topic topics point points thanks thank welcome glad see bye
     let's shall along ahead pick wrap stop pause break back
     """.split()
@@ -240,7 +253,7 @@ _OFF_REGISTER = re.compile(
     r"\bclick\b|\bsubscribe\b|\bdownload\b|\bpassword\b|\blog ?in\b|\bsign up\b|\bcomments? below\b|"
     r"\bthanks? (?:you )?for (?:watching|reading|listening)\b|\bcustomer service\b|\badd to cart\b|"
     r"\b(?:previous|next) (?:chapter|video|episode|post|article)\b|\bin this (?:video|post|article|episode)\b|"
-    r"\byour (?:weekend|holidays?|vacation|summer|day|week|family|pets?|hobby|hobbies|favou?rite)\b|"
+    r"\byour (?:weekend|holidays?|vacation|summer|day|week|family|friends?|pets?|hobby|hobbies|favou?rite)\b|"
     r"\bhow (?:are|have) you (?:been|doing)\b|\bhow are you today\b",
     re.IGNORECASE,
 )

@@ -146,6 +146,11 @@ def test_seed_turns_are_never_flagged():
         ("How about asking the student what they know about cells?", "Cells", [], ["off_topic"]),
         ("Use the INTERACTIVE style. What is a cell?", "Cells", [], ["off_topic"]),
         ("Imagine the students at the barricades. What would they want?", "The French Revolution", [], []),
+        # an invitation to ask "a question" with nothing of the lesson in it is procedure, like "Shall we move on?"
+        ("How about asking a question?", "Photosynthesis", [], ["filler"]),
+        ("What would you like to ask?", "Photosynthesis", [], ["filler"]),
+        ("Can you ask me one question about photosynthesis?", "Photosynthesis", [], []),
+        ("How about asking your friend a question?", "Photosynthesis", [], ["off_topic"]),
     ],
 )
 def test_hard_cases(text, topic, context, reasons):
