@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import string
 from typing import Any, Sequence, TypedDict
 
@@ -148,6 +149,17 @@ SYSTEM_TEMPLATE = (
     "Tutoring session. Topic: {topic}. You are the teacher; after each of your turns the student "
     "answers."
 )
+_SYSTEM_PATTERN = re.compile(re.escape(SYSTEM_TEMPLATE).replace(re.escape("{topic}"), "(?P<topic>.*)"), re.DOTALL)
+
+
+def observation_topic(observation: Sequence[dict[str, str]]) -> str:
+    """The topic named by an observation's opening system message (``""`` when there is none)."""
+    for message in observation:
+        if message.get("role") == "system":
+            match = _SYSTEM_PATTERN.fullmatch(message.get("content", ""))
+            if match:
+                return match["topic"]
+    return ""
 
 _OPTION_KEYS = ("topic", "student_type", "reaction", "seed_turn")
 

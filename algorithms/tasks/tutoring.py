@@ -40,7 +40,7 @@ from envs.judges.base import JudgeDialogue
 from envs.judges.pairwise import PairwiseComparison
 from envs.students.classifier import analyze_teacher_turn
 from envs.students.quality import last_full_sentence, quality_figures
-from envs.tutoring import MAX_TURNS, TutoringBatch
+from envs.tutoring import MAX_TURNS, TutoringBatch, observation_topic
 
 if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord
@@ -167,10 +167,12 @@ class TutoringTask:
         The block is a system message placed right before the teacher's turn: a small model
         follows a style cue there far more than one buried in the opening system message (on the
         embedded 135M model, 0.03 vs 0.50 questions per sampled turn for the two styles, against
-        0.19 vs 0.28 with the cue in the opening message; 32 dialogues each).
+        0.19 vs 0.28 with the cue in the opening message; 32 dialogues each). ``{topic}`` in a
+        persona's description becomes the episode's topic.
         """
         reaction = REACTION.format(feedback=feedback) if self.teacher_feedback else ""
-        block = PRIVILEGED_BLOCK.format(label=persona.label, description=persona.description, reaction=reaction)
+        description = persona.description.replace("{topic}", observation_topic(observation))
+        block = PRIVILEGED_BLOCK.format(label=persona.label, description=description, reaction=reaction)
         return self.policy_messages(observation) + [{"role": "system", "content": block}]
 
     def actions(self, texts: Sequence[str]) -> list[str]:

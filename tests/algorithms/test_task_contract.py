@@ -106,6 +106,18 @@ def test_the_default_teacher_prompt_leaves_the_reply_out_and_the_papers_adds_it(
     assert full.startswith(block[:-1]) and "Please just tell me!" in full  # the same block, plus the reply
 
 
+def test_a_topic_placeholder_in_a_tutoring_persona_becomes_the_episodes_topic():
+    task = build_task(compose_config("opsd", "env.personas.1.description='Ask a question about {topic}.'"))
+    batch = task.make_batch(2)
+    observations, _ = batch.reset(seed=0)
+    for obs, env in zip(observations, batch.envs):
+        block = task.teacher_messages(obs, task.personas[1], "")[-1]["content"]
+        assert f"Ask a question about {env.topic}." in block and "{topic}" not in block
+    # an observation without the env's system message leaves the placeholder empty rather than failing
+    bare = task.teacher_messages([{"role": "student", "content": "Hi."}], task.personas[1], "")[-1]["content"]
+    assert "Ask a question about ." in bare
+
+
 def test_step_metrics_and_chat_counters(task):
     texts = ["What do you think? Why?", "It is so."]
     metrics = task.step_metrics(texts, [{}, {}])
