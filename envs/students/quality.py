@@ -7,7 +7,8 @@ detector in this module spots four kinds of such turns without any model:
 
 ``repetition``
     The turn says the same thing again: more than ``max_repeated_ngrams`` of its word
-    3-grams repeat an earlier 3-gram of the same turn, one clause of at least
+    3-grams repeat an earlier 3-gram of the same turn, more than ``max_turn_overlap`` of them
+    (at least three) come from one of the teacher's turns in the recent dialogue, one clause of at least
     ``min_clause_words`` words occurs twice, or a single content word makes up more than
     ``max_top_word_share`` of its content words. A key term used a few times is not enough.
 ``cut_off``
@@ -127,6 +128,9 @@ class Thresholds:
             boilerplate) has drifted off the topic.
         context_messages: How many messages before the turn count as the recent dialogue.
         max_filler_content: Most unconnected content words a content-free turn may have.
+        max_turn_overlap: Largest share of a turn's word 3-grams that may come from one earlier
+            teacher turn of the recent dialogue (a turn of at least three distinct 3-grams
+            above it says the previous turn again).
     """
 
     max_repeated_ngrams: float = 0.2
@@ -142,6 +146,7 @@ class Thresholds:
     max_drift_share: float = 0.25
     context_messages: int = 4
     max_filler_content: int = 1
+    max_turn_overlap: float = 0.8
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -373,6 +378,24 @@ def _is_bare_praise(words: Sequence[str]) -> bool:
     )
 
 
+def _teacher_texts(context: Sequence[Mapping[str, str]] | Sequence[str], n: int) -> list[str]:
+    """Teacher turns among the last ``n`` messages (plain strings count as teacher turns)."""
+    recent = [m for m in context if isinstance(m, str) or m.get("role") in ("teacher", "student")][-n:] if n > 0 else []
+    return [m if isinstance(m, str) else str(m.get("content", "")) for m in recent
+            if isinstance(m, str) or m.get("role") == "teacher"]
+
+
+def _repeats_an_earlier_turn(words: Sequence[str], earlier: Sequence[str], share: float) -> bool:
+    grams = {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+    if len(grams) < 3:
+        return False
+    for text in earlier:
+        ws = _words(text)
+        if len(grams & {tuple(ws[i : i + 3]) for i in range(len(ws) - 2)}) / len(grams) > share:
+            return True
+    return False
+
+
 def _context_texts(context: Sequence[Mapping[str, str]] | Sequence[str], n: int) -> list[str]:
     texts = []
     for message in context:
@@ -419,7 +442,8 @@ def assess_turn(
     if len(content) >= th.min_top_word_content:
         counts = Counter(_stem(w) for w in content)
         top = counts.most_common(1)[0][1] / len(content)
-    if share > th.max_repeated_ngrams or clause or top > th.max_top_word_share:
+    again = _repeats_an_earlier_turn(words, _teacher_texts(context, th.context_messages), th.max_turn_overlap)
+    if share > th.max_repeated_ngrams or clause or top > th.max_top_word_share or again:
         reasons.append("repetition")
 
     # cut off mid-sentence

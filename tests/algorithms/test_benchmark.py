@@ -135,9 +135,10 @@ class FixedMix:
 def record(student_type, labels, weights=()):
     dialogue = [{"role": "system", "content": "Topic: t"}, {"role": "teacher", "content": "Hello."},
                 {"role": "student", "content": "hi"}]
-    for _ in labels:
-        dialogue += [{"role": "teacher", "content": "The sun is a star that burns hydrogen into helium."},
-                     {"role": "student", "content": "ok"}]
+    facts = ["The sun is a star that burns hydrogen into helium.", "Its light takes eight minutes to reach us.",
+             "Its core is about fifteen million degrees hot.", "It holds most of the solar system's mass."]
+    for i, _ in enumerate(labels):  # distinct explanations: saying the previous turn again is repetition
+        dialogue += [{"role": "teacher", "content": facts[i % len(facts)]}, {"role": "student", "content": "ok"}]
     return EpisodeRecord(driver="x", options={}, label={"persona": student_type}, start={"topic": "t"},
                          actions=["The sun is a star."] * len(labels), infos=[{"satisfaction": lab} for lab in labels],
                          final=dialogue, weights=[list(w) for w in weights])

@@ -181,6 +181,17 @@ def test_the_dialogue_so_far_counts_as_connection():
     assert assess_turn(COLD_WAR_TURN, "The Cold War", [{"role": "system", "content": context[1]["content"]}]).degenerate
 
 
+def test_saying_the_previous_turn_again_is_repetition():
+    turn = "What would you like to ask about allegory?"
+    before = [T(turn), S("Um, I don't know.")]
+    assert assess_turn(turn, "Allegory", before).reasons == ["repetition"]
+    assert not assess_turn(turn, "Allegory", [S(turn)]).degenerate  # the student's words do not count
+    assert not assess_turn(turn, "Allegory", [T("What is an allegory?"), S("A story?")]).degenerate
+    assert not assess_turn(turn, "Allegory", before, Thresholds(max_turn_overlap=1.0)).degenerate
+    # older than the last ``context_messages`` messages: forgotten
+    assert not assess_turn(turn, "Allegory", before + [T("Fine."), S("Ok."), T("Sure."), S("Yes.")]).degenerate
+
+
 def test_third_person_talk_is_fine_when_the_lesson_is_about_it():
     """"The student" is a leaked instruction only when neither the topic nor the dialogue speaks of students."""
     turn = "How would the student in that story react to the teacher?"
