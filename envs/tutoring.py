@@ -161,6 +161,7 @@ def observation_topic(observation: Sequence[dict[str, str]]) -> str:
                 return match["topic"]
     return ""
 
+
 _OPTION_KEYS = ("topic", "student_type", "reaction", "seed_turn")
 
 

@@ -72,14 +72,13 @@ The short-turn and third-person rules were added after a policy trained towards 
 instruction learned to repeat it ("How about asking the student ...") and to make small talk,
 which the student rewarded as questions (with "asking" and "asked" now procedure words like
 "ask", "How about asking a question?" is procedure, as "Shall we move on?" is). They catch one
-more degenerate turn of the ``tune``
-split (a question about football teams) and flag no coherent turn of either labelled file or any
-seed turn. A stricter rule, "a question must share a content word with the topic or the recent
-dialogue", was measured and rejected: with the env's own opening (seed turn and reply) as the
-dialogue, it rejects 152 of 388 (39%) coherent asking turns of the labelled files (each tried
-after four openings on its topic), because good questions are scenarios in new words ("a plant
-kept in a dark closet"). Judging whether a short question is about the lesson needs a model
-(``student=chat_model``).
+more degenerate turn of the ``tune`` split (a question about football teams) and flag no
+coherent turn of either labelled file or any seed turn. A stricter rule, "a question must
+share a content word with the topic or the recent dialogue", was measured and rejected: with
+the env's own opening (seed turn and reply) as the dialogue, it rejects 152 of 388 (39%)
+coherent asking turns of the labelled files (each tried after four openings on its topic),
+because good questions are scenarios in new words ("a plant kept in a dark closet"). Judging
+whether a short question is about the lesson needs a model (``student=chat_model``).
 
 A caveat on the held-out figures: the labelled turns and the rules come from the same hand.
 All 150 turns were written before any rule, and the held-out split was never used to choose a
@@ -268,7 +267,6 @@ _META = re.compile(
     r"\b(?:teaching|tutoring|direct|interactive) (?:styles?|approach)\b",
     re.IGNORECASE,
 )
-_META_STEMS = frozenset({"studen", "learne", "pupil", "style", "teachi", "tutori", "approa"})
 _CLOSERS = "\"'”’)]}*_ \t\n"
 _CLAUSE_SPLIT = re.compile(r"[.!?;:,…\n]+|\s[-–—]\s")
 
@@ -303,13 +301,21 @@ def content_stems(text: str) -> set[str]:
     return {_stem(w) for w in content_words(text)}
 
 
+# the words ``_META`` looks for: a topic or dialogue that uses them itself is not leaking an instruction
+_META_STEMS = frozenset(_stem(w) for w in ("student", "learner", "pupil", "style", "teaching", "tutoring", "approach"))
+
+
 # ---------------------------------------------------------------------------------------------
 # the four checks
 
 
+def _ngrams(words: Sequence[str], n: int = 3) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
 def repeated_ngram_share(words: Sequence[str], n: int = 3) -> float:
     """Share of the word ``n``-grams that repeat an earlier ``n``-gram (0.0 when there are none)."""
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = _ngrams(words, n)
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -378,32 +384,22 @@ def _is_bare_praise(words: Sequence[str]) -> bool:
     )
 
 
-def _teacher_texts(context: Sequence[Mapping[str, str]] | Sequence[str], n: int) -> list[str]:
-    """Teacher turns among the last ``n`` messages (plain strings count as teacher turns)."""
-    recent = [m for m in context if isinstance(m, str) or m.get("role") in ("teacher", "student")][-n:] if n > 0 else []
-    return [m if isinstance(m, str) else str(m.get("content", "")) for m in recent
-            if isinstance(m, str) or m.get("role") == "teacher"]
+def _recent_messages(context: Sequence[Mapping[str, str]] | Sequence[str], n: int) -> list[tuple[str, str]]:
+    """``(role, text)`` of the last ``n`` teacher and student messages (a plain string is a teacher turn)."""
+    messages = []
+    for message in context:
+        if isinstance(message, str):
+            messages.append(("teacher", message))
+        elif message.get("role") in ("teacher", "student"):
+            messages.append((message["role"], str(message.get("content", ""))))
+    return messages[-n:] if n > 0 else []
 
 
 def _repeats_an_earlier_turn(words: Sequence[str], earlier: Sequence[str], share: float) -> bool:
-    grams = {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+    grams = set(_ngrams(words))
     if len(grams) < 3:
         return False
-    for text in earlier:
-        ws = _words(text)
-        if len(grams & {tuple(ws[i : i + 3]) for i in range(len(ws) - 2)}) / len(grams) > share:
-            return True
-    return False
-
-
-def _context_texts(context: Sequence[Mapping[str, str]] | Sequence[str], n: int) -> list[str]:
-    texts = []
-    for message in context:
-        if isinstance(message, str):
-            texts.append(message)
-        elif message.get("role") in ("teacher", "student"):
-            texts.append(str(message.get("content", "")))
-    return texts[-n:] if n > 0 else []
+    return any(len(grams & set(_ngrams(_words(text)))) / len(grams) > share for text in earlier)
 
 
 def assess_turn(
@@ -442,7 +438,8 @@ def assess_turn(
     if len(content) >= th.min_top_word_content:
         counts = Counter(_stem(w) for w in content)
         top = counts.most_common(1)[0][1] / len(content)
-    again = _repeats_an_earlier_turn(words, _teacher_texts(context, th.context_messages), th.max_turn_overlap)
+    recent = _recent_messages(context, th.context_messages)
+    again = _repeats_an_earlier_turn(words, [t for role, t in recent if role == "teacher"], th.max_turn_overlap)
     if share > th.max_repeated_ngrams or clause or top > th.max_top_word_share or again:
         reasons.append("repetition")
 
@@ -453,7 +450,7 @@ def assess_turn(
 
     # connection to the topic and the recent dialogue
     reference = content_stems(topic)
-    for message in _context_texts(context, th.context_messages):
+    for _, message in recent:
         reference |= content_stems(message)
     connected = [w for w in content if _stem(w) in reference]
     connected_share = len(connected) / len(content) if content else 0.0
