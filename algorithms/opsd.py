@@ -54,7 +54,7 @@ class OPSDConfig(TrainerConfig):
     These defaults (with :class:`algorithms.trainer.TrainerConfig`'s) are the only place they are
     written: presets such as ``configs/algorithm/opsd_quick.yaml`` override some of them, and every
     value is checked before anything is loaded. They are sized for the embedded 135M model on a
-    2-core CPU (about 22 minutes for tutoring, with the learning curve) and were chosen by the sweeps
+    2-core CPU (about 20 minutes for tutoring, with the learning curve) and were chosen by the sweeps
     in the README ("Learning curves and sweeps"): a learning rate of 3e-4 on the shared layers and
     training on each dialogue's first teacher turn only separated the heads most within that time.
     Other envs set their own in ``configs/env_opsd/<env>.yaml``.
@@ -72,11 +72,11 @@ class OPSDConfig(TrainerConfig):
             d's teacher becomes ``(1 + w_d) log q_d - w_d mean_j log q_j`` over the other personas'
             privileged prompts (:func:`algorithms.losses.contrastive_teacher_logits`), which
             amplifies what sets d apart, at one more teacher pass per other persona for d's turns.
-            Not in the paper, and off by default: on tutoring it makes the embedded model's
-            INTERACTIVE teacher ask far more often, but it amplifies every difference between the
-            blocks, their wording included: the trained head repeats the block's example or
-            instruction (README, "The contrastive teacher";
-            ``benchmarks/teacher_contrast.py`` measures a teacher before training).
+            Not in the paper. Off here; the tutoring env turns it on for its INTERACTIVE persona
+            (``configs/env_opsd/tutoring.yaml``), whose blocks name the episode's topic: with
+            blocks that differ in other words the trained head repeats those words instead (README,
+            "The contrastive teacher"; ``benchmarks/teacher_contrast.py`` measures a teacher before
+            training).
         contrast_plausibility: ``alpha`` in ``[0, 1)`` for the contrastive teacher: only tokens the
             plain teacher gives at least ``alpha`` times its top token's probability are contrasted
             (the adaptive plausibility constraint of contrastive decoding); 0 contrasts every token.

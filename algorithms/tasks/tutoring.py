@@ -1,8 +1,9 @@
 """The tutoring environment (``pluralgym/Tutoring-v0``) as the trainers see it: :class:`TutoringTask`.
 
 One head per teaching style (DIRECT, INTERACTIVE). The policy's prompt is the dialogue so far; the
-privileged prompt adds one final system block naming the head's style (with a one-line example) and
-the student's actual reaction to the sampled turn. ``label["persona"]`` is the student's hidden
+privileged prompt adds one final system block naming the head's style and the episode's topic
+(``configs/env/tutoring.yaml``) and, with ``teacher_feedback``, the student's actual reaction to the
+sampled turn. ``label["persona"]`` is the student's hidden
 learning style, so a head is *matched* when its name equals it.
 
 The report (:meth:`TutoringTask.evaluate`, used by the end-of-run evaluation, the learning curve and

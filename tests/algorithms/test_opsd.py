@@ -8,8 +8,10 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import algorithms.opsd as opsd
+import configs
 from agents import MultiHeadPolicy
 from agents.models import load_backbone
 from algorithms.components import build_task
@@ -38,8 +40,11 @@ def test_every_agent_and_algorithm_config_composes_and_validates(agent, algorith
 
 @pytest.mark.parametrize("algorithm", RLVR_PRESETS)
 def test_another_trainers_algorithm_preset_is_refused_by_name(algorithm):
-    with pytest.raises(ConfigError, match="Unknown key algorithm.clip_eps"):
-        opsd.algorithm_config(compose_config("opsd", f"algorithm={algorithm}"))
+    with pytest.raises(ConfigError, match="Unknown key algorithm.clip_eps"):  # an env without OPSD settings
+        opsd.algorithm_config(compose_config("opsd", "env=persona_math", f"algorithm={algorithm}"))
+    # an env with its own OPSD settings (configs/env_opsd/) cannot even put them into the other trainer's preset
+    with pytest.raises(ConfigCompositionException, match="RLVRConfig"):
+        compose_config("opsd", "env=tutoring", f"algorithm={algorithm}")
 
 
 @pytest.mark.parametrize("judge", group_options("judge"))
@@ -61,8 +66,9 @@ def test_every_chat_config_instantiates(chat, monkeypatch):
 
 
 def test_defaults_are_written_once_and_reach_the_config():
-    cfg = compose_config("opsd")
-    assert opsd.algorithm_config(cfg) == opsd.OPSDConfig()  # the YAML adds nothing to the dataclass
+    cfg = compose_config("opsd")  # env=tutoring, whose own OPSD settings are in configs/env_opsd/tutoring.yaml
+    own = OmegaConf.to_container(OmegaConf.load(Path(configs.__file__).parent / "env_opsd" / "tutoring.yaml"))
+    assert opsd.algorithm_config(cfg) == opsd.OPSDConfig(**own["algorithm"])  # the YAML adds nothing else
     quick = opsd.algorithm_config(compose_config("opsd", "algorithm=opsd_quick"))
     assert quick.steps == 4 and quick.lr == opsd.OPSDConfig().lr  # a preset overrides, the rest is inherited
     assert compose_config("opsd", "student.noise=0.3").student.noise == 0.3  # plug-in arguments without '+'
@@ -72,10 +78,15 @@ def losses(run_dir):
     return [json.loads(line)["loss/total"] for line in (Path(run_dir) / "history.jsonl").read_text().splitlines()]
 
 
-# Pinned on the tiny-random model (seed 0): a change here means the training step changed.
+# Pinned on the tiny-random model (seed 0): a change here means the training step changed. PINNED is the
+# default (the tutoring env's contrastive teacher), PINNED_PLAIN the plain teacher (algorithm.contrast=null).
 PINNED = {
-    "mah": [0.002913805074058473, 0.0027517129201442003],
-    "mt": [0.0026967323501594365, 0.002600528474431485],
+    "mah": [0.0029224317404441535, 0.0027517733396962285],
+    "mt": [0.0027310786535963416, 0.002608377719298005],
+}
+PINNED_PLAIN = {
+    "mah": [0.0028642391553148627, 0.0027296547777950764],
+    "mt": [0.0026494747726246715, 0.0025591248995624483],
 }
 
 
@@ -123,18 +134,21 @@ def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_
 
 
 @pytest.mark.parametrize("variant", ["mah", "mt"])
-def test_a_contrast_changes_the_step_and_zero_weights_are_the_plain_teacher(variant, tmp_path, opsd_config):
+def test_the_default_contrast_changes_the_step_and_zero_weights_are_the_plain_teacher(variant, tmp_path,
+                                                                                       opsd_config):
     def run(name, contrast, *extra):
         opsd.train(opsd_config(f"algorithm.variant={variant}", "algorithm.eval.enabled=false",
                                f"algorithm.contrast={contrast}", *extra), tmp_path / name)
         return losses(tmp_path / name)
 
-    assert run("zeros", "[0,0]") == pytest.approx(PINNED[variant], rel=1e-4)  # the default (null) is pinned above
-    contrasted = run("contrast", "[0,2]")
-    assert all(0 < x < 10 for x in contrasted) and contrasted != pytest.approx(PINNED[variant], rel=1e-2)
+    plain = run("plain", "null")
+    assert plain == pytest.approx(PINNED_PLAIN[variant], rel=1e-4)
+    assert run("zeros", "[0,0]") == pytest.approx(plain, rel=1e-4)
+    # the default, [0,2], is pinned above: a different teacher from the plain one
+    assert all(0 < x < 10 for x in PINNED[variant]) and PINNED[variant] != pytest.approx(plain, rel=1e-3)
     # the plausibility constraint leaves unlikely tokens uncontrasted: a third, different teacher
     constrained = run("plausible", "[0,2]", "algorithm.contrast_plausibility=0.5")
-    assert constrained != pytest.approx(contrasted, rel=1e-3) and constrained != pytest.approx(PINNED[variant], rel=1e-3)
+    assert constrained != pytest.approx(PINNED[variant], rel=1e-3) and constrained != pytest.approx(plain, rel=1e-3)
 
 
 def test_distill_step_contrasted_with_its_own_prompt_is_the_plain_teacher(tiny, batch):

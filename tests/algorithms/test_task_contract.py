@@ -95,12 +95,15 @@ def test_the_teacher_prompt_differs_from_the_policys_only_in_system_text(overrid
 
 
 def test_the_default_teacher_prompt_leaves_the_reply_out_and_the_papers_adds_it():
-    task = build_task(compose_config("opsd"))  # the default: the style cue only
-    obs = [{"role": "system", "content": "Tutoring session."}, {"role": "teacher", "content": "Hi."},
-           {"role": "student", "content": "Hello."}]
+    task = build_task(compose_config("opsd"))  # the default: the style cue, naming the episode's topic
+    batch = task.make_batch(1)
+    observations, _ = batch.reset(seed=0)
+    obs = [*observations[0], {"role": "teacher", "content": "Hi."}, {"role": "student", "content": "Hello."}]
     persona = task.personas[1]
     block = task.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
-    assert persona.label in block and persona.description in block and "just tell me" not in block
+    described = persona.description.replace("{topic}", batch.envs[0].topic)
+    assert persona.label in block and "just tell me" not in block and "{topic}" not in block
+    assert described in block and described != persona.description
     paper = build_task(compose_config("opsd", "env.teacher_feedback=true"))
     full = paper.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
     assert full.startswith(block[:-1]) and "Please just tell me!" in full  # the same block, plus the reply
