@@ -274,6 +274,14 @@ def test_selection_keeps_the_best_validation_epoch():
     torch.testing.assert_close(rl.router_metrics(fit.router, toy_data(16, 1), rc)["preference"], best)
 
 
+def test_an_envs_own_router_settings_apply_to_that_env_only():
+    tutoring = rl.router_config(compose_config("router", "policy=somewhere"))[1]
+    assert tutoring.episodes == 256  # configs/env_router/tutoring.yaml
+    assert rl.router_config(compose_config("router", "policy=somewhere", "data.episodes=64"))[1].episodes == 64
+    persona = rl.router_config(compose_config("router", "policy=somewhere", "env=persona"))[1]
+    assert persona == rl.RouterDataConfig()  # no file of its own: the dataclass's defaults
+
+
 def test_bad_router_config_values_get_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="router.method='vote' is not allowed: must be one of"):
         rl.router_config(router_cfg("somewhere", "router.method=vote"))
