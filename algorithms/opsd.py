@@ -247,7 +247,10 @@ class OPSDTrainer(Trainer):
             raise ConfigError(f"algorithm.alphas={s.alphas} is not allowed: {err}") from None
         if s.contrast is not None and len(s.contrast) != len(self.personas):
             raise ConfigError(f"algorithm.contrast={s.contrast} is not allowed: it needs one weight per persona "
-                              f"({len(self.personas)}: {', '.join(p.name for p in self.personas)}), or null.")
+                              f"({len(self.personas)}: {', '.join(p.name for p in self.personas)}), or null. An env "
+                              f"may set its own in configs/env_opsd/<env>.yaml; with other personas, set it on the "
+                              f"command line (algorithm.contrast=[{','.join(['0'] * len(self.personas))}] or "
+                              f"algorithm.contrast=null).")
         n = s.episodes_per_persona
         self.row_persona = [p for p in range(len(self.personas)) for _ in range(n)]
 

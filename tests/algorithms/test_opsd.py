@@ -255,6 +255,15 @@ BAD_AT_START = ["algorithm.topk=0", "algorithm.topk=-5", "algorithm.lr=-1", "alg
                 "ray.max_staleness=2", "agent.dtype=int8", "student.noise=2", "device=tpu"]
 
 
+def test_an_envs_contrast_that_does_not_fit_other_personas_says_where_it_comes_from(opsd_config, tmp_path):
+    three = ("env.personas=[{name:direct,label:DIRECT,description:x},{name:interactive,label:INTERACTIVE,"
+             "description:y},{name:socratic,label:SOCRATIC,description:z}]")
+    with pytest.raises(ConfigError, match=r"one weight per persona \(3: direct, interactive, socratic\)") as info:
+        opsd.train(opsd_config(three), tmp_path / "run")
+    assert "configs/env_opsd/<env>.yaml" in str(info.value) and "algorithm.contrast=[0,0,0]" in str(info.value)
+    assert not (tmp_path / "run" / "history.jsonl").exists()
+
+
 @pytest.mark.parametrize("override", BAD_AT_COMPOSE)
 def test_a_mistyped_key_or_value_fails_when_the_config_is_composed(override, opsd_config):
     with pytest.raises(ConfigCompositionException) as info:
