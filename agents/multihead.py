@@ -458,7 +458,7 @@ class MultiHeadPolicy(nn.Module):
                 f"{path} is not a saved MultiHeadPolicy (expected {POLICY_CONFIG} and {HEADS_FILE} there)."
             )
         meta = json.loads((path / POLICY_CONFIG).read_text())
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)  # never a pickle
         policy = cls(model, num_heads=meta["num_heads"], head_names=meta["head_names"], init_noise_std=0.0)
         policy.init_noise_std = meta.get("init_noise_std", 0.0)
         policy.heads.load_state_dict(load_file(path / HEADS_FILE), strict=True)

@@ -510,7 +510,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device = resolve_device(cfg.device)
-    policy, tokenizer, run_cfg = load_run(cfg.policy, device)
+    policy, tokenizer, run_cfg = load_run(cfg.policy, device, current=cfg)
     task = build_task(cfg)
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
     contenders = build_contenders(cfg, ctx)

@@ -23,6 +23,7 @@ from algorithms.components import agent_config, build_task
 from algorithms.evaluation import evaluate_policy
 from algorithms.trainer import Trainer, fit
 from configs import PLUGIN_KEYS, check_top_level
+from configs.trust import load_saved_config
 from configs.validation import structured
 
 RUN_KEYS = ("seed", "device", "resume", "evaluate", "overwrite", "env", "agent", "algorithm", "ray")
@@ -49,7 +50,7 @@ def run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
     if not target:
         return cfg, Path(HydraConfig.get().runtime.output_dir), "train"
     folder = Path(target)
-    run_cfg = OmegaConf.load(folder / "config.yaml")
+    run_cfg = load_saved_config(folder / "config.yaml", current=cfg)  # refuses unregistered _target_s
     run_cfg.algorithm.stop_after = None  # a per-process setting: it stopped the earlier process, not this one
     # Explicit command-line overrides (other than resume/evaluate) still apply, e.g. algorithm.stop_after.
     for override in HydraConfig.get().overrides.task:

@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from algorithms.tasks.math import math_markdown, plot_accuracy
 from algorithms.tasks.persona import compare_runs as compare_persona
 from algorithms.tasks.reporting import fmt, markdown_table
+from configs.trust import ALLOW_KEY, load_saved_config
 
 
 def _tutoring(reports: dict[str, dict[str, Any]]) -> str:
@@ -37,17 +36,21 @@ def _tutoring(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(markdown_table(header, table)) + "\n"
 
 
-def compare(run_dirs: list[Path], labels: list[str] | None = None, plot: Path | None = None) -> str:
+def compare(run_dirs: list[Path], labels: list[str] | None = None, plot: Path | None = None,
+            allow_targets: list[str] | None = None) -> str:
     """Markdown tables comparing the runs' evaluations (see the module docstring).
 
     Args:
         run_dirs: Finished run folders of one task (each with ``eval.json``).
         labels: A name per run (default: the folder names).
         plot: For math runs, also draw accuracy per evaluation persona of every run's rows here.
+        allow_targets: Unregistered ``_target_`` classes the runs' ``config.yaml`` may name (nothing is
+            called here, but a config naming anything else is refused as everywhere else).
     """
     labels = labels or [d.name for d in run_dirs]
     if len(labels) != len(run_dirs):
         raise ValueError(f"{len(run_dirs)} runs but {len(labels)} labels.")
+    saved = [load_saved_config(run / "config.yaml", {ALLOW_KEY: allow_targets or []}) for run in run_dirs]
     reports = {}
     for label, run in zip(labels, run_dirs):
         path = run / "eval.json"
@@ -55,7 +58,7 @@ def compare(run_dirs: list[Path], labels: list[str] | None = None, plot: Path | 
             raise FileNotFoundError(f"{run} has no eval.json; evaluate it first with the trainer that made it: "
                                     f"python -m algorithms.opsd evaluate={run} (or algorithms.rlvr)")
         reports[label] = json.loads(path.read_text())["report"]
-    target = str(OmegaConf.load(run_dirs[0] / "config.yaml").env.get("_target_", ""))
+    target = str(saved[0].env.get("_target_", ""))
     if target.endswith("PersonaTask"):
         return compare_persona(reports)
     if target.endswith("MathTask"):
@@ -73,9 +76,13 @@ def main() -> None:
     parser.add_argument("--labels", default=None, help="comma-separated names for the runs")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the markdown here (and, for math runs, the accuracy plot next to it as .png)")
+    parser.add_argument("--allow-targets", default="",
+                        help="comma-separated _target_ classes the runs' config.yaml may name besides the registered "
+                             "plug-ins (your own students or judges)")
     args = parser.parse_args()
     plot = args.out.with_suffix(".png") if args.out else None
-    markdown = compare(args.runs, args.labels.split(",") if args.labels else None, plot=plot)
+    allow = [t for t in args.allow_targets.split(",") if t]
+    markdown = compare(args.runs, args.labels.split(",") if args.labels else None, plot=plot, allow_targets=allow)
     print(markdown)
     if args.out:
         args.out.write_text(markdown)

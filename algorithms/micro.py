@@ -401,7 +401,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device))
+    policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
     task = build_task(cfg)
     labels = [p.name for p in task.personas]
     rows = load_candidates(cfg.candidates)

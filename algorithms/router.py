@@ -88,6 +88,7 @@ from algorithms.router_data import (
 )
 from algorithms.runs import json_line, write_json
 from configs import check_top_level, register
+from configs.trust import load_saved_config
 from configs.validation import check_types, require, require_choice, structured
 
 METHODS = ("matched", "pairwise", "hedge", "micro")
@@ -423,20 +424,28 @@ def fit_router(
 # ----------------------------------------------------------------------------------------------
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu"):
+def load_run(path: str | Path, device: str | torch.device = "cpu", current: DictConfig | None = None):
     """Loads a finished OPSD run folder (or a bare saved policy folder), frozen and in eval mode.
 
+    Args:
+        path: The run folder.
+        device: Where the policy goes.
+        current: This invocation's composed config: the targets its command line names (and its
+            ``allow_targets``) may appear in the run's ``config.yaml`` besides the registered plug-ins.
+
     Returns:
-        ``(policy, tokenizer, run_cfg)``; ``run_cfg`` is the run's ``config.yaml`` (None if absent).
+        ``(policy, tokenizer, run_cfg)``; ``run_cfg`` is the run's ``config.yaml`` (None if absent),
+        vetted before anything else is read (:func:`configs.trust.load_saved_config`).
     """
     run = Path(path)
+    config = run / "config.yaml"
+    run_cfg = load_saved_config(config, current) if config.is_file() else None
     policy_dir = run / "policy" if (run / "policy").is_dir() else run
     policy = MultiHeadPolicy.from_pretrained(policy_dir, device=device)
     policy.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     tokenizer.padding_side = "left"
-    config = run / "config.yaml"
-    return policy.eval(), tokenizer, OmegaConf.load(config) if config.is_file() else None
+    return policy.eval(), tokenizer, run_cfg
 
 
 def load_router(path: str | Path, device: str | torch.device = "cpu") -> Router:
@@ -464,7 +473,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
     set_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
-    policy, tokenizer, _ = load_run(cfg.policy, device)
+    policy, tokenizer, _ = load_run(cfg.policy, device, current=cfg)
     task = build_task(cfg)
     for persona in task.personas:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas

@@ -115,7 +115,7 @@ def check_top_level(cfg: Any, own_keys: tuple[str, ...]) -> None:
     """
     from configs.validation import ConfigError
 
-    allowed = set(own_keys) | set(PLUGIN_KEYS) | {"hydra"}
+    allowed = set(own_keys) | set(PLUGIN_KEYS) | {"hydra", "allow_targets"}
     for key in cfg:
         if key in allowed:
             continue
