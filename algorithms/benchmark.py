@@ -74,7 +74,9 @@ class BenchmarkConfig:
     """Settings of a benchmark run (node ``benchmark`` of configs/benchmark.yaml; only source of these defaults).
 
     Attributes:
-        contexts: Held-out contexts; each runs against every persona label (both student types).
+        split: The held-out split played: ``eval`` (tuning, the default) or ``test`` (headline numbers).
+        contexts: Held-out contexts (null: every one of the split); each runs against every persona
+            label (both student types). More than the split holds is refused.
         turns: Generated turns per episode.
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature.
@@ -94,7 +96,8 @@ class BenchmarkConfig:
             rows, and a null entry is dropped.
     """
 
-    contexts: int = 16
+    split: str = "eval"
+    contexts: int | None = None
     turns: int = 4
     max_new_tokens: int = 48
     temperature: float = 0.7
@@ -108,7 +111,10 @@ class BenchmarkConfig:
 
     def __post_init__(self):
         check_types(self, "benchmark")
-        for key in ("contexts", "turns", "max_new_tokens", "bootstrap", "feature_batch_size"):
+        require(self.split in ("eval", "test"), "benchmark.split", self.split, "must be eval or test")
+        require(self.contexts is None or self.contexts >= 1, "benchmark.contexts", self.contexts,
+                "must be null (the whole split) or an integer >= 1")
+        for key in ("turns", "max_new_tokens", "bootstrap", "feature_batch_size"):
             require(getattr(self, key) >= 1, f"benchmark.{key}", getattr(self, key), "must be an integer >= 1")
         require(self.temperature >= 0, "benchmark.temperature", self.temperature, "must be >= 0")
         require(0 < self.confidence < 1, "benchmark.confidence", self.confidence, "must be in (0, 1)")
@@ -120,8 +126,8 @@ class BenchmarkConfig:
         """One line for the report: the protocol, the episodes and the turns actually played (``turns``)."""
         capped = f" (the env's limit; benchmark.turns={self.turns})" if turns < self.turns else ""
         return (f"Protocol: {self.protocol} ({PROTOCOLS[self.protocol]}). {episodes} held-out episodes per row "
-                f"(benchmark.contexts={self.contexts}, every persona label), {turns} generated "
-                f"turn{'s' if turns != 1 else ''} each{capped}.")
+                f"of the {self.split} split (benchmark.contexts={self.contexts}, every persona label), {turns} "
+                f"generated turn{'s' if turns != 1 else ''} each{capped}.")
 
 
 PROTOCOLS = {
@@ -193,6 +199,8 @@ class Contender:
         statistics: Called once the row has played; its figures go to ``benchmark.json`` and
             ``benchmark.md`` (e.g. tokens accepted per draft/judge block).
         base: Whether it is the untrained base model (the task's report measures the heads against it).
+        oracle: Whether it reads the env's reward during the episode (the report says it is no
+            deployable policy).
     """
 
     name: str
@@ -203,6 +211,7 @@ class Contender:
     mixes: bool = False
     statistics: Callable[[], dict[str, Any]] | None = None
     base: bool = False
+    oracle: bool = False
 
 
 class BaseModel:
@@ -341,7 +350,9 @@ class OnlineRouter:
 
     After every turn the satisfaction verdict on the student's answer (+1 good, 0 neutral, -1 bad,
     the same verdict the environment rewards) updates the weights by
-    ``w <- w exp(-lr loss) / Z`` with ``loss_k = -reward w_k``; nothing is trained.
+    ``w <- w exp(-lr loss) / Z`` with ``loss_k = -reward w_k``; nothing is trained. It therefore
+    reads, during the dialogue, the very figure the benchmark scores it on: an oracle reference,
+    not a deployable router (its row is marked so in every report).
 
     Args:
         lr: Hedge learning rate (0 keeps the first turn's weights for the whole dialogue).
@@ -351,8 +362,8 @@ class OnlineRouter:
         name: Row key.
     """
 
-    def __init__(self, lr: float = 2.0, floor: float = 0.02, path: str | None = None, label: str = "Online router",
-                 name: str = "online_router"):
+    def __init__(self, lr: float = 2.0, floor: float = 0.02, path: str | None = None,
+                 label: str = "Online router (oracle: reads the reward)", name: str = "online_router"):
         if lr < 0 or not 0 <= floor < 1:
             raise ValueError(f"OnlineRouter needs lr >= 0 and 0 <= floor < 1, got {lr} and {floor}.")
         self.lr, self.floor, self.path, self.label, self.name = lr, floor, path, label, name
@@ -367,7 +378,7 @@ class OnlineRouter:
             print(f"[benchmark] no router given: skipping '{self.label}' (pass router=<router run folder>)")
             return []
         selector = _OnlineSelector(router, ctx.features(router), ctx.task, self.lr, self.floor)
-        return [Contender(self.name, self.label, selector, mixes=True)]
+        return [Contender(self.name, self.label, selector, mixes=True, oracle=True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,7 +525,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     task = build_task(cfg)
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
     contenders = build_contenders(cfg, ctx)
-    options = task.eval_options(b.contexts)
+    options = task.eval_options(b.contexts, split=b.split)
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
     row_stats: dict[str, dict[str, Any]] = {}
@@ -524,7 +535,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
             print(f"[benchmark] {c.label}: {len(options)} episodes, {turns} turns")
             records = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector, options,
                                     driver=c.name, turns=turns, max_new_tokens=b.max_new_tokens,
-                                    temperature=b.temperature, seed=b.seed)
+                                    temperature=b.temperature, seed=b.seed, split=b.split)
             rows[c.label] = records
             if c.mixes:
                 routers[c.label] = router_statistics(records, policy.head_names)
@@ -536,12 +547,17 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     report = task.evaluate(rows, heads=head_labels, base=base, bootstrap=b.bootstrap, confidence=b.confidence,
                            seed=b.seed)
     wins, wins_md = _win_rates(cfg, b, task, rows, contenders, head_labels)
+    oracles = [c.label for c in contenders if c.oracle]
     results = {"policy": str(cfg.policy), "router": cfg.get("router"), "protocol": b.protocol,
-               "contexts": b.contexts, "turns": b.turns,
+               "split": b.split, "contexts": b.contexts, "turns": b.turns,
                "episodes_per_row": len(options), "head_names": list(policy.head_names),
-               "rows": {c.label: c.name for c in contenders}, "report": report.metrics, "routers": routers,
+               "rows": {c.label: c.name for c in contenders}, "oracle_rows": oracles, "report": report.metrics,
+               "routers": routers,
                "row_statistics": row_stats, "win_rates": wins}
-    markdown = (b.describe(len(options), turns) + "\n\n" + report.markdown
+    oracle_note = (f"Oracle rows ({', '.join(oracles)}) read the env's reward (the student's satisfaction) during "
+                   "the dialogue, the figure they are scored on: a reference, not a deployable router.\n\n"
+                   if oracles else "")
+    markdown = (b.describe(len(options), turns) + "\n\n" + oracle_note + report.markdown
                 + router_markdown(routers, policy.head_names) + statistics_markdown(row_stats) + wins_md)
     (out_dir / "benchmark.md").write_text(markdown)
     write_json(out_dir / "benchmark.json", results)

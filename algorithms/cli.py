@@ -109,7 +109,9 @@ def run(trainer_cls: type[Trainer], cfg: DictConfig) -> None:
     check_top_level(cfg, RUN_KEYS)
     cfg, folder, mode = run_config(cfg)
     if mode == "evaluate":
-        print(evaluate_run(trainer_cls, cfg, folder)["markdown"])
+        result = evaluate_run(trainer_cls, cfg, folder)
+        print(result["markdown"])
+        print(f"[{trainer_cls.name}] {result['split']} split report in {folder / (result['split'] + '.md')}")
         return
     summary = fit(trainer_cls, cfg, folder, resume=mode == "resume")
     name = trainer_cls.name
@@ -117,4 +119,4 @@ def run(trainer_cls: type[Trainer], cfg: DictConfig) -> None:
     print(f"[{name}] steps {summary['step']}/{summary['steps']}, training wall {summary['wall_s_total']} s, "
           f"peak memory {summary['peak_memory_mb']} MiB")
     if "eval" in summary:
-        print((folder / "eval.md").read_text())
+        print((folder / f"{summary.get('eval_split', 'eval')}.md").read_text())

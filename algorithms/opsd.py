@@ -91,7 +91,7 @@ class OPSDConfig(TrainerConfig):
     alphas: list[float] | None = None
     contrast: list[float] | None = None
     contrast_plausibility: float = 0.0
-    eval: EvalSettings = field(default_factory=lambda: EvalSettings(contexts=16, every=10, curve_contexts=8))
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(every=10, curve_contexts=8))
 
     def __post_init__(self):
         super().__post_init__()

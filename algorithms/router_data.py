@@ -170,7 +170,7 @@ def _options(task: Task, split: str, episodes: int) -> list[dict[str, Any]]:
     """Reset options of ``episodes`` episodes of ``split`` that cover every persona label equally."""
     # eval_options(n) gives at least n episodes whether the task pairs each context with every
     # label (tutoring) or plays each once with the labels cycling (persona critic); keep the first n
-    return task.eval_options(max(1, episodes), split=split)[:episodes]
+    return task.eval_options(max(1, episodes), split=split, repeat=True)[:episodes]
 
 
 def _reset(task: Task, options: Sequence[dict], split: str, seed: int) -> tuple[list[Any], list[dict], list[dict]]:

@@ -103,7 +103,11 @@ class EvalSettings:
 
     Attributes:
         enabled: Evaluate at the end of the run.
-        contexts: Held-out contexts; each is run against every persona label.
+        split: The split of the end-of-run evaluation and of ``evaluate=<run>``: ``eval`` (for tuning;
+            the default) or ``test`` (headline numbers only). Its report is written as
+            ``<split>.json`` / ``.md`` / ``.png``. Learning curves always use ``eval``.
+        contexts: Held-out contexts (topics, requests, questions); each is run against every persona
+            label. Null: every context of the split. More than the split holds is refused.
         turns: Generated turns per evaluation episode (capped by the env's episode length).
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature (0: greedy).
@@ -118,7 +122,8 @@ class EvalSettings:
     """
 
     enabled: bool = True
-    contexts: int = 8
+    split: str = "eval"
+    contexts: int | None = None
     turns: int = 3
     max_new_tokens: int = 48
     temperature: float = 0.7
@@ -131,7 +136,10 @@ class EvalSettings:
 
     def __post_init__(self):
         check_types(self, "algorithm.eval")
-        for key in ("contexts", "turns", "max_new_tokens", "bootstrap"):
+        require_choice("algorithm.eval.split", self.split, ("eval", "test"))
+        require(self.contexts is None or self.contexts >= 1, "algorithm.eval.contexts", self.contexts,
+                "must be null (the whole split) or an integer >= 1")
+        for key in ("turns", "max_new_tokens", "bootstrap"):
             require(getattr(self, key) >= 1, f"algorithm.eval.{key}", getattr(self, key), "must be an integer >= 1")
         require(self.every >= 0, "algorithm.eval.every", self.every, "must be an integer >= 0 (0: only at the end)")
         require(self.curve_contexts is None or self.curve_contexts >= 1, "algorithm.eval.curve_contexts",
@@ -420,7 +428,7 @@ class Trainer:
         """A periodic evaluation of the heads for the learning curve: the report's scalars under ``curve/``."""
         settings = replace(self.settings.eval, baselines=False)
         rows = play_rows(self.policy, self.tokenizer, self.task, settings, head_for_persona=self.head_for_persona,
-                         contexts=settings.curve_contexts)
+                         contexts=settings.curve_contexts, split="eval")  # a curve is for tuning: never test
         report = self.task.evaluate(rows, heads=list(rows), bootstrap=settings.bootstrap,
                                     confidence=settings.confidence, seed=settings.seed)
         return {f"curve/{k}": v for k, v in report.scalars.items()}
@@ -581,6 +589,7 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
         summary["policy_dir"] = str(trainer.save_policy())
         if s.eval.enabled:
             summary["eval"] = trainer.evaluate(writer)
+            summary["eval_split"] = s.eval.split
         if s.eval.every:
             plot_curve(read_history(run_dir), run_dir / "curve.png")
         write_json(run_dir / "summary.json", summary)

@@ -25,6 +25,21 @@ from hydra.experimental.callback import Callback
 _registered = False
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``${pg_equal:a,b}``: whether two config values are equal (e.g. a default that follows another setting)."""
+    return str(a) == str(b)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("pg_equal"):
+        OmegaConf.register_new_resolver("pg_equal", _equal)
+
+
+_register_resolvers()
+
+
 def register() -> None:
     """Registers every structured config with Hydra's ConfigStore (idempotent; call before composing)."""
     global _registered

@@ -3,11 +3,11 @@
 Problems, answer parsing and the reward rule live in ``envs.data.math``; this module holds the
 personas the problems are asked under, the prompts, :class:`PersonaMathEnv` and its batch.
 
-Personas (:func:`persona_pools`): the 200 shipped PersonaGym descriptions split 150 / 50 into a
-training pool and a held-out pool (id number 3 mod 4 is held out, the same rule as
-``envs.data.persona``), and a project-written *lottery set* of seven roles in the spirit of
-PerMix-RLVR's Figure 1: four math experts, a kindergartener, a carpenter and ``none`` (no system
-message at all).
+Personas (:func:`persona_pools`): the 200 shipped PersonaGym descriptions split 125 / 50 / 25 into a
+training pool, an ``eval`` pool and a ``test`` pool (:func:`envs.data.splits.personagym_part`, the
+rule of ``envs.data.persona`` too), and project-written *lottery sets* of seven roles in the spirit
+of PerMix-RLVR's Figure 1: four math experts, a young child, a trade and ``none`` (no system
+message at all); ``LOTTERY`` for ``eval``, ``LOTTERY_HELDOUT`` for ``test``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from envs.batching import EnvBatch, check_text_action
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
-    SPLITS,
     MathProblem,
     answer_reward,
     clean_solution,
@@ -38,6 +37,7 @@ from envs.data.math import (
     problems_for_split,
     read_jsonl,
 )
+from envs.data.splits import personagym_part, read_split
 from envs.tutoring import ChatMessages, ChatText
 
 MAX_ACTION_CHARS = 4000
@@ -111,13 +111,30 @@ LOTTERY: tuple[PromptPersona, ...] = (
     NO_PERSONA,
 )
 
+# The ``test`` split's own role set, shaped like LOTTERY (experts, a young child, a trade, none) but
+# never shown in training or tuning.
+LOTTERY_HELDOUT: tuple[PromptPersona, ...] = (
+    PromptPersona("actuary", "an actuary who prices insurance risks and double-checks every sum with a "
+                             "second method"),
+    PromptPersona("geometry-professor", "a university professor of geometry who proves each claim before "
+                                        "using it"),
+    PromptPersona("puzzle-setter", "a setter of newspaper logic puzzles who loves exact, tidy answers"),
+    PromptPersona("physics-teacher", "a secondary-school physics teacher who estimates first and computes "
+                                     "second"),
+    PromptPersona("toddler", "a toddler who is three years old and has just learned to count to ten"),
+    PromptPersona("baker", "a baker who runs a neighbourhood bakery and scales recipes up for big orders"),
+    NO_PERSONA,
+)
+
 
 class PersonaPools(NamedTuple):
-    """The training pool (150 PersonaGym personas), the held-out pool (50) and the lottery set (7)."""
+    """PersonaGym personas by part (training 125, held out for eval 50, for test 25) and the role sets."""
 
     train: tuple[PromptPersona, ...]
     held_out: tuple[PromptPersona, ...]
     lottery: tuple[PromptPersona, ...]
+    test: tuple[PromptPersona, ...] = ()
+    test_lottery: tuple[PromptPersona, ...] = LOTTERY_HELDOUT
 
 
 def load_personagym_personas(path: str | Path | None = None) -> list[PromptPersona]:
@@ -127,29 +144,32 @@ def load_personagym_personas(path: str | Path | None = None) -> list[PromptPerso
 
 
 def is_held_out(persona_id: str) -> bool:
-    """Whether a PersonaGym id is held out: its number is 3 mod 4 (50 of 200, as in ``envs.data.persona``)."""
-    tail = persona_id.rsplit("-", 1)[-1]
-    return tail.isdigit() and int(tail) % 4 == 3
+    """Whether a PersonaGym id is held out for ``eval`` (:func:`envs.data.splits.personagym_part`)."""
+    return personagym_part(persona_id) == "eval"
 
 
 def persona_pools(path: str | Path | None = None) -> PersonaPools:
-    """The training pool (150), the held-out pool (50) and the lottery set (7), all deterministic."""
+    """The PersonaGym personas by part and the two role sets, all deterministic."""
     personas = load_personagym_personas(path)
-    return PersonaPools(train=tuple(p for p in personas if not is_held_out(p.id)),
-                        held_out=tuple(p for p in personas if is_held_out(p.id)),
-                        lottery=LOTTERY)
+    part = {p.id: personagym_part(p.id) for p in personas}
+    return PersonaPools(train=tuple(p for p in personas if part[p.id] == "train"),
+                        held_out=tuple(p for p in personas if part[p.id] == "eval"),
+                        lottery=LOTTERY, test=tuple(p for p in personas if part[p.id] == "test"))
 
 
 def personas_for_split(split: str = "train") -> list[PromptPersona]:
     """Personas of a contract split.
 
     Training splits get the training pool plus ``none``; ``eval`` gets the held-out pool plus the
-    lottery set (whose last entry is ``none``).
+    lottery set (whose last entry is ``none``); ``test`` its own pool plus its own role set.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    read_split(split, "envs.math.personas_for_split")
     pools = persona_pools()
-    return [*pools.held_out, *pools.lottery] if split == "eval" else [*pools.train, NO_PERSONA]
+    if split == "eval":
+        return [*pools.held_out, *pools.lottery]
+    if split == "test":
+        return [*pools.test, *pools.test_lottery]
+    return [*pools.train, NO_PERSONA]
 
 
 # --- prompts and the environment ----------------------------------------------------------------

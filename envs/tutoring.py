@@ -145,6 +145,23 @@ SEED_TURNS_ASK = (
 
 SEED_TURNS = SEED_TURNS_EXPLAIN + SEED_TURNS_ASK
 
+# Openings of the ``test`` split only: no training, tuning or evaluation episode ever starts with
+# one, so a policy cannot have fitted its replies to their wording. Half explain, half ask.
+SEED_TURNS_HELDOUT = (
+    "{topic} is on the board for today. I'll give you the short version first, then fill in the "
+    "details that make it work.",
+    "Here is where we're heading: {topic}. I'll start from the definition and then show you one "
+    "example that puts it to use.",
+    "Time for {topic}. There are two or three facts that everything else rests on, and I'll go "
+    "through those first.",
+    "Right, {topic}. I'll describe how it came about and what it changed, and we'll stop at each "
+    "step that matters.",
+    "Our subject is {topic}. Suppose you had to teach it to me: where would you begin?",
+    "{topic} today. Picture someone who has never heard of it. What would puzzle them most?",
+    "Before we open {topic}, make a prediction: what is the single most important thing about it?",
+    "Let's try {topic}. Think of an everyday situation where it might show up. What comes to mind?",
+)
+
 SYSTEM_TEMPLATE = (
     "Tutoring session. Topic: {topic}. You are the teacher; after each of your turns the student "
     "answers."
@@ -221,6 +238,8 @@ class TutoringEnv(gym.Env):
     - ``contexts``: ``[{"topic": ..., "seed_turn": ...}]`` (e.g. from
       ``envs.data.load_education_dialogue``); when given, episodes draw a context instead of a
       topic and a seed template.
+    - ``seed_turns``: opening templates with a ``{topic}`` slot to draw from (default
+      ``SEED_TURNS``; the tutoring task's ``test`` split uses ``SEED_TURNS_HELDOUT``).
     - ``student_type`` / ``reaction``: fix the hidden preference / reaction (default: drawn).
     - ``max_action_chars``: longest teacher turn kept (default 2000).
     - ``max_reply_chars``: longest student reply kept (default 2000).
@@ -244,6 +263,7 @@ class TutoringEnv(gym.Env):
         max_action_chars: int = MAX_ACTION_CHARS,
         max_reply_chars: int = MAX_REPLY_CHARS,
         render_mode: str | None = None,
+        seed_turns: Sequence[str] | None = None,
     ) -> None:
         if student is None:
             from envs.students.scripted import ScriptedStudent
@@ -266,6 +286,9 @@ class TutoringEnv(gym.Env):
         self.satisfaction_judge = satisfaction_judge
         self.contexts = [dict(c) for c in contexts] if contexts else None
         self.topics = list(topics) if topics else load_tutoring_topics()
+        self.seed_turns = tuple(seed_turns) if seed_turns else SEED_TURNS
+        if not all(isinstance(t, str) and "{topic}" in t for t in self.seed_turns):
+            raise ValueError("every seed_turns template must be a string with a {topic} slot")
         self.fixed_student_type = student_type
         self.fixed_reaction = reaction
         self.max_action_chars = int(max_action_chars)
@@ -366,7 +389,7 @@ class TutoringEnv(gym.Env):
             seed_turn = None
         student_type = STUDENT_TYPES[int(rng.integers(len(STUDENT_TYPES)))]
         reaction = REACTIONS[int(rng.integers(len(REACTIONS)))]
-        template = SEED_TURNS[int(rng.integers(len(SEED_TURNS)))]
+        template = self.seed_turns[int(rng.integers(len(self.seed_turns)))]
 
         topic = str(options.get("topic", topic)).strip()[:MAX_TOPIC_CHARS]
         if not topic:

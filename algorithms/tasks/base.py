@@ -30,8 +30,10 @@ What a task provides, in the order a trainer uses it:
 8. **Chat traffic** (:meth:`Task.chat_counters`): counters of the chat models behind its plug-ins.
 
 Splits are named ``train`` (the trainer's episodes), ``router_train`` and ``router_val`` (router
-learning) and ``eval`` (held-out evaluation and benchmarks); a task may reuse contexts across
-``train`` and the router splits, never with ``eval``.
+learning), ``eval`` (tuning: held-out evaluation, learning curves, sweeps) and ``test`` (headline
+numbers only); a task may reuse contexts across ``train`` and the router splits, never with ``eval``
+or ``test``, and ``eval`` and ``test`` share nothing. A task reads a split through
+:func:`envs.data.splits.read_split`, so a test can watch which splits a run reads.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from envs.data.splits import SPLITS
+
 if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord
     from envs.judges.pairwise import PairwiseComparison
 
 Messages = list[dict[str, str]]
-SPLITS = ("train", "router_train", "router_val", "eval")
+__all__ = ["SPLITS", "EpisodeBatch", "EvalReport", "Messages", "Persona", "Task", "personas_from"]
 
 
 @dataclass(frozen=True)
@@ -157,13 +161,15 @@ class Task(Protocol):
         """A batch of ``num`` live episodes drawn from ``split``."""
         ...
 
-    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
+    def eval_options(self, contexts: int | None, *, split: str = "eval", repeat: bool = False) -> list[dict[str, Any]]:
         """Reset options of held-out episodes, the same on every call.
 
-        ``contexts`` contexts of ``split``, each paired with every label it is run with when the
-        label changes the episode (tutoring: both student types), else each played once with the
-        labels cycling (the persona critic, whose response does not depend on its focal facet); with
-        at least as many contexts as personas every label appears.
+        ``contexts`` distinct contexts of ``split`` (None: all of them), each paired with every label
+        it is run with when the label changes the episode (tutoring: both student types), else each
+        played once with the labels cycling (the persona critic, whose response does not depend on
+        its focal facet); with at least as many contexts as personas every label appears. More
+        contexts than the split holds raise ``ValueError`` unless ``repeat`` (then they cycle: for
+        training data such as the router's prefixes, never for an evaluation).
         """
         ...
 

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from algorithms.tasks.base import EvalReport, Messages, Persona
-from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure
+from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
 from envs.chat import chat_counters
-from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker
+from envs.checks.math import check_answers
+from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker, problems_for_split
+from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
@@ -77,12 +79,20 @@ class MathTask:
         self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
         self.fidelity_candidates, self.format_bonus = int(fidelity_candidates), float(format_bonus)
         pools = persona_pools()
-        self.eval_personas = [*pools.held_out[:eval_heldout_personas], *pools.lottery]
-        self.prompts = {p.id: p.system_prompt for p in [*pools.train, *pools.held_out, *pools.lottery]}
+        # Held-out splits: a few held-out PersonaGym personas and that split's role set.
+        self._heldout_personas = {"eval": [*pools.held_out[:eval_heldout_personas], *pools.lottery],
+                                  "test": [*pools.test[:eval_heldout_personas], *pools.test_lottery]}
+        self.prompts = {p.id: p.system_prompt for p in
+                        [*pools.train, *pools.held_out, *pools.lottery, *pools.test, *pools.test_lottery]}
+
+    @property
+    def eval_personas(self) -> list:
+        """The personas the ``eval`` split is asked under."""
+        return self._heldout_personas["eval"]
 
     def make_batch(self, num: int, *, split: str = "train") -> PersonaMathBatch:
         """``num`` episodes over the problems and personas of ``split``."""
-        personas = self.eval_personas if split == "eval" else None
+        personas = self._heldout_personas.get(read_split(split, "the persona math task"))
         extra = {"personas": personas} if personas is not None else {}
         return PersonaMathBatch.for_split(num, split, task=self.source, num_problems=self.num_problems,
                                           difficulty=self.difficulty, seed=self.seed,
@@ -92,17 +102,26 @@ class MathTask:
 
     def persona_pool(self, split: str = "train") -> list[str]:
         """The prompt personas of a split, ``none`` included (PerMix draws from it)."""
-        return [p.id for p in (self.eval_personas if split == "eval" else personas_for_split(split))]
+        read_split(split, "the persona math task")
+        return [p.id for p in self._heldout_personas.get(split) or personas_for_split(split)]
 
     @staticmethod
     def persona_options(persona: str) -> dict[str, Any]:
         """Reset options that pose the episode's question under ``persona`` (``none``: no persona)."""
         return {"persona": persona}
 
-    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
-        """``contexts`` questions of ``split``, each under every evaluation persona."""
+    def eval_options(self, contexts: int | None, *, split: str = "eval", repeat: bool = False) -> list[dict[str, Any]]:
+        """``contexts`` questions of ``split`` (None: all), each under every persona of the split.
+
+        ``repeat`` lets questions cycle (the router's training prefixes; never an evaluation).
+        """
         personas = self.persona_pool(split)
-        return [{"problem": q, **self.persona_options(p)} for q in range(contexts) for p in personas]
+        available = len(problems_for_split(split, task=self.source, num=self.num_problems,
+                                           difficulty=self.difficulty, seed=self.seed,
+                                           gsm8k_max_steps=self.gsm8k_max_steps))
+        if not repeat:
+            contexts = check_contexts(contexts, available, split, "question")
+        return [{"problem": q % available, **self.persona_options(p)} for q in range(contexts) for p in personas]
 
     @staticmethod
     def comparison(observation: Messages, context: dict[str, Any], first: str, second: str,
@@ -173,7 +192,12 @@ class MathTask:
         stable = correct.mean(1) >= self.pss_share - 1e-9  # (Q,) right under enough of the personas
         pss = estimate(stable.mean(), np.array([stable[idx].mean() for idx in reps]),
                        len(questions), confidence).as_dict()
-        return {"accuracy": per_persona, "mean": float(acc.mean()), "std": float(acc.std()), "min": float(acc.min()),
+        answers = [(r.actions[0], r.infos[0].get("answer")) for r in records if r.actions and r.infos]
+        checks = check_answers([a for a, _ in answers], [ref for _, ref in answers])  # never the reward's parser
+        units = {"accuracy": unit_sums(questions, correct.sum(1), [len(personas)] * len(questions)),
+                 "pss": unit_sums(questions, stable.astype(float))}
+        return {"units": units, "checks": checks, "accuracy": per_persona, "mean": float(acc.mean()),
+                "std": float(acc.std()), "min": float(acc.min()),
                 "max": float(acc.max()), "best": personas[int(acc.argmax())], "worst": personas[int(acc.argmin())],
                 "pss": pss, "stability": float(1 - acc.std() / acc.mean()) if acc.mean() > 0 else float("nan"),
                 "format": float(np.mean([has_final_marker(r.actions[0]) for r in records])),
@@ -183,7 +207,11 @@ class MathTask:
                  bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> EvalReport:
         """Accuracy per evaluation persona, PSS and fidelity for every row."""
         results = {name: self._row(records, bootstrap, confidence, seed) for name, records in rows.items()}
-        metrics = {"rows": results, "heads": list(heads), "confidence": confidence,
+        units: dict[str, dict[str, Any]] = {}
+        for name, r in results.items():
+            for figure, sums in r.pop("units").items():
+                units.setdefault(figure, {})[name] = sums
+        metrics = {"rows": results, "heads": list(heads), "confidence": confidence, "unit": "question", "units": units,
                    "pss_definition": "share of questions answered correctly under every evaluation persona"
                    if self.pss_share == 1 else f"share of questions answered correctly under at least "
                    f"{self.pss_share:.0%} of the evaluation personas",
@@ -208,7 +236,9 @@ def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
             summary.append([label, fmt(r["mean"], 3), fmt(r["std"], 3), fmt(r["min"], 3), fmt(r["max"], 3),
                             f"{fmt(r['pss']['value'], 3)} [{fmt(r['pss']['low'], 3)}, {fmt(r['pss']['high'], 3)}]",
                             fmt(r["stability"], 3), fmt(f.get("attribution"), 3), fmt(f.get("margin"), 3),
-                            fmt(f.get("rating"), 2), fmt(r["format"], 3)])
+                            fmt(f.get("rating"), 2), fmt(r["format"], 3),
+                            fmt(r.get("checks", {}).get("first_cue_correct"), 3),
+                            fmt(r.get("checks", {}).get("committed"), 3)])
             per_persona[label] = r["accuracy"]
             personas += [p for p in r["accuracy"] if p not in personas]
     first = next(iter(reports.values()))
@@ -217,9 +247,10 @@ def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
              f"{first['pss_definition']} (bootstrap {first['confidence']:.0%} interval over questions); stability = "
              "1 - std/mean of the per-persona accuracies; attribution = share of answers whose persona the frozen "
              f"base model picks out (chance {fmt(chance, 3)}); margin = mean log-prob per token gained by the "
-             "persona over no persona.", ""]
+             "persona over no persona. Independent checks (envs.checks.math, not the reward's parser): the "
+             "number after the first answer cue is right; the answer commits to one value.", ""]
     lines += markdown_table(["Policy", "mean acc.", "std", "min", "max", "PSS", "stability", "attribution",
-                             "margin", "judge 1-5", "#### used"], summary)
+                             "margin", "judge 1-5", "#### used", "first cue right", "one value"], summary)
     lines += ["", "Accuracy per evaluation persona (the persona lottery):", ""]
     lines += markdown_table(["Persona"] + list(per_persona),
                             [[p] + [fmt(acc[p]["value"], 3) if p in acc else "n/a" for acc in per_persona.values()]

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from algorithms.tasks.base import EvalReport, Messages, Persona
-from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure
+from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure, unit_sums
 from envs.chat import chat_counters
-from envs.data.persona import FACET_LABELS, FACETS, PersonaRecord, load_split
+from envs.data.persona import FACET_LABELS, FACETS, PersonaData, PersonaRecord, load_split
+from envs.data.splits import check_contexts, read_split
+from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.judges.persona import ResponseQuery, delta_diag, diag_wins, q_own
 from envs.persona import PersonaCriticBatch, teacher_messages
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord
 
 EMPTY_RESPONSE = "I would rather not say."  # stands in for a sampled response that is empty once decoded
+ATTRIBUTION_PROMPT = "Answer the user as the person described here would:"  # one facet's system text
 
 
 class PersonaTask:
@@ -51,6 +54,10 @@ class PersonaTask:
             The default keeps about 85% of the non-code requests and all of a CPU run's batches short.
         seed: Seeds the composed records and the request split.
         max_action_chars: Longest response kept.
+        attribution: An independent check for the report (``envs.judges.fidelity.PersonaAttribution``,
+            null: none): the frozen base model scores each response under each single facet and under
+            none, so a response written for facet d should be likelier under d. It uses no lexicon,
+            and neither the critic nor the reward calls it.
     """
 
     max_turns = 1
@@ -58,22 +65,27 @@ class PersonaTask:
 
     def __init__(self, critic: Any, rubric_extractor: Any, eval_judge: Any, rubric: bool = True,
                  num_records: int | None = None, drop_code: bool = True, max_request_chars: int | None = 500,
-                 seed: int = 0, max_action_chars: int = 8000):
+                 seed: int = 0, max_action_chars: int = 8000, attribution: Any = None):
         self.personas = [Persona(f, FACET_LABELS[f]) for f in FACETS]
         self.critic, self.rubric_extractor, self.eval_judge = critic, rubric_extractor, eval_judge
+        self.attribution = attribution
         self.rubric = bool(rubric)
         self.max_action_chars = int(max_action_chars)
-        self.data = {split: load_split(split, seed=seed, num_records=num_records, drop_code=drop_code,
-                                       max_request_chars=max_request_chars)
-                     for split in ("train", "router_train", "router_val", "eval")}
+        self._load = dict(seed=seed, num_records=num_records, drop_code=drop_code, max_request_chars=max_request_chars)
+        self._data: dict[str, PersonaData] = {}
+
+    def data(self, split: str) -> PersonaData:
+        """The records and requests of ``split``, loaded on first use (a split nobody asks for is never read)."""
+        read_split(split, "the persona task")
+        if split not in self._data:
+            self._data[split] = load_split(split, **self._load)
+        return self._data[split]
 
     # ---- episodes -----------------------------------------------------------------------
 
     def make_batch(self, num: int, *, split: str = "train") -> PersonaCriticBatch:
         """``num`` episodes over the records and requests of ``split``."""
-        if split not in self.data:
-            raise ValueError(f"Unknown split {split!r}; the persona task has {list(self.data)}.")
-        data = self.data[split]
+        data = self.data(split)
         return PersonaCriticBatch(num, records=data.records, requests=data.requests, critic=self.critic,
                                   rubric_extractor=self.rubric_extractor, reward_judge=self.eval_judge,
                                   rubric=self.rubric, max_action_chars=self.max_action_chars)
@@ -83,15 +95,19 @@ class PersonaTask:
         """Reset options that make ``persona`` the episode's focal facet."""
         return {"facet": persona}
 
-    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
-        """``contexts`` (request, record) pairs of ``split``, their focal facets cycling through the five.
+    def eval_options(self, contexts: int | None, *, split: str = "eval", repeat: bool = False) -> list[dict[str, Any]]:
+        """``contexts`` distinct requests of ``split`` (None: all), each with a record, focal facets cycling.
 
         The focal facet only decides which critique and reward an episode returns (the response does
         not depend on it), and the report judges every response under all five facets, so each
-        context is played once.
+        context is played once. A split with fewer records than requests gives a record to more than
+        one request (a request is the unit the report resamples). ``repeat`` lets requests cycle too
+        (the router's training prefixes; never an evaluation).
         """
-        data = self.data[split]
+        data = self.data(split)
         n_req, n_rec = len(data.requests), len(data.records)
+        if not repeat:
+            contexts = check_contexts(contexts, n_req, split, "request")
         return [{"request": data.requests[c % n_req].uid, "record": data.records[c % n_rec].id,
                  "facet": FACETS[c % len(FACETS)]} for c in range(contexts)]
 
@@ -132,7 +148,7 @@ class PersonaTask:
 
     def judge_rows(self, rows: dict[str, list[EpisodeRecord]]) -> dict[str, np.ndarray]:
         """``row -> (N, 5)`` Q of each response under each judging facet (one batched judge call)."""
-        records = {r.id: r for data in self.data.values() for r in data.records}
+        records = {r.id: r for data in self._data.values() for r in data.records}  # the splits played
         queries, where = [], []
         for name, episodes in rows.items():
             for i, episode in enumerate(episodes):
@@ -177,11 +193,57 @@ class PersonaTask:
             if base in q:
                 base_q = q[base]
                 aggregates["delta_base"] = interval(lambda idx: q_own(block[idx].mean(0)) - base_q[idx].mean())
+        requests = [e.options.get("request", i) for i, e in enumerate(next(iter(rows.values()), []))][:n]
+        units = {"q_mean": {name: unit_sums(requests, v[:n].mean(1)) for name, v in q.items()}}
+        if head_rows:  # per request, the statistic on that request's (heads, facets) block (all are linear)
+            per_request = [block[i][None] for i in range(n)]
+            units["q_own"] = {"heads": unit_sums(requests, [q_own(b.mean(0)) for b in per_request])}
+            units["delta_diag"] = {"heads": unit_sums(requests, [delta_diag(b.mean(0)) for b in per_request])}
+            if base in q:
+                units["delta_base"] = {"heads": unit_sums(
+                    requests, [q_own(b.mean(0)) - base_q[i].mean() for i, b in enumerate(per_request)])}
+        checks = self._attribution(rows, head_rows, base, requests, n, units, interval) if self.attribution else {}
         metrics = {"facets": list(FACETS), "heads": head_rows, "base": base, "rows": matrix, "aggregates": aggregates,
-                   "confidence": confidence, "prompts": n}
+                   "confidence": confidence, "prompts": n, "unit": "request", "units": units, "checks": checks}
         scalars = {f"q/{name}/{f}": cells[f]["value"] for name, cells in matrix.items() for f in FACETS + ("mean",)}
         scalars.update({k: v["value"] for k, v in aggregates.items() if isinstance(v, dict)})
         return EvalReport(metrics, self._markdown(metrics), scalars, plot=lambda path: self._plot(metrics, path))
+
+    def _attribution(self, rows: dict[str, list[EpisodeRecord]], heads: Sequence[str], base: str | None,
+                     requests: Sequence[Any], n: int, units: dict[str, Any], interval) -> dict[str, Any]:
+        """The independent facet-attribution check (see ``attribution``).
+
+        Per row, the base model's log-probability lift (per token) of each response under each
+        single facet over no persona. For the heads: the share of responses whose own facet gives
+        the largest lift (chance 1/5), the own-facet lift minus the other facets' (an analogue of
+        Delta_diag), and the own-facet lift minus the base model's lift on that facet.
+        """
+        records = {r.id: r for data in self._data.values() for r in data.records}
+        items, where = [], []
+        for name, episodes in rows.items():
+            for i, episode in enumerate(episodes[:n]):
+                record = records[episode.label["record"]]
+                texts = [f"{ATTRIBUTION_PROMPT} {record.facets[f]}" for f in FACETS]
+                request = [m for m in episode.observations[0] if m["role"] != "system"]
+                items.append(FidelityItem(texts[0], FACETS[0], request, episode.actions[0], tuple(texts[1:])))
+                where.append((name, i))
+        lift = {name: np.zeros((n, len(FACETS))) for name in rows}
+        for (name, i), values in zip(where, self.attribution.candidate_scores(items)):
+            lift[name][i] = values[:-1] - values[-1]  # each facet over no persona
+        out: dict[str, Any] = {"lift": {name: lift[name].mean(0).tolist() for name in rows}}
+        if heads:
+            block = np.stack([lift[h] for h in heads], axis=1)  # (N, heads, facets)
+            own = block.argmax(2) == np.arange(len(heads))  # (N, heads)
+            diag = np.einsum("nhh->nh", block)  # (N, heads) own-facet lift
+            gap = (diag - (block.sum(2) - diag) / (len(FACETS) - 1)).mean(1)  # (N,)
+            figures = {"own_facet_first": own.mean(1), "own_lift_gap": gap}
+            if base in lift:
+                figures["own_lift_over_base"] = (diag - lift[base]).mean(1)
+            for key, per_request in figures.items():
+                out[key] = interval(lambda idx, v=per_request: v[idx].mean())
+                units[f"checks/{key}"] = {"heads": unit_sums(requests, per_request)}
+            out["own_facet_first_per_head"] = own.mean(0).tolist()
+        return out
 
     @staticmethod
     def _markdown(metrics: dict[str, Any]) -> str:
@@ -198,6 +260,17 @@ class PersonaTask:
                          + [f"{fmt(cells['mean']['value'], 3)} [{fmt(cells['mean']['low'], 3)}, "
                             f"{fmt(cells['mean']['high'], 3)}]"])
         lines += markdown_table(["Generator"] + labels + ["Mean"], table)
+        checks = metrics.get("checks") or {}
+        if checks:
+            lines += ["", "Independent check (not the critic's lexicon: the frozen base model's log-probability "
+                      "lift per token of each response under each single facet over no persona):", ""]
+            lines += markdown_table(["Generator"] + labels, [[name] + [fmt(v, 3) for v in lifts]
+                                                          for name, lifts in checks["lift"].items()])
+            if "own_facet_first" in checks:
+                lines += ["", "Heads: own facet's lift is the largest (chance 0.2), own-facet lift minus the other "
+                          "facets', and own-facet lift minus the base model's on that facet:", ""]
+                lines += markdown_table(["own facet first", "own minus others", "own minus base"], [[
+                    _span(checks.get(k)) for k in ("own_facet_first", "own_lift_gap", "own_lift_over_base")]])
         if agg:
             lines += ["", "Aggregates of the heads:", ""]
             lines += markdown_table(["Q_own", "Delta_base", "Delta_diag", "Diagonal is the row max"], [[
@@ -216,6 +289,13 @@ class PersonaTask:
         heatmap(ax, values, [FACET_LABELS[f] for f in facets], list(rows), "Q(generator, judging facet)",
                 vmin=low, vmax=1.0)
         save_figure(fig, path)
+
+
+def _span(stat: dict[str, float] | None) -> str:
+    """``value [low, high]`` of an interval dict (``n/a`` when missing)."""
+    if not stat:
+        return "n/a"
+    return f"{fmt(stat['value'], 3)} [{fmt(stat['low'], 3)}, {fmt(stat['high'], 3)}]"
 
 
 def compare_runs(reports: dict[str, dict[str, Any]]) -> str:

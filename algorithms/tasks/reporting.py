@@ -1,7 +1,8 @@
 """Shared pieces of the tasks' reports: bootstrap intervals, table cells and plots.
 
 Every interval here is a percentile bootstrap over the units that were sampled independently (a
-dialogue, a prompt), so turns of one dialogue are never treated as independent draws.
+topic with all its dialogues, a prompt), so turns of one dialogue, or dialogues of one topic, are
+never treated as independent draws.
 """
 
 from __future__ import annotations
@@ -61,6 +62,77 @@ def ratio_estimate(numerators: Sequence[float], denominators: Sequence[float], *
     value = float(np.sum(numerators)) / den if den > 0 else float("nan")
     reps = ratio_replicates(numerators, denominators, samples=samples, rng=rng)
     return estimate(value, reps, len(numerators), confidence), reps
+
+
+@dataclass
+class ClusterDraw:
+    """Bootstrap draws of whole clusters (topics, requests), shared by the statistics of one report.
+
+    Every statistic computed from the same draw resamples the same clusters, so figures of one
+    row (student types) and of different rows (played on the same clusters) stay paired.
+
+    Attributes:
+        ids: The distinct cluster ids, in first-seen order.
+        index: ``(samples, len(ids))`` positions into ``ids``, drawn with replacement.
+    """
+
+    ids: list[Any]
+    index: np.ndarray
+
+    @classmethod
+    def draw(cls, clusters: Sequence[Any], *, samples: int, rng: np.random.Generator) -> ClusterDraw:
+        """Draws ``samples`` resamples of the distinct ids in ``clusters``."""
+        ids = list(dict.fromkeys(clusters))
+        return cls(ids, rng.integers(0, len(ids), size=(samples, len(ids))) if ids else np.zeros((samples, 0), int))
+
+
+def clustered_ratio(numerators: Sequence[float], denominators: Sequence[float], clusters: Sequence[Any],
+                    draw: ClusterDraw, *, confidence: float) -> tuple[Estimate, np.ndarray]:
+    """``sum(num) / sum(den)`` with a bootstrap interval that resamples whole clusters.
+
+    Units of one cluster (dialogues of one topic) are drawn together, so units that agree because
+    they share a cluster do not count as independent evidence.
+
+    Args:
+        numerators: Per unit (e.g. good turns of a dialogue).
+        denominators: Per unit (e.g. turns of that dialogue).
+        clusters: The cluster id of each unit (must be among ``draw.ids``).
+        draw: The shared cluster draws.
+        confidence: Level of the interval.
+
+    Returns:
+        The estimate (``n`` = clusters present) and its replicates.
+    """
+    position = {c: i for i, c in enumerate(draw.ids)}
+    num, den = np.zeros(len(draw.ids)), np.zeros(len(draw.ids))
+    for x, d, c in zip(numerators, denominators, clusters):
+        num[position[c]] += x
+        den[position[c]] += d
+    total = den.sum()
+    value = float(num.sum() / total) if total > 0 else float("nan")
+    if not len(draw.ids) or total <= 0:
+        return Estimate(value, float("nan"), float("nan"), 0), np.full(len(draw.index), np.nan)
+    d_rep = den[draw.index].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = np.where(d_rep > 0, num[draw.index].sum(1) / np.where(d_rep > 0, d_rep, 1), np.nan)
+    return estimate(value, reps, int((den > 0).sum()), confidence), reps
+
+
+def unit_sums(clusters: Sequence[Any], numerators: Sequence[float],
+              denominators: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """``{cluster: [sum of numerators, sum of denominators]}`` of one figure of one row.
+
+    Reports store these under ``units`` so that ``algorithms.compare`` can pool several training
+    seeds with a bootstrap that resamples seeds and, within each, clusters (a figure is the ratio
+    of the sums; a denominator of 1 per unit makes it a mean).
+    """
+    out: dict[str, list[float]] = {}
+    denominators = [1.0] * len(numerators) if denominators is None else denominators
+    for c, x, d in zip(clusters, numerators, denominators):
+        pair = out.setdefault(str(c), [0.0, 0.0])
+        pair[0] += float(x)
+        pair[1] += float(d)
+    return out
 
 
 def fmt(x: float | None, digits: int = 2) -> str:

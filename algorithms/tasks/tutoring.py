@@ -10,7 +10,8 @@ The report (:meth:`TutoringTask.evaluate`, used by the end-of-run evaluation, th
 the benchmark) gives, per row: questions per generated turn; the style judge's good rate for each
 style with neutral turns excluded (the paper's Table 4); satisfaction, the good-turn rate of the
 student's replies with neutral turns included (Table 5), per student type and their mean, with
-bootstrap intervals over dialogues; and the quality of the generated turns (share judged
+bootstrap intervals that resample topics (every dialogue of a drawn topic together, the same draw
+for every row); and the quality of the generated turns (share judged
 degenerate by :mod:`envs.students.quality`, distinct-1/2, mean length, share cut at the token
 limit, topic overlap), so gains that come with degeneration show at a glance.
 """
@@ -26,22 +27,26 @@ import numpy as np
 
 from algorithms.tasks.base import EvalReport, Messages, Persona, personas_from
 from algorithms.tasks.reporting import (
+    ClusterDraw,
     cell,
+    clustered_ratio,
     fmt,
     grouped_bars,
     heatmap,
     markdown_table,
     pyplot,
-    ratio_estimate,
     save_figure,
+    unit_sums,
 )
 from envs.chat import chat_counters
+from envs.checks import check_turn, check_turns
 from envs.data import load_tutoring_topics
+from envs.data.splits import check_contexts, read_split
 from envs.judges.base import JudgeDialogue
 from envs.judges.pairwise import PairwiseComparison
 from envs.students.classifier import analyze_teacher_turn
 from envs.students.quality import last_full_sentence, quality_figures
-from envs.tutoring import MAX_TURNS, TutoringBatch, observation_topic
+from envs.tutoring import MAX_TURNS, SEED_TURNS_HELDOUT, TutoringBatch, observation_topic
 
 if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
 _ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
 EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)
 
+CHECK_COLUMNS = ("real_question_share", "lesson_question_share", "meta_talk_share", "lesson_content")
 QUALITY_COLUMNS = ("degenerate_share", "distinct_1", "distinct_2", "mean_words", "cut_at_limit_share",
                    "topic_overlap")
 
@@ -72,6 +78,26 @@ def split_topics(topics: Sequence[str], heldout_every: int) -> tuple[list[str], 
     return [t for t in topics if t not in heldout], heldout
 
 
+def topic_splits(topics: Sequence[str], heldout_every: int, router_val_every: int) -> dict[str, list[str]]:
+    """Every split's topics, none shared between ``eval``, ``test`` and the rest.
+
+    Of every ``heldout_every`` topics in list order, the last goes to ``eval`` and the middle one
+    (position ``(heldout_every - 1) // 2``) to ``test``; every ``router_val_every``-th of the others
+    forms ``router_val``. ``train`` and ``router_train`` are the remaining topics (the trainer also
+    plays the ``router_val`` topics, as the router learner plays the policy's own training topics).
+    """
+    if heldout_every < 3:
+        raise ValueError(f"heldout_every must be at least 3 (one eval and one test topic in every group), "
+                         f"got {heldout_every}.")
+    test_at = (heldout_every - 1) // 2
+    position = [i % heldout_every for i in range(len(topics))]
+    test = [t for t, p in zip(topics, position) if p == test_at]
+    heldout = [t for t, p in zip(topics, position) if p == heldout_every - 1]
+    rest = [t for t, p in zip(topics, position) if p not in (test_at, heldout_every - 1)]
+    router_train, router_val = split_topics(rest, router_val_every)
+    return {"train": rest, "router_train": router_train, "router_val": router_val, "eval": heldout, "test": test}
+
+
 class TutoringTask:
     """The tutoring environment seen by the trainers, the router and the benchmark (the task contract).
 
@@ -86,7 +112,8 @@ class TutoringTask:
         satisfaction_judge: The satisfaction judge that gives the env's reward.
         style_judge: The per-style judge used by the report.
         max_turns: Teacher turns per episode.
-        heldout_every: Every n-th topic is held out for evaluation (the ``eval`` split).
+        heldout_every: Of every n topics, one is held out for ``eval`` and one for ``test``
+            (:func:`topic_splits`); ``test`` dialogues also open with held-out templates.
         router_val_every: Every n-th remaining topic forms ``router_val``; the rest are ``train``
             and ``router_train``.
         trim_cut_turns: Deliver a sampled turn up to its last complete sentence (see
@@ -124,11 +151,12 @@ class TutoringTask:
         self.teacher_feedback = bool(teacher_feedback)
         env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
         topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
-        self.train_topics, self.heldout_topics = split_topics(list(topics), heldout_every)
-        router_train, router_val = split_topics(self.train_topics, router_val_every)
-        self.topics = {"train": self.train_topics, "router_train": router_train, "router_val": router_val,
-                       "eval": self.heldout_topics}
+        self._topics = topic_splits(list(topics), heldout_every, router_val_every)
         self.env_kwargs = env_kwargs
+
+    def topics(self, split: str) -> list[str]:
+        """The topics of ``split`` (read through :func:`envs.data.splits.read_split`)."""
+        return self._topics[read_split(split, "the tutoring task")]
 
     @property
     def persona_names(self) -> list[str]:
@@ -138,20 +166,27 @@ class TutoringTask:
     # ---- episodes -----------------------------------------------------------------------
 
     def make_batch(self, num: int, *, split: str = "train") -> TutoringBatch:
-        """``num`` dialogues over the topics of ``split``."""
-        if split not in self.topics:
-            raise ValueError(f"Unknown split {split!r}; the tutoring task has {list(self.topics)}.")
+        """``num`` dialogues over the topics of ``split`` (``test`` also opens with its own templates)."""
+        kwargs = dict(self.env_kwargs, topics=self.topics(split))
+        if split == "test":
+            kwargs["seed_turns"] = SEED_TURNS_HELDOUT
         return TutoringBatch(num, student=self.student, satisfaction_judge=self.satisfaction_judge,
-                             max_turns=self.max_turns, **dict(self.env_kwargs, topics=self.topics[split]))
+                             max_turns=self.max_turns, **kwargs)
 
     @staticmethod
     def persona_options(persona: str) -> dict[str, Any]:
         """Reset options that give the episode a student of learning style ``persona``."""
         return {"student_type": persona}
 
-    def eval_options(self, contexts: int, *, split: str = "eval") -> list[dict[str, Any]]:
-        """``contexts`` topics of ``split``, each run against every student type (paired across rows)."""
-        topics = self.topics[split]
+    def eval_options(self, contexts: int | None, *, split: str = "eval", repeat: bool = False) -> list[dict[str, Any]]:
+        """``contexts`` distinct topics of ``split`` (None: all), each against every student type.
+
+        The same topic, student type and seed give the same dialogue in every row (paired rows).
+        ``repeat`` lets the topics cycle (the router's training prefixes; never an evaluation).
+        """
+        topics = self.topics(split)
+        if not repeat:
+            contexts = check_contexts(contexts, len(topics), split, "topic")
         return [{"topic": topics[c % len(topics)], **self.persona_options(p.name)}
                 for c in range(contexts) for p in self.personas]
 
@@ -218,11 +253,20 @@ class TutoringTask:
         """Questions per turn, the style matrix and satisfaction by student type for every row."""
         if self.style_judge is None:
             raise ValueError("The tutoring report needs a style judge (judge.style in the config).")
-        rng = np.random.default_rng(seed)
-        results = {name: self._row(records, bootstrap, confidence, rng) for name, records in rows.items()}
+        topics = [r.start["topic"] for records in rows.values() for r in records]
+        draw = ClusterDraw.draw(topics, samples=bootstrap, rng=np.random.default_rng(seed))  # one draw: rows paired
+        results = {name: self._row(records, draw, confidence) for name, records in rows.items()}
+        units: dict[str, dict[str, Any]] = {}
+        for name, r in results.items():
+            for figure, sums in r.pop("units").items():
+                units.setdefault(figure, {})[name] = sums
+        for head, persona in zip(heads, self.persona_names):  # each head on the students it is named for
+            if head in results:
+                units.setdefault("satisfaction/matched", {})[head] = units[f"satisfaction/{persona}"][head]
         metrics = {"rows": results, "heads": list(heads), "styles": self.persona_names,
                    "student_types": self.persona_names, "confidence": confidence,
-                   "dialogues_per_row": {name: len(records) for name, records in rows.items()}}
+                   "dialogues_per_row": {name: len(records) for name, records in rows.items()},
+                   "unit": "topic", "units": units}
         scalars = {}
         for name, r in results.items():
             scalars[f"questions_per_turn/{name}"] = r["questions_per_turn"]
@@ -230,22 +274,30 @@ class TutoringTask:
             scalars.update({f"satisfaction/{name}/{t}": v["value"] for t, v in r["satisfaction"].items()})
             scalars.update({f"quality/{name}/{k}": v for k, v in r["quality"].items()
                             if k in QUALITY_COLUMNS and isinstance(v, (int, float))})
+            scalars.update({f"checks/{name}/{k}": r["checks"][k] for k in CHECK_COLUMNS})
         return EvalReport(metrics, self._markdown(metrics), scalars, plot=lambda path: self._plot(metrics, path))
 
-    def _row(self, records: list[EpisodeRecord], samples: int, confidence: float, rng) -> dict[str, Any]:
+    def _row(self, records: list[EpisodeRecord], draw: ClusterDraw, confidence: float) -> dict[str, Any]:
         dialogues = [JudgeDialogue(r.start["topic"], r.final, marked_from=1) for r in records]
         style = {}
         for name in self.persona_names:
             labels = [lab for j in self.style_judge.judge_batch(dialogues, name) for lab in j.labels]
             counted = [lab for lab in labels if lab != "neutral"]
             style[name] = sum(lab == "good" for lab in counted) / len(counted) if counted else float("nan")
-        satisfaction, replicates = {}, []
+        satisfaction, replicates, units = {}, [], {}
         for t in self.persona_names:
-            sat = [[info["satisfaction"] for info in r.infos] for r in records if r.label["persona"] == t]
-            est, reps = ratio_estimate([sum(lab == "good" for lab in s) for s in sat], [len(s) for s in sat],
-                                       samples=samples, confidence=confidence, rng=rng)
+            mine = [r for r in records if r.label["persona"] == t]
+            sat = [[info["satisfaction"] for info in r.infos] for r in mine]
+            good, turns, topics = [sum(lab == "good" for lab in s) for s in sat], [len(s) for s in sat], \
+                [r.start["topic"] for r in mine]
+            est, reps = clustered_ratio(good, turns, topics, draw, confidence=confidence)
             satisfaction[t] = est.as_dict()
             replicates.append(reps)
+            units[f"satisfaction/{t}"] = unit_sums(topics, good, turns)
+        # The mean over student types, per topic (every type plays each topic for the same turns).
+        units["satisfaction/mean"] = unit_sums(
+            [r.start["topic"] for r in records],
+            [sum(info["satisfaction"] == "good" for info in r.infos) for r in records], [len(r.infos) for r in records])
         values = [satisfaction[t]["value"] for t in self.persona_names]
         mean_reps = np.nanmean(np.stack(replicates), axis=0) if replicates else np.array([np.nan])
         alpha = (1 - confidence) / 2
@@ -254,6 +306,13 @@ class TutoringTask:
             "value": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
             "low": float(np.quantile(finite, alpha)) if finite.size else float("nan"),
             "high": float(np.quantile(finite, 1 - alpha)) if finite.size else float("nan"), "n": len(records)}
+        # Figures the reward never computes (envs.checks): per turn, then per topic for the seed pooling.
+        played = [(r.start["topic"], a) for r in records for a in r.actions]
+        checks = check_turns([a for _, a in played], [t for t, _ in played])
+        per_turn = [check_turn(a, t) for t, a in played]
+        units["checks/meta_talk_share"] = unit_sums([t for t, _ in played], [c.meta_talk for c in per_turn])
+        units["checks/lesson_question_share"] = unit_sums([t for t, _ in played],
+                                                          [c.asks_about_lesson for c in per_turn])
         counts = [count_questions(a) for r in records for a in r.actions]
         limits = {r.token_limit for r in records}
         complete = all(len(r.tokens) == len(r.observations) == len(r.actions) for r in records)
@@ -263,14 +322,14 @@ class TutoringTask:
             max_new_tokens=limits.pop() if len(limits) == 1 else None,
             contexts=[obs for r in records for obs in r.observations] if complete else None)
         return {"questions_per_turn": float(np.mean(counts)) if counts else float("nan"), "style": style,
-                "satisfaction": satisfaction, "quality": quality.as_dict()}
+                "satisfaction": satisfaction, "quality": quality.as_dict(), "checks": checks, "units": units}
 
     def _markdown(self, metrics: dict[str, Any]) -> str:
         rows, types = metrics["rows"], metrics["student_types"]
         best = max((r["satisfaction"]["mean"]["value"] for r in rows.values()
                     if r["satisfaction"]["mean"]["value"] == r["satisfaction"]["mean"]["value"]), default=None)
         lines = [f"Satisfaction (good-turn rate of the student's replies, neutral turns included) with bootstrap "
-                 f"{metrics['confidence']:.0%} intervals over dialogues:", ""]
+                 f"{metrics['confidence']:.0%} intervals over topics (all dialogues of a topic drawn together):", ""]
         lines += markdown_table(
             ["Policy"] + [f"{t.capitalize()} stu." for t in types] + ["Mean"],
             [[name] + [cell(r["satisfaction"][t]) for t in types]
@@ -281,6 +340,14 @@ class TutoringTask:
         lines += markdown_table(
             ["Policy", "degenerate", "distinct-1", "distinct-2", "words / turn", "cut at limit", "topic overlap"],
             [[name] + [fmt(r["quality"].get(k), 3 if k != "mean_words" else 1) for k in QUALITY_COLUMNS]
+             for name, r in rows.items()])
+        lines += ["", "Independent checks (envs.checks: rules that neither the reward, the student nor the judges "
+                  "use): turns that put a real question to the student, that ask about the lesson (a real question, "
+                  "not meta-talk, with lesson words), that talk about asking, questions, the student or the lesson "
+                  "instead of its content (meta-talk), and lesson words per turn beyond the topic's own:", ""]
+        lines += markdown_table(
+            ["Policy", "real question", "asks about the lesson", "meta-talk", "lesson words / turn"],
+            [[name] + [fmt(r["checks"].get(k), 3 if k != "lesson_content" else 1) for k in CHECK_COLUMNS]
              for name, r in rows.items()])
         lines += ["", "Style judge (good rate with neutral turns excluded) and questions per generated turn:", ""]
         lines += markdown_table(

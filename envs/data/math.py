@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from envs.data.splits import SPLITS, read_split
+
 DATA_DIR = Path(__file__).resolve().parent
-SPLITS = ("train", "router_train", "router_val", "eval")
 GSM8K_SPLITS = ("train", "test")
 
 # --- answer parsing --------------------------------------------------------------------------------
@@ -264,6 +265,7 @@ LEVELS: dict[int, Level] = {
 # level 1, 10% at level 2, 0% at levels 3 and 4. Level 1 is the only one that gives RLVR a signal.
 DEFAULT_DIFFICULTY = 1
 EVAL_SHARE = 0.2  # share of the problem space reserved for the eval stream (hash split)
+TEST_SHARE = 0.2  # and for the test stream
 
 NAMES = ("Mia", "Noah", "Aisha", "Leo", "Sofia", "Kenji", "Amara", "Lucas", "Priya", "Mateo", "Chloe", "Omar",
          "Hana", "Ethan", "Zara", "Diego", "Lena", "Kwame", "Ivy", "Ravi", "Elena", "Sam", "Yusuf", "Nora")
@@ -408,18 +410,21 @@ def _draw_problem(rng: np.random.Generator, level: Level) -> dict[str, Any] | No
             "solution": "\n".join([*lines, f"#### {value}"])}
 
 
-def _is_eval(key: str) -> bool:
+def _side(key: str) -> str:
+    """Which side of the problem space a problem's arithmetic falls on: ``eval``, ``test`` or ``train``."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < EVAL_SHARE
+    u = int.from_bytes(digest, "big") / 2**64
+    return "eval" if u < EVAL_SHARE else "test" if u < EVAL_SHARE + TEST_SHARE else "train"
 
 
 def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0, split: str = "train",
                   *, max_attempts: int | None = None) -> list[MathProblem]:
     """Generated arithmetic word problems of one difficulty level, deterministic in all arguments.
 
-    Train and eval streams never share a problem: a hash of each candidate's arithmetic (theme,
-    item and expression, not the name or wording) puts it on the eval side (:data:`EVAL_SHARE`,
-    20%) or the training side, and each stream keeps only its own side. ``router_train`` and
+    Train, eval and test streams never share a problem: a hash of each candidate's arithmetic
+    (theme, item and expression, not the name or wording) puts it on the eval side
+    (:data:`EVAL_SHARE`, 20%), the test side (:data:`TEST_SHARE`, 20%) or the training side, and
+    each stream keeps only its own side. ``router_train`` and
     ``router_val`` draw from the training side with their own random streams. Questions within a
     stream are distinct, and the first ``k`` problems are the same for any ``num >= k``.
 
@@ -427,7 +432,7 @@ def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
         num: Number of problems.
         difficulty: A key of :data:`LEVELS` (1-6).
         seed: Seed of the stream.
-        split: One of ``train, router_train, router_val, eval``.
+        split: One of ``train, router_train, router_val, eval, test``.
         max_attempts: Give up after this many candidates (default ``200 * num + 1000``).
 
     Raises:
@@ -436,9 +441,8 @@ def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
     """
     if difficulty not in LEVELS:
         raise ValueError(f"difficulty must be one of {sorted(LEVELS)}, got {difficulty!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    level, want_eval = LEVELS[difficulty], split == "eval"
+    read_split(split, "envs.data.math.make_problems")
+    level, side = LEVELS[difficulty], split if split in ("eval", "test") else "train"
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(difficulty), SPLITS.index(split), 0x6D617468])
     limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
     problems: list[MathProblem] = []
@@ -452,7 +456,7 @@ def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
         draw = _draw_problem(rng, level)
         if draw is None or draw["question"] in seen:
             continue
-        if _is_eval(f"{draw['theme']}|{draw['item']}|{draw['expression']}") != want_eval:
+        if _side(f"{draw['theme']}|{draw['item']}|{draw['expression']}") != side:
             continue
         seen.add(draw["question"])
         problems.append(MathProblem(f"gen-L{difficulty}-{split}-s{seed}-{len(problems)}", draw["question"],
@@ -468,21 +472,22 @@ def problems_for_split(split: str = "train", *, task: str = "generated", num: in
 
     Args:
         split: The split.
-        task: ``"generated"`` (:func:`make_problems`) or ``"gsm8k"`` (``eval`` reads the test file,
-            every other split the train file).
-        num: Number of problems. Generated: default 2,000 (200 for ``eval``). GSM8K: the first
+        task: ``"generated"`` (:func:`make_problems`) or ``"gsm8k"`` (``eval`` and ``test`` read
+            alternate problems of the test file, every other split the train file).
+        num: Number of problems. Generated: default 2,000 (200 for ``eval`` and ``test``). GSM8K: the first
             ``num`` of the file (or slice); default all.
         difficulty: Level of the generated problems.
         seed: Seed of the generated stream.
         gsm8k_max_steps: Keep only GSM8K problems with at most this many calculator steps.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    read_split(split, "envs.data.math.problems_for_split")
     if task == "generated":
-        count = num if num is not None else (200 if split == "eval" else 2000)
+        count = num if num is not None else (200 if split in ("eval", "test") else 2000)
         return make_problems(count, difficulty, seed, split)
     if task == "gsm8k":
-        problems = load_gsm8k("test" if split == "eval" else "train", max_steps=gsm8k_max_steps)
+        problems = load_gsm8k("test" if split in ("eval", "test") else "train", max_steps=gsm8k_max_steps)
+        if split in ("eval", "test"):  # GSM8K's test file, halved: even positions eval, odd positions test
+            problems = problems[0 if split == "eval" else 1::2]
         return problems[:num] if num is not None else problems
     raise ValueError(f"task must be 'generated' or 'gsm8k', got {task!r}")
 
@@ -500,7 +505,8 @@ def accuracy(answers: Sequence[str], problems: Sequence[MathProblem]) -> float:
 
 
 __all__ = [
-    "DATA_DIR", "DEFAULT_DIFFICULTY", "EVAL_SHARE", "LEVELS", "NAMES", "SPLITS", "THEMES", "Level", "MathProblem",
+    "DATA_DIR", "DEFAULT_DIFFICULTY", "EVAL_SHARE", "LEVELS", "NAMES", "SPLITS", "TEST_SHARE", "THEMES", "Level",
+    "MathProblem",
     "accuracy", "answer_reward", "calculator_steps", "clean_solution", "format_number", "has_final_marker",
     "is_correct", "load_gsm8k", "make_problems", "parse_final_number", "problems_for_split", "read_jsonl", "to_number",
 ]

@@ -42,12 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.data.splits import SPLITS, personagym_part, read_split
+
 DATA_DIR = Path(__file__).resolve().parent
 
 FACETS = ("professional", "sports", "arts", "travel", "culinary")
 FACET_LABELS = {facet: facet.capitalize() for facet in FACETS}
-SPLITS = ("train", "router_train", "router_val", "eval")
+# Shares of the request clusters; ``test`` is carved out of the first 60% (once all ``train``).
 SPLIT_FRACTIONS = {"train": 0.60, "router_train": 0.16, "router_val": 0.04, "eval": 0.20}
+TEST_FRACTION = 0.20
 NEMOTRON_FIELDS = {facet: f"{facet}_persona" for facet in FACETS}
 
 # --- vocabulary ------------------------------------------------------------------------------
@@ -260,14 +263,15 @@ def fact_pools(path: str | Path | None = None) -> dict[str, list[tuple[str, str]
 
 
 def professional_cores(part: str = "all") -> list[dict[str, str]]:
-    """PersonaGym descriptions usable as professional facets: ``"train"`` (147), ``"eval"`` (50) or ``"all"``."""
-    if part not in ("all", "train", "eval"):
-        raise ValueError(f"part must be 'all', 'train' or 'eval', got {part!r}")
+    """PersonaGym descriptions usable as professional facets, by part.
+
+    ``"train"`` (122), ``"eval"`` (50), ``"test"`` (25) or ``"all"``; the parts follow
+    :func:`envs.data.splits.personagym_part`.
+    """
+    if part not in ("all", "train", "eval", "test"):
+        raise ValueError(f"part must be 'all', 'train', 'eval' or 'test', got {part!r}")
     cores = [p for p in load_personagym() if p["id"] not in _NO_PROFESSION]
-    if part == "all":
-        return cores
-    held = [int(p["id"].split("-")[-1]) % 4 == 3 for p in cores]
-    return [p for p, h in zip(cores, held) if h == (part == "eval")]
+    return cores if part == "all" else [p for p in cores if personagym_part(p["id"]) == part]
 
 
 def compose_records(num: int | None = None, seed: int = 0, *, part: str = "all") -> list[PersonaRecord]:
@@ -405,17 +409,23 @@ def load_requests(path: str | Path | None = None) -> list[Request]:
 
 
 def split_requests(requests: Sequence[Request], *, seed: int = 0, drop_code: bool = True) -> dict[str, list[Request]]:
-    """Requests split by cluster into ``train / router_train / router_val / eval`` (60/16/4/20% of clusters).
+    """Requests split by cluster into ``test / train / router_train / router_val / eval`` (20/40/16/4/20% of clusters).
 
     Clusters are sorted by name and shuffled with ``seed``; the assignment of clusters does not
     depend on ``drop_code``, which only removes code prompts afterwards (so a split may keep one
-    prompt of a cluster). Within a split, requests keep their input order.
+    prompt of a cluster). Within a split, requests keep their input order. ``test`` takes the
+    first third of the clusters that were once all ``train`` (20% of all), so ``eval`` and the
+    router splits kept their clusters when ``test`` was added.
     """
     clusters = sorted({r.cluster for r in requests})
     order = np.random.default_rng(seed).permutation(len(clusters))
-    counts = [round(len(clusters) * SPLIT_FRACTIONS[s]) for s in SPLITS[:-1]]
+    parts = ("train", "router_train", "router_val")  # then eval: the rest
+    counts = [round(len(clusters) * SPLIT_FRACTIONS[s]) for s in parts]
     bounds = np.cumsum([0, *counts, len(clusters) - sum(counts)])
-    where = {clusters[int(j)]: SPLITS[k] for k in range(len(SPLITS)) for j in order[bounds[k]: bounds[k + 1]]}
+    where = {clusters[int(j)]: name for k, name in enumerate((*parts, "eval"))
+             for j in order[bounds[k]: bounds[k + 1]]}
+    for j in order[: round(len(clusters) * TEST_FRACTION)]:
+        where[clusters[int(j)]] = "test"
     splits: dict[str, list[Request]] = {s: [] for s in SPLITS}
     for r in requests:
         if not (drop_code and r.is_code):
@@ -435,11 +445,11 @@ def load_split(split: str, *, seed: int = 0, num_records: int | None = None, dro
                max_request_chars: int | None = None) -> PersonaData:
     """Composed records and shipped requests of one split.
 
-    ``eval`` uses the held-out professional cores (``part="eval"``) and the eval requests; the other
-    splits share the ``train`` cores and have disjoint request clusters.
+    ``eval`` and ``test`` use their own held-out professional cores and requests; the other splits
+    share the ``train`` cores and have disjoint request clusters.
 
     Args:
-        split: ``train``, ``router_train``, ``router_val`` or ``eval``.
+        split: ``train``, ``router_train``, ``router_val``, ``eval`` or ``test``.
         seed: Seeds the records and the cluster split.
         num_records: How many composed records (None: all).
         drop_code: Leave out code-only requests.
@@ -447,9 +457,8 @@ def load_split(split: str, *, seed: int = 0, num_records: int | None = None, dro
             cluster split, so the splits stay disjoint; a few Arena-Hard prompts run to thousands
             of tokens, and one of them pads a whole batch to its length.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    part = "eval" if split == "eval" else "train"
+    read_split(split, "envs.data.persona.load_split")
+    part = split if split in ("eval", "test") else "train"
     requests = split_requests(load_requests(), seed=seed, drop_code=drop_code)[split]
     if max_request_chars is not None:
         requests = [r for r in requests if len(r.prompt) <= max_request_chars]
@@ -465,6 +474,7 @@ __all__ = [
     "LEXICON_STEMS",
     "SPLITS",
     "SPLIT_FRACTIONS",
+    "TEST_FRACTION",
     "STOPWORDS",
     "PersonaData",
     "PersonaRecord",

@@ -84,8 +84,8 @@ class PersonaAttribution:
         self._client = LocalChatClient(model=model, device=device)
         self.batch_size = int(batch_size)
 
-    def score_batch(self, items: Sequence[FidelityItem]) -> list[FidelityScore]:
-        """Attribution and margin for every answer asked under a persona (no-persona answers are not scored)."""
+    def candidate_scores(self, items: Sequence[FidelityItem]) -> list[np.ndarray]:
+        """Per answer, ``s(p')`` for its own persona, then each candidate, then no persona (mean log-prob per token)."""
         import torch
 
         from agents.generation import encode_prompts
@@ -93,13 +93,10 @@ class PersonaAttribution:
 
         backbone = self._client.backbone
         model, tokenizer = backbone.model, backbone.tokenizer
-        scored = [i for i, item in enumerate(items) if item.persona_id != "none"]
-        rows, owners = [], []  # (prompt, answer) per candidate; the first candidate of each answer is its own
-        for i in scored:
-            item = items[i]
+        rows = []  # (prompt, answer) per candidate; the first candidate of each answer is its own
+        for item in items:
             for persona in (item.persona, *item.candidates, None):
                 rows.append((_with_persona(item.messages, persona), item.answer))
-                owners.append(i)
         means: list[float] = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
@@ -110,13 +107,19 @@ class PersonaAttribution:
                 logp = score(model, prompt_ids, prompt_mask, answers["input_ids"], answers["attention_mask"])
             counts = answers["attention_mask"].sum(1).clamp(min=1)
             means += (logp.sum(1) / counts).tolist()
-        out = [FidelityScore() for _ in items]
-        at = 0
-        for i in scored:
-            n = 2 + len(items[i].candidates)
-            values = np.array(means[at:at + n])
-            out[i] = FidelityScore(attributed=bool(values.argmax() == 0), margin=float(values[0] - values[-1]))
+        out, at = [], 0
+        for item in items:
+            n = 2 + len(item.candidates)
+            out.append(np.array(means[at:at + n]))
             at += n
+        return out
+
+    def score_batch(self, items: Sequence[FidelityItem]) -> list[FidelityScore]:
+        """Attribution and margin for every answer asked under a persona (no-persona answers are not scored)."""
+        scored = [i for i, item in enumerate(items) if item.persona_id != "none"]
+        out = [FidelityScore() for _ in items]
+        for i, values in zip(scored, self.candidate_scores([items[i] for i in scored])):
+            out[i] = FidelityScore(attributed=bool(values.argmax() == 0), margin=float(values[0] - values[-1]))
         return out
 
 

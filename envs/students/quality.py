@@ -3,7 +3,7 @@
 A small policy trained against a scripted student can drift into text that no human tutor
 would write and still collect praise: a sentence looped over and over, a story about a novel in
 a lesson on 9/11, "I'm ready to continue.", a turn that stops in the middle of a clause. The
-detector in this module spots four kinds of such turns without any model:
+detector in this module spots five kinds of such turns without any model:
 
 ``repetition``
     The turn says the same thing again: more than ``max_repeated_ngrams`` of its word
@@ -37,6 +37,17 @@ detector in this module spots four kinds of such turns without any model:
     connected to the topic or context, no real question (a procedural one such as "Shall we
     move on?" does not count), and it is not bare praise of the student ("Great job!" stays a
     neutral acknowledgement). An empty turn is filler too.
+``meta_talk``
+    The turn talks about asking instead of asking (:func:`meta_talk`): "What would you like to
+    ask about Atoms?", "How about asking about the Silk Road and how it relates to ...?", "Was
+    there a question about Newton's law?", "What would you like to know about volcanoes?". It
+    is meta-talk when a sentence is about the act of asking (by "you", "I" or "we", or as a
+    suggestion) or has a question as its object, and the other sentences carry at most
+    ``max_meta_rest`` content words, so a real explanation that ends with "What would you like
+    to ask?" is not. Added after reading the held-out turns of the default run: 66 of its
+    INTERACTIVE head's 96 turns were of this kind and the interactive student praised 20 of
+    them. It flags none of the 271 labelled turns of ``tests/envs/data`` and none of the 24
+    opening templates on any topic.
 
 Content words are the words left after removing function words and generic classroom chatter
 ("lesson", "continue", "ready", "great", ...); two words match when their stems (possessive and
@@ -98,7 +109,7 @@ from typing import Mapping, Sequence
 
 from envs.students.classifier import analyze_teacher_turn, split_sentences
 
-REASONS = ("repetition", "cut_off", "off_topic", "filler")
+REASONS = ("repetition", "cut_off", "off_topic", "filler", "meta_talk")
 """Why a turn can be degenerate, in the order the reasons are reported."""
 
 
@@ -130,6 +141,8 @@ class Thresholds:
         max_turn_overlap: Largest share of a turn's word 3-grams that may come from one earlier
             teacher turn of the recent dialogue (a turn of at least three distinct 3-grams
             above it says the previous turn again).
+        max_meta_rest: Most content words a turn may carry outside its sentences about asking
+            and still count as meta-talk (more, and those sentences frame real content).
     """
 
     max_repeated_ngrams: float = 0.2
@@ -146,6 +159,7 @@ class Thresholds:
     context_messages: int = 4
     max_filler_content: int = 1
     max_turn_overlap: float = 0.8
+    max_meta_rest: int = 2
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -265,6 +279,18 @@ _OFF_REGISTER = re.compile(
 _META = re.compile(
     r"\b(?:the|your) (?:student|learner|pupil)\b|"
     r"\b(?:teaching|tutoring|direct|interactive) (?:styles?|approach)\b",
+    re.IGNORECASE,
+)
+# talk about asking instead of asking: the act of asking (by "you", "I", "we", or as a suggestion) or a
+# question as the object of the sentence ("a question about X")
+_ASKING_TALK = re.compile(
+    r"\b(?:i|i'm|i'd|i'll|we|we'll|you|you'd|let's|let me|let us)\b[^.?!]{0,30}?\bask(?:s|ed|ing)?\b|"
+    r"\b(?:how|what) about (?:asking|a question|the question|your question|questions)\b|"
+    r"\basking (?:you|me|us|them|about|a question|questions)\b|^\W*asking\b|\bask(?:s|ed)? (?:you|me|us)\b|"
+    r"\bquestions? to ask\b|\b(?:why not|shall we|should we) ask\b|"
+    r"\b(?:what|which) (?:would|do|will) you (?:like|want|wish) to (?:know|learn|discuss|talk about|explore|hear)\b|"
+    r"\b(?:a|the|your|my|any|that|this|one|some|another) questions? (?:about|for)\b|"
+    r"\b(?:is|was) there (?:a|any|another) question\b|\banswer (?:your|my) question\b",
     re.IGNORECASE,
 )
 _CLOSERS = "\"'”’)]}*_ \t\n"
@@ -477,6 +503,11 @@ def assess_turn(
     if content_free:
         reasons.append("filler")
 
+    # meta-talk: the turn talks about asking ("What would you like to ask about X?", "How about a
+    # question about X?") and carries next to no content in any other sentence
+    if meta_talk(text, th):
+        reasons.append("meta_talk")
+
     return TurnQuality(
         degenerate=bool(reasons),
         reasons=reasons,
@@ -491,6 +522,25 @@ def assess_turn(
         off_register=off_register,
         content_free=content_free,
     )
+
+
+def meta_talk(text: str, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """Whether a turn talks about asking or about questions instead of asking about the lesson.
+
+    A sentence talks about asking when someone in the conversation asks ("What would you like to
+    ask about Atoms?", "I'm ready to ask ...", "Let's ask ..."), asking is suggested ("How about
+    asking about ..."), a question is its object ("a question about Inflation"), or the student is
+    asked what they would like to learn instead of something about the lesson. The turn is
+    meta-talk when it has such a sentence and its other sentences carry at most
+    ``max_meta_rest`` content words: a real explanation followed by "What would you like to ask?"
+    is not meta-talk.
+    """
+    sentences = split_sentences(text)
+    talk = [s for s in sentences if _ASKING_TALK.search(s)]
+    if not talk:
+        return False
+    rest = [w for s in sentences if s not in talk for w in _words(s) if _is_content(w)]
+    return len(rest) <= thresholds.max_meta_rest
 
 
 def is_degenerate(

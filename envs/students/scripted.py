@@ -195,6 +195,26 @@ _DEGENERATE = {
             "Sorry, I got lost. Are we still on {topic}?",
         ),
     },
+    "meta_talk": {
+        "frustrated": (
+            "Wait, what are we even doing? I still don't know anything about {topic}.",
+            "Ugh, that gives me nothing about {topic}. I'm lost.",
+            "*sigh* You're going around {topic}, not into it. I'm confused.",
+            "So... what about {topic}, actually? I'm lost.",
+        ),
+        "rude": (
+            "That's just talk about talking. Whatever.",
+            "Cool, more nothing. Can we get to {topic}?",
+            "You're going in circles around {topic}. Boring.",
+            "Is any of this about {topic}? Didn't think so.",
+        ),
+        "anxious": (
+            "Um, sorry, I'm not sure what you want from me here... is this about {topic}?",
+            "Oh... um, I don't know what I'm supposed to say to that. Sorry.",
+            "Sorry, I'm confused. What part of {topic} are we on?",
+            "Um, I'm not sure what we're doing now. Sorry, I'm lost.",
+        ),
+    },
     "filler": {
         "frustrated": (
             "Okay...? But what are we actually doing?",

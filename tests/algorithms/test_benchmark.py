@@ -39,7 +39,7 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     labels = ["Base model", "always-DIRECT", "always-INTERACTIVE", "Equal blend", "Persona-judge", "Router",
-              "Online router"]
+              "Online router (oracle: reads the reward)"]
     assert list(saved["rows"]) == labels
     assert list(saved["rows"].values()) == ["base", "head_direct", "head_interactive", "blend", "persona_judge",
                                             "router", "online_router"]
@@ -51,12 +51,12 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
             stat = row["satisfaction"][key]
             assert 0 <= stat["low"] <= stat["value"] <= stat["high"] <= 1
         assert row["satisfaction"]["direct"]["n"] == 4
-    for label in ("Router", "Online router"):
+    for label in ("Router", "Online router (oracle: reads the reward)"):
         st = saved["routers"][label]
         assert 0 <= st["accuracy_turn1"] <= 1 and 0 <= st["accuracy"] <= 1
         assert sum(st["mean_weights"].values()) == pytest.approx(1.0, abs=1e-5)
         assert len(st["weights_by_turn"]["direct"]) == 2
-    assert set(saved["routers"]) == {"Router", "Online router"}
+    assert set(saved["routers"]) == {"Router", "Online router (oracle: reads the reward)"}
     # both router rows start each episode from the same router weights
     episodes = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 7 * 8 and all("states" not in e for e in episodes)
@@ -70,9 +70,11 @@ def test_benchmark_runs_end_to_end_and_writes_every_report(tiny_run, tmp_path):
     for label in labels:
         assert f"| {label} |" in table
     assert table.count("**") >= 2  # the best mean is bold
+    assert saved["oracle_rows"] == ["Online router (oracle: reads the reward)"]
+    assert "read the env's reward (the student's satisfaction) during the dialogue" in table
     assert "- **Persona-judge**: variant exact sampling, block 4, blocks" in table
     wins = saved["win_rates"]["rates"]
-    assert set(wins) == {"Persona-judge", "Router", "Online router"}
+    assert set(wins) == {"Persona-judge", "Router", "Online router (oracle: reads the reward)"}
     assert set(wins["Router"]) == {"always-DIRECT", "always-INTERACTIVE", "Equal blend"}
     assert all(0 <= r["value"] <= 1 and r["n"] == 8 for row in wins.values() for r in row.values())
     assert "| Policy | vs always-DIRECT | vs always-INTERACTIVE | vs Equal blend |" in table
@@ -104,7 +106,7 @@ def test_persona_router_and_benchmark_on_the_tiny_model_write_every_report(tmp_p
                          "benchmark.bootstrap=20", "device=cpu")
     results = bm.run_benchmark(cfg, tmp_path / "bench")
     assert "1 generated turn each (the env's limit; benchmark.turns=3)" in results["markdown"]
-    assert "Online router" not in results["rows"]  # its Hedge steps need a second turn
+    assert "Online router (oracle: reads the reward)" not in results["rows"]  # its Hedge steps need a second turn
     aggregates = results["report"]["aggregates"]
     assert results["report"]["base"] == "Base model" and "delta_base" in aggregates  # roles, not row names
     assert results["markdown"].count("| **") == 5  # each facet head's own cell of the Q table in bold
@@ -132,14 +134,14 @@ class FixedMix:
 # ---- metrics on known records -----------------------------------------------------------------
 
 
-def record(student_type, labels, weights=()):
+def record(student_type, labels, weights=(), topic="t"):
     dialogue = [{"role": "system", "content": "Topic: t"}, {"role": "teacher", "content": "Hello."},
                 {"role": "student", "content": "hi"}]
     facts = ["The sun is a star that burns hydrogen into helium.", "Its light takes eight minutes to reach us.",
              "Its core is about fifteen million degrees hot.", "It holds most of the solar system's mass."]
     for i, _ in enumerate(labels):  # distinct explanations: saying the previous turn again is repetition
         dialogue += [{"role": "teacher", "content": facts[i % len(facts)]}, {"role": "student", "content": "ok"}]
-    return EpisodeRecord(driver="x", options={}, label={"persona": student_type}, start={"topic": "t"},
+    return EpisodeRecord(driver="x", options={}, label={"persona": student_type}, start={"topic": topic},
                          actions=["The sun is a star."] * len(labels), infos=[{"satisfaction": lab} for lab in labels],
                          final=dialogue, weights=[list(w) for w in weights])
 
@@ -153,8 +155,9 @@ def tutoring_task():
 
 
 def test_bootstrap_intervals_on_known_records():
-    records = [record("direct", ["good", "good"]), record("direct", ["good", "bad"]),
-               record("interactive", ["bad", "neutral"]), record("interactive", ["bad", "bad"])]
+    # two topics, each played by both student types: the intervals resample topics
+    records = [record("direct", ["good", "good"], topic="a"), record("direct", ["good", "bad"], topic="b"),
+               record("interactive", ["bad", "neutral"], topic="a"), record("interactive", ["bad", "bad"], topic="b")]
     report = tutoring_task().evaluate({"x": records}, heads=[], bootstrap=500, confidence=0.95, seed=0)
     sat = report.metrics["rows"]["x"]["satisfaction"]
     assert sat["direct"]["value"] == 0.75 and sat["interactive"]["value"] == 0.0
@@ -162,6 +165,10 @@ def test_bootstrap_intervals_on_known_records():
     assert sat["interactive"]["low"] == sat["interactive"]["high"] == 0.0
     assert 0.5 <= sat["direct"]["low"] < 0.75 < sat["direct"]["high"] <= 1.0
     assert sat["mean"]["low"] <= 0.375 <= sat["mean"]["high"]
+    assert sat["direct"]["n"] == 2
+    units = report.metrics["units"]
+    assert units["satisfaction/direct"]["x"] == {"a": [2.0, 2.0], "b": [1.0, 2.0]}
+    assert units["satisfaction/mean"]["x"] == {"a": [2.0, 4.0], "b": [1.0, 4.0]}
     assert report.metrics["rows"]["x"]["style"] == {"direct": 1.0, "interactive": 0.0}  # every turn explains
     again = tutoring_task().evaluate({"x": records}, heads=[], bootstrap=500, confidence=0.95, seed=0)
     assert again.metrics == report.metrics

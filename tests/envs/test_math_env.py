@@ -17,7 +17,7 @@ import envs  # noqa: F401  (registers the ids)
 from envs.data.math import (
     LEVELS,
     MathProblem,
-    _is_eval,
+    _side,
     accuracy,
     answer_reward,
     clean_solution,
@@ -205,9 +205,12 @@ def test_train_and_eval_streams_are_disjoint(level):
     key = lambda p: re.sub(r"\b[A-Z][a-z]+\b", "", p.question)  # noqa: E731  (the question without names)
     assert not {key(p) for p in train} & {key(p) for p in evals}
     assert train[:50] != router[:50]
-    assert _is_eval("x") in (True, False) and 0.1 < np.mean([_is_eval(str(i)) for i in range(2000)]) < 0.3
+    sides = [_side(str(i)) for i in range(2000)]
+    assert 0.1 < sides.count("eval") / 2000 < 0.3 and 0.1 < sides.count("test") / 2000 < 0.3
+    tests = make_problems(200, level, seed=0, split="test")
+    assert not {key(p) for p in tests} & ({key(p) for p in train} | {key(p) for p in evals})
     with pytest.raises(ValueError, match="split"):
-        make_problems(1, level, split="test")
+        make_problems(1, level, split="holdout")
 
 
 def test_problems_for_split():
@@ -225,11 +228,14 @@ def test_problems_for_split():
 def test_persona_split_is_deterministic_and_disjoint():
     pools, again = persona_pools(), persona_pools()
     assert pools == again
-    train, held = {p.id for p in pools.train}, {p.id for p in pools.held_out}
-    assert len(train) == 150 and len(held) == 50 and not train & held
-    assert len(train | held) == 200 and all(p.description for p in pools.train + pools.held_out)
-    assert [p.id for p in personas_for_split("train")][-1] == "none" and len(personas_for_split("train")) == 151
+    train, held, test = {p.id for p in pools.train}, {p.id for p in pools.held_out}, {p.id for p in pools.test}
+    assert len(train) == 125 and len(held) == 50 and len(test) == 25
+    assert not train & held and not train & test and not held & test
+    assert len(train | held | test) == 200 and all(p.description for p in pools.train + pools.held_out + pools.test)
+    assert [p.id for p in personas_for_split("train")][-1] == "none" and len(personas_for_split("train")) == 126
     assert len(personas_for_split("eval")) == 57 and not {p.id for p in personas_for_split("eval")} & train
+    roles = {p.id for p in personas_for_split("test")} - {"none"}
+    assert len(personas_for_split("test")) == 32 and not roles & ({p.id for p in personas_for_split("eval")} | train)
 
 
 def test_lottery_set_has_seven_roles_and_none_has_no_system_message():

@@ -47,7 +47,8 @@ def test_composed_records_are_deterministic_and_prefix_stable():
     assert len({r.id for r in a}) == 20
     other = compose_records(20, seed=4)
     assert [r.facets for r in other] != [r.facets for r in a]
-    assert len(compose_records(seed=0, part="train")) == 147 and len(compose_records(part="eval")) == 50
+    assert len(compose_records(seed=0, part="train")) == 122 and len(compose_records(part="eval")) == 50
+    assert len(compose_records(part="test")) == 25
     assert len(compose_records(400, seed=0, part="eval")) == 400  # cycles through the cores
 
 
@@ -67,11 +68,13 @@ def test_composed_records_attribute_their_sources():
 def test_train_and_eval_records_have_disjoint_professional_cores():
     train = {p["id"] for p in professional_cores("train")}
     held = {p["id"] for p in professional_cores("eval")}
-    assert len(train) == 147 and len(held) == 50 and not train & held
-    assert "pg-12" not in train | held  # no occupation at all: left out
+    test = {p["id"] for p in professional_cores("test")}
+    assert len(train) == 122 and len(held) == 50 and len(test) == 25
+    assert not train & held and not train & test and not held & test
+    assert "pg-12" not in train | held | test  # no occupation at all: left out
     assert {r.sources["professional"][0] for r in compose_records(part="eval")} == held
     with pytest.raises(ValueError, match="part"):
-        professional_cores("test")
+        professional_cores("holdout")
 
 
 def test_fact_pools_sizes_and_identity_filter():
@@ -164,13 +167,15 @@ def test_split_keeps_clusters_together_and_drops_code():
     requests = load_requests()
     full = split_requests(requests, seed=0, drop_code=False)
     assert list(full) == list(SPLITS)
-    assert {k: len(v) for k, v in full.items()} == {"train": 300, "router_train": 80, "router_val": 20, "eval": 100}
+    assert {k: len(v) for k, v in full.items()} == {"train": 200, "router_train": 80, "router_val": 20, "eval": 100,
+                                                    "test": 100}
     home = {}
     for split, items in full.items():
         for r in items:
             assert home.setdefault(r.cluster, split) == split  # both prompts of a cluster in one split
     dropped = split_requests(requests, seed=0)
-    assert {k: len(v) for k, v in dropped.items()} == {"train": 136, "router_train": 45, "router_val": 8, "eval": 53}
+    assert {k: len(v) for k, v in dropped.items()} == {"train": 87, "router_train": 45, "router_val": 8, "eval": 53,
+                                                       "test": 49}
     for split in SPLITS:  # dropping only removes the code prompts; the cluster assignment is unchanged
         assert dropped[split] == [r for r in full[split] if not r.is_code]
     assert split_requests(requests, seed=0) == dropped
@@ -184,5 +189,8 @@ def test_load_split_pairs_split_records_and_requests():
     assert not {r.cluster for r in train.requests} & {r.cluster for r in held.requests}
     assert isinstance(train.requests[0], Request) and not any(r.is_code for r in train.requests)
     assert len(load_split("router_val", drop_code=False).requests) == 20
+    test = load_split("test")
+    assert all(r.id.startswith("test-") for r in test.records)
+    assert not {r.cluster for r in test.requests} & ({r.cluster for r in train.requests} | {r.cluster for r in held.requests})
     with pytest.raises(ValueError, match="split"):
-        load_split("test")
+        load_split("holdout")

@@ -280,8 +280,8 @@ STYLE_WORDS = re.compile(
 
 def test_reactions_to_degenerate_turns_never_name_a_way_of_being_taught():
     templates = [t for by_reaction in scripted._DEGENERATE.values() for pool in by_reaction.values() for t in pool]
-    assert len(templates) == 48 and len(set(templates)) == 48
-    assert set(scripted._DEGENERATE) == {"repetition", "cut_off", "off_topic", "filler"}
+    assert len(templates) == 60 and len(set(templates)) == 60
+    assert set(scripted._DEGENERATE) == {"repetition", "cut_off", "off_topic", "filler", "meta_talk"}
     for template in templates:
         assert not STYLE_WORDS.search(template) and not NAMES_PREFERENCE.search(template), template
         assert set(re.findall(r"{(\w+)}", template)) <= {"topic"}, template  # nothing of the teacher's turn
@@ -443,3 +443,43 @@ def test_chat_model_student_answers_a_whole_batch_in_one_call():
     assert [len(call) for call in client.calls] == [4, 4]
     topics = [env.topic for env in batch.envs]
     assert all(topic in conv[0]["content"] for topic, conv in zip(topics, client.calls[-1]))
+
+
+# Turns a trained INTERACTIVE head wrote (default run before the meta-talk rule), plus the crafted ones of
+# tests/envs/test_checks.py: they talk about asking and ask nothing about the lesson.
+META_TALK = [
+    ("What would you like to ask about Newton’s Second Law of Motion?", "Newton’s Second Law of Motion"),
+    ("Was there a question about Newton’s Second Law of Motion?", "Newton’s Second Law of Motion"),
+    ("Hey there, how about asking, what would you like to ask about The Palace of Versailles?",
+     "The Palace of Versailles"),
+    ("How about asking about Confucius and how he overcame his own errors and became a great leader?", "Confucius"),
+    ("What would you like to ask me about The Hagia Sophia?", "The Hagia Sophia"),
+    ("What about the question about the infinite?", "Allegory"),
+]
+
+
+def _first_reward(turn, topic, student_type, reaction, seed):
+    env = TutoringEnv(student=ScriptedStudent(noise=0.0), student_type=student_type, reaction=reaction)
+    env.reset(seed=seed, options={"topic": topic})
+    return env.step(turn)[1]
+
+
+def test_meta_talk_gets_no_positive_reward_from_either_student_type():
+    from tests.envs.test_checks import GAMED
+
+    for i, (turn, topic) in enumerate(META_TALK + GAMED):
+        for student_type in STUDENT_TYPES:
+            for reaction in REACTIONS:
+                assert _first_reward(turn, topic, student_type, reaction, seed=i) <= 0, (turn, student_type)
+    assert assess_turn(META_TALK[0][0], META_TALK[0][1]).reasons == ["meta_talk"]
+
+
+def test_real_questions_and_explanations_keep_their_reward():
+    from tests.envs.test_checks import EXPLANATIONS, LESSON_QUESTIONS
+
+    for i, (turn, topic, n) in enumerate(LESSON_QUESTIONS):
+        if n and analyze_teacher_turn(turn).kind == "ask":
+            assert _first_reward(turn, topic, "interactive", REACTIONS[i % 3], seed=i) == 1.0, turn
+    for i, (turn, topic) in enumerate(EXPLANATIONS):
+        if analyze_teacher_turn(turn).kind == "explain":
+            assert _first_reward(turn, topic, "direct", REACTIONS[i % 3], seed=i) == 1.0, turn

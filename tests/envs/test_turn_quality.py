@@ -11,7 +11,7 @@ import pytest
 from envs.data import load_tutoring_topics
 from envs.students import QualityFigures, Thresholds, assess_turn, is_degenerate, quality_figures
 from envs.students.quality import REASONS, distinct_n, last_full_sentence, topic_overlap
-from envs.tutoring import SEED_TURNS
+from envs.tutoring import SEED_TURNS, SEED_TURNS_HELDOUT
 
 DATA = Path(__file__).parent / "data"
 ROWS = [json.loads(line) for line in (DATA / "teacher_turn_quality.jsonl").read_text().splitlines()]
@@ -98,7 +98,7 @@ def test_few_false_alarms_on_turns_written_for_another_purpose():
 
 def test_seed_turns_are_never_flagged():
     for topic in load_tutoring_topics():
-        for template in SEED_TURNS:
+        for template in SEED_TURNS + SEED_TURNS_HELDOUT:
             assert not is_degenerate(template.format(topic=topic), topic), (topic, template)
 
 
@@ -143,14 +143,15 @@ def test_seed_turns_are_never_flagged():
         ("What's your favourite part of photosynthesis?", "Photosynthesis", [], []),
         ("What do you think plants need to grow?", "Photosynthesis", [T("Plants make food from light.")], []),
         # talk about the lesson instead of to the student (a leaked instruction), on the topic or not
-        ("How about asking the student what they know about cells?", "Cells", [], ["off_topic"]),
+        ("How about asking the student what they know about cells?", "Cells", [], ["off_topic", "meta_talk"]),
         ("Use the INTERACTIVE style. What is a cell?", "Cells", [], ["off_topic"]),
         ("Imagine the students at the barricades. What would they want?", "The French Revolution", [], []),
         # an invitation to ask "a question" with nothing of the lesson in it is procedure, like "Shall we move on?"
-        ("How about asking a question?", "Photosynthesis", [], ["filler"]),
-        ("What would you like to ask?", "Photosynthesis", [], ["filler"]),
-        ("Can you ask me one question about photosynthesis?", "Photosynthesis", [], []),
-        ("How about asking your friend a question?", "Photosynthesis", [], ["off_topic"]),
+        ("How about asking a question?", "Photosynthesis", [], ["filler", "meta_talk"]),
+        ("What would you like to ask?", "Photosynthesis", [], ["filler", "meta_talk"]),
+        # an invitation to ask is talk about asking, not a question about the lesson
+        ("Can you ask me one question about photosynthesis?", "Photosynthesis", [], ["meta_talk"]),
+        ("How about asking your friend a question?", "Photosynthesis", [], ["off_topic", "meta_talk"]),
     ],
 )
 def test_hard_cases(text, topic, context, reasons):
@@ -182,7 +183,7 @@ def test_the_dialogue_so_far_counts_as_connection():
 
 
 def test_saying_the_previous_turn_again_is_repetition():
-    turn = "What would you like to ask about allegory?"
+    turn = "What would a fox stand for in an allegory?"
     before = [T(turn), S("Um, I don't know.")]
     assert assess_turn(turn, "Allegory", before).reasons == ["repetition"]
     assert not assess_turn(turn, "Allegory", [S(turn)]).degenerate  # the student's words do not count
@@ -209,7 +210,7 @@ def test_figures_behind_the_verdict():
     assert q.reasons == ["repetition"] and q.repeated_clause == "The war started early"
     assert q.n_words == 11 and q.repeated_ngram_share == pytest.approx(2 / 9) and q.ends_cleanly
     assert q.reason == "repetition" and assess_turn("Atoms are tiny.", "Atoms").reason == ""
-    assert set(REASONS) == {"repetition", "cut_off", "off_topic", "filler"}
+    assert set(REASONS) == {"repetition", "cut_off", "off_topic", "filler", "meta_talk"}
 
 
 # --- quality figures -------------------------------------------------------------------------
@@ -227,7 +228,8 @@ def test_quality_figures_on_a_hand_computed_case():
     assert figures.cut_at_limit_share == pytest.approx(1 / 3)  # 32 >= 32
     assert figures.topic_overlap == pytest.approx(2 / 3)  # "cat" in the first two turns, not the third
     assert figures.degenerate_share == pytest.approx(1 / 3)  # the filler turn
-    assert figures.reason_shares == {"repetition": 0.0, "cut_off": 0.0, "off_topic": 0.0, "filler": pytest.approx(1 / 3)}
+    assert figures.reason_shares == {"repetition": 0.0, "cut_off": 0.0, "off_topic": 0.0, "filler": pytest.approx(1 / 3),
+                                     "meta_talk": 0.0}
     logged = figures.as_dict("quality/")
     assert logged["quality/distinct_2"] == figures.distinct_2 and logged["quality/filler_share"] == pytest.approx(1 / 3)
     assert all(key.startswith("quality/") for key in logged)

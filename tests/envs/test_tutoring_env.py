@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the ids)
 from envs.judges import HeuristicSatisfactionJudge
 from envs.students import ScriptedStudent, classify_teacher_turn
-from envs.tutoring import SEED_TURNS_ASK, SEED_TURNS_EXPLAIN, TutoringBatch, TutoringEnv
+from envs.tutoring import SEED_TURNS_ASK, SEED_TURNS_EXPLAIN, SEED_TURNS_HELDOUT, TutoringBatch, TutoringEnv
 
 ENV_ID = "pluralgym/Tutoring-v0"
 HIDDEN = re.compile(r"\b(direct|interactive|frustrated|rude|anxious)\b|learning style|prefer", re.IGNORECASE)
@@ -154,8 +154,18 @@ def test_seed_turn_templates_cover_both_moves_and_never_leak():
         assert classify_teacher_turn(template.format(topic="Magnetism")) == "explain", template
     for template in SEED_TURNS_ASK:
         assert classify_teacher_turn(template.format(topic="Magnetism")) == "ask", template
-    for template in SEED_TURNS_EXPLAIN + SEED_TURNS_ASK:
+    for template in SEED_TURNS_HELDOUT[:4]:
+        assert classify_teacher_turn(template.format(topic="Magnetism")) == "explain", template
+    for template in SEED_TURNS_HELDOUT[4:]:
+        assert classify_teacher_turn(template.format(topic="Magnetism")) == "ask", template
+    for template in SEED_TURNS_EXPLAIN + SEED_TURNS_ASK + SEED_TURNS_HELDOUT:
         assert not HIDDEN.search(template)
+    assert not set(SEED_TURNS_HELDOUT) & set(SEED_TURNS_EXPLAIN + SEED_TURNS_ASK)
+    env = TutoringEnv(seed_turns=SEED_TURNS_HELDOUT)
+    openings = {env.reset(seed=s, options={"topic": "Tides"})[1]["seed_turn"] for s in range(40)}
+    assert openings <= {t.format(topic="Tides") for t in SEED_TURNS_HELDOUT} and len(openings) > 4
+    with pytest.raises(ValueError, match="topic"):
+        TutoringEnv(seed_turns=["no slot here"])
 
 
 def test_contexts_from_education_dialogue_files(tmp_path):
