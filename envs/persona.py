@@ -90,7 +90,8 @@ def parse_scaffold(observation: Sequence[Mapping[str, str]]) -> dict[str, str]:
     return facets
 
 
-def teacher_messages(observation: Sequence[Mapping[str, str]], facet: str, critique: str) -> list[dict[str, str]]:
+def teacher_messages(observation: Sequence[Mapping[str, str]], facet: str,
+                     critique: str | None) -> list[dict[str, str]]:
     """The privileged prompt for focal ``facet``: the observation with different system text.
 
     Two blocks differ from the policy's prompt, as in the paper: the opening system message holds a
@@ -100,13 +101,17 @@ def teacher_messages(observation: Sequence[Mapping[str, str]], facet: str, criti
     model follows it only there (its own answers under this prompt score Q(focal) = 0.22 with the
     heuristic judge, against -0.13 under the policy's prompt and -0.13 with the critique in the
     opening message; 40 held-out requests, one sample each). The user's request is kept as is and
-    the rubric never appears here.
+    the rubric never appears here. ``critique=None`` leaves the critique out (the teacher without
+    feedback: the single facet only).
     """
     facet = check_facet(facet)
     persona = parse_scaffold(observation)[facet]
+    opening = [{"role": "system", "content": f"{TEACHER_INTRO}\n\n## {FACET_LABELS[facet]}\n{persona}"},
+               *(dict(m) for m in observation[1:])]
+    if critique is None:
+        return opening
     review = f"{TEACHER_REVIEW} {' '.join(str(critique).split())} {TEACHER_OUTRO}"
-    return [{"role": "system", "content": f"{TEACHER_INTRO}\n\n## {FACET_LABELS[facet]}\n{persona}"},
-            *(dict(m) for m in observation[1:]), {"role": "system", "content": review}]
+    return [*opening, {"role": "system", "content": review}]
 
 
 # --- defaults -----------------------------------------------------------------------------------

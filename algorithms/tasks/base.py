@@ -177,8 +177,12 @@ class Task(Protocol):
         """The policy's chat prompt for an observation (identical for every head)."""
         ...
 
-    def teacher_messages(self, observation: Any, persona: Persona, feedback: str) -> Messages:
-        """The privileged prompt: the policy's conversation, its system text naming ``persona`` and ``feedback``."""
+    def teacher_messages(self, observation: Any, persona: Persona, feedback: str | None) -> Messages:
+        """The privileged prompt: the policy's conversation, its system text naming ``persona`` and ``feedback``.
+
+        ``feedback=None`` (and a task built with ``teacher_feedback=false``) gives the same prompt
+        without the feedback: the comparison that shows what the feedback adds.
+        """
         ...
 
     def actions(self, texts: Sequence[str]) -> list[str]:

@@ -135,8 +135,10 @@ class MathTask:
         return [dict(m) for m in observation]
 
     @staticmethod
-    def teacher_messages(observation: Messages, persona: Persona, feedback: str) -> Messages:
+    def teacher_messages(observation: Messages, persona: Persona, feedback: str | None) -> Messages:
         """The privileged prompt (for OPSD on this env): the question, with the reference as a final system note."""
+        if feedback is None:  # no feedback: the policy's own prompt
+            return [dict(m) for m in observation]
         note = f"(Private notes for the answer, never shown to the user. {feedback} Answer in the same form.)"
         return [dict(m) for m in observation] + [{"role": "system", "content": note}]
 

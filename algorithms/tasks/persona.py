@@ -54,6 +54,8 @@ class PersonaTask:
             The default keeps about 85% of the non-code requests and all of a CPU run's batches short.
         seed: Seeds the composed records and the request split.
         max_action_chars: Longest response kept.
+        teacher_feedback: Show the privileged teacher the critic's critique (the paper's setting);
+            false gives the same run without feedback: the teacher sees the focal facet alone.
         attribution: An independent check for the report (``envs.judges.fidelity.PersonaAttribution``,
             null: none): the frozen base model scores each response under each single facet and under
             none, so a response written for facet d should be likelier under d. It uses no lexicon,
@@ -65,10 +67,11 @@ class PersonaTask:
 
     def __init__(self, critic: Any, rubric_extractor: Any, eval_judge: Any, rubric: bool = True,
                  num_records: int | None = None, drop_code: bool = True, max_request_chars: int | None = 500,
-                 seed: int = 0, max_action_chars: int = 8000, attribution: Any = None):
+                 seed: int = 0, max_action_chars: int = 8000, attribution: Any = None, teacher_feedback: bool = True):
         self.personas = [Persona(f, FACET_LABELS[f]) for f in FACETS]
         self.critic, self.rubric_extractor, self.eval_judge = critic, rubric_extractor, eval_judge
         self.attribution = attribution
+        self.teacher_feedback = bool(teacher_feedback)
         self.rubric = bool(rubric)
         self.max_action_chars = int(max_action_chars)
         self._load = dict(seed=seed, num_records=num_records, drop_code=drop_code, max_request_chars=max_request_chars)
@@ -118,10 +121,9 @@ class PersonaTask:
         """The policy's prompt: the five-facet scaffold and the request, as observed."""
         return [dict(m) for m in observation]
 
-    @staticmethod
-    def teacher_messages(observation: Messages, persona: Persona, feedback: str) -> Messages:
+    def teacher_messages(self, observation: Messages, persona: Persona, feedback: str | None) -> Messages:
         """The privileged prompt: the same request, with only facet ``persona`` and the critique in the system text."""
-        return teacher_messages(observation, persona.name, feedback)
+        return teacher_messages(observation, persona.name, feedback if self.teacher_feedback else None)
 
     @staticmethod
     def actions(texts: Sequence[str]) -> list[str]:

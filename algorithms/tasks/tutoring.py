@@ -197,7 +197,7 @@ class TutoringTask:
         """The policy's prompt: the dialogue with teacher turns as assistant and student turns as user."""
         return [{"role": _ROLES[m["role"]], "content": m["content"]} for m in observation]
 
-    def teacher_messages(self, observation: Messages, persona: Persona, feedback: str) -> Messages:
+    def teacher_messages(self, observation: Messages, persona: Persona, feedback: str | None) -> Messages:
         """The privileged prompt: the policy's prompt plus one final block with the style (and the reaction).
 
         The block is a system message placed right before the teacher's turn: a small model
@@ -206,7 +206,7 @@ class TutoringTask:
         0.19 vs 0.28 with the cue in the opening message; 32 dialogues each). ``{topic}`` in a
         persona's description becomes the episode's topic.
         """
-        reaction = REACTION.format(feedback=feedback) if self.teacher_feedback else ""
+        reaction = REACTION.format(feedback=feedback) if self.teacher_feedback and feedback is not None else ""
         description = persona.description.replace("{topic}", observation_topic(observation))
         block = PRIVILEGED_BLOCK.format(label=persona.label, description=description, reaction=reaction)
         return self.policy_messages(observation) + [{"role": "system", "content": block}]

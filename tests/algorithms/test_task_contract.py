@@ -107,6 +107,7 @@ def test_the_default_teacher_prompt_leaves_the_reply_out_and_the_papers_adds_it(
     paper = build_task(compose_config("opsd", "env.teacher_feedback=true"))
     full = paper.teacher_messages(obs, persona, "Please just tell me!")[-1]["content"]
     assert full.startswith(block[:-1]) and "Please just tell me!" in full  # the same block, plus the reply
+    assert paper.teacher_messages(obs, persona, None)[-1]["content"] == block  # feedback=None: without it
 
 
 def test_a_topic_placeholder_in_a_tutoring_persona_becomes_the_episodes_topic():

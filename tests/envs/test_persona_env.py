@@ -156,6 +156,15 @@ def test_teacher_messages_swap_only_the_system_message():
         assert all(facets[f] not in system for f in FACETS if facets[f] != facets[facet])
         assert not any(c in system for c in info["criteria"])
     assert teacher_messages(obs, "Culinary", "x") == teacher_messages(obs, "culinary", "x")
+    # without feedback: the same prompt less the critique message (the with/without-feedback ablation)
+    assert teacher_messages(obs, "arts", None) == teacher_messages(obs, "arts", critique)[:-1]
+    from algorithms.tasks.persona import PersonaTask
+
+    off = PersonaTask(None, None, None, teacher_feedback=False)
+    on = PersonaTask(None, None, None)
+    persona = on.personas[2]
+    assert off.teacher_messages(obs, persona, critique) == on.teacher_messages(obs, persona, None)
+    assert on.teacher_messages(obs, persona, critique)[-1]["content"].count(critique) == 1
     with pytest.raises(ValueError, match="persona scaffold"):
         parse_scaffold(teacher_messages(obs, "arts", "x"))
     with pytest.raises(ValueError, match="facet"):

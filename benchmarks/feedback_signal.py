@@ -1,0 +1,195 @@
+"""Can the frozen teacher read the feedback? The AUC of its feedback shift on good vs bad turns.
+
+Usage:
+    python benchmarks/feedback_signal.py --env tutoring                      # base model, 48 contexts
+    python benchmarks/feedback_signal.py --env persona --num 40 --out persona.json
+    python benchmarks/feedback_signal.py --env tutoring --run runs/opsd/<run>   # also every head of a run
+    python benchmarks/feedback_signal.py --env tutoring --variant quoted env.feedback_template=quoted
+    python benchmarks/feedback_signal.py --env persona --model tiny-random --num 4   # seconds: a smoke run
+
+OPSD can only teach what the privileged teacher does with the feedback. For every turn (tutoring)
+or response (persona) sampled on the ``eval`` split, the env gives its feedback (the student's
+reply; the critic's critique) and rates the turn (its reward: satisfaction +1/0/-1; the judge's Q
+on the focal facet). The frozen base model scores the turn under the privileged prompt twice,
+with and without the feedback (``env.teacher_feedback=true|false``), and
+
+    delta = mean over tokens of log q(y | context, feedback) - log q(y | context).
+
+If the teacher reads the feedback, delta is higher for turns the env rated good than for turns it
+rated bad: the AUC of delta (good vs bad; neutral and zero-rated turns left out) measures it, with
+a bootstrap interval over episodes. An AUC near 0.5 means no trainer can learn from that feedback
+through this teacher. ``--contrast`` adds the feedback-contrastive teacher
+``(1 + w) log q(. | feedback) - w log q(. | no feedback)`` (renormalised over the vocabulary),
+whose delta is taken the same way. ``--variant NAME OVERRIDES...`` adds a teacher built with other
+env settings (where the feedback sits, its wording); every variant is measured on the same turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+import configs
+from agents import load_backbone
+from agents.generation import completion_logits, encode_prompts
+from algorithms.components import build_task
+from algorithms.episodes import play_episodes
+from algorithms.losses import contrastive_teacher_logits
+
+
+def auc(good: np.ndarray, bad: np.ndarray) -> float:
+    """P(a good turn's delta > a bad turn's delta), ties counting half (NaN when a side is empty)."""
+    if not len(good) or not len(bad):
+        return float("nan")
+    diff = good[:, None] - bad[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def auc_interval(deltas: np.ndarray, labels: np.ndarray, episodes: np.ndarray, *, samples: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The AUC with a percentile bootstrap interval that resamples whole episodes (their turns together)."""
+    value = auc(deltas[labels > 0], deltas[labels < 0])
+    ids = np.unique(episodes)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(samples):
+        chosen = rng.choice(ids, size=len(ids), replace=True)
+        idx = np.concatenate([np.flatnonzero(episodes == e) for e in chosen])
+        reps.append(auc(deltas[idx][labels[idx] > 0], deltas[idx][labels[idx] < 0]))
+    reps = np.array([r for r in reps if r == r])
+    alpha = (1 - confidence) / 2
+    low, high = (float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))) if len(reps) else (np.nan,) * 2
+    return {"auc": value, "low": low, "high": high, "good": int((labels > 0).sum()), "bad": int((labels < 0).sum())}
+
+
+@torch.no_grad()
+def feedback_deltas(model, tokenizer, with_prompts: list, without_prompts: list, turns: list[str],
+                    weights: list[float], batch_size: int = 8) -> np.ndarray:
+    """``(len(weights), N)`` mean per-token log-prob shift of each turn when the teacher sees the feedback.
+
+    Weight 0 is the plain teacher; weight ``w`` the feedback-contrastive teacher.
+    """
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token or ""
+    out = np.zeros((len(weights), len(turns)))
+    for start in range(0, len(turns), batch_size):
+        part = slice(start, start + batch_size)
+        enc = tokenizer([t + eos for t in turns[part]], return_tensors="pt", padding=True, padding_side="right",
+                        add_special_tokens=False).to(device)
+        comp, mask = enc["input_ids"], enc["attention_mask"]
+        lw = completion_logits(model, *encode_prompts(tokenizer, with_prompts[part], device), comp, mask).float()
+        lo = completion_logits(model, *encode_prompts(tokenizer, without_prompts[part], device), comp, mask).float()
+        base = torch.log_softmax(lo, -1).gather(-1, comp[..., None])[..., 0]  # (b, T)
+        count = mask.sum(1).clamp(min=1)
+        for k, w in enumerate(weights):
+            teacher = torch.log_softmax(contrastive_teacher_logits(lw, [lo], w), -1).gather(-1, comp[..., None])[..., 0]
+            out[k, part] = (((teacher - base) * mask).sum(1) / count).cpu().numpy()
+    return out
+
+
+def sample_turns(task, model, tokenizer, *, contexts: int | None, turns: int, max_new_tokens: int, temperature: float,
+                 seed: int, selector: dict, driver: str) -> list[dict[str, Any]]:
+    """Plays ``eval`` episodes and returns every turn with its observation, feedback and rating."""
+    options = task.eval_options(contexts, split="eval")
+    records = play_episodes(model, tokenizer, task, selector, options, driver=driver, turns=turns,
+                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, split="eval")
+    return [{"episode": f"{driver}/{e}", "observation": obs, "turn": action, "feedback": fb, "reward": reward,
+             "label": r.label.get("persona")}
+            for e, r in enumerate(records)
+            for obs, action, fb, reward in zip(r.observations, r.actions, r.feedback, r.rewards)]
+
+
+def compose_env(env: str, model: str, overrides: list[str]):
+    """The OPSD config for ``env`` (with the given env overrides) and its task."""
+    configs.register()
+    with initialize_config_dir(str(Path(configs.__file__).resolve().parent), version_base="1.3"):
+        cfg = compose("opsd", overrides=[f"env={env}", f"agent.model={model}", *overrides])
+    return cfg, build_task(cfg)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the measurement, prints the table and returns (and with ``--out`` writes) the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=("tutoring", "persona"), default="tutoring")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the frozen teacher (and base policy)")
+    parser.add_argument("--run", default=None, help="an OPSD run folder: also sample every head of its policy")
+    parser.add_argument("--num", type=int, default=None, help="eval contexts (default: the whole split)")
+    parser.add_argument("--turns", type=int, default=3, help="turns per episode (capped by the env)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--contrast", type=float, nargs="*", default=[1.0, 2.0],
+                        help="feedback-contrast weights to measure besides the plain teacher")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
+                        help="another teacher: a name and env overrides (e.g. env.feedback_template=quoted)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the results (every turn's delta included) as JSON here")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    cfg, task = compose_env(args.env, args.model, [])
+    backbone = load_backbone(args.model)
+    model, tokenizer = backbone.model.eval(), backbone.tokenizer
+    tokenizer.padding_side = "left"
+    common = dict(contexts=args.num, turns=args.turns, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, seed=args.seed)
+    samples = sample_turns(task, model, tokenizer, selector={}, driver="base", **common)
+    # Base turns: under the focal persona's block when the feedback is about it (the critique of facet
+    # d), else under every persona's block (a tutoring head of either style meets every student).
+    sources = {"base": (samples, None if task.feedback_follows_head else list(range(len(task.personas))))}
+    if args.run:
+        from algorithms.router import load_run
+
+        policy, ptok, _ = load_run(args.run, "cpu")
+        for h, name in enumerate(policy.head_names):
+            persona = next((j for j, p in enumerate(task.personas) if p.name == name), 0)
+            sources[f"head_{name}"] = (sample_turns(task, policy, ptok, selector={"head": h}, driver=name, **common),
+                                       [persona])
+    weights = [0.0, *[w for w in args.contrast if w > 0]]
+    variants = [("plain", [])] + [(v[0], v[1:]) for v in args.variant]
+    rows, per_turn = [], []
+    for name, overrides in variants:
+        _, with_fb = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=true"])
+        _, without = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=false"])
+        for source, (turns, blocks) in sources.items():
+            names = [p.name for p in task.personas]
+            items = [(t, task.personas[b]) for t in turns
+                     for b in (blocks if blocks is not None else [names.index(t["label"])])]
+            deltas = feedback_deltas(
+                model, tokenizer, [with_fb.teacher_messages(t["observation"], p, t["feedback"]) for t, p in items],
+                [without.teacher_messages(t["observation"], p, t["feedback"]) for t, p in items],
+                [t["turn"] for t, _ in items], weights, batch_size=args.batch_size)
+            labels = np.sign([t["reward"] for t, _ in items])
+            episodes = np.array([t["episode"] for t, _ in items])
+            for k, w in enumerate(weights):
+                stat = auc_interval(deltas[k], labels, episodes, samples=args.bootstrap, seed=args.seed)
+                rows.append({"variant": name, "source": source, "contrast": w, **stat,
+                             "delta_good": float(deltas[k][labels > 0].mean()) if stat["good"] else float("nan"),
+                             "delta_bad": float(deltas[k][labels < 0].mean()) if stat["bad"] else float("nan")})
+                print(json.dumps(rows[-1]), flush=True)
+            per_turn += [{"variant": name, "source": source, "persona": p.name, "turn": t["turn"],
+                          "feedback": t["feedback"], "reward": t["reward"], "delta": float(deltas[0][i])}
+                         for i, (t, p) in enumerate(items)]
+    print(f"\n{args.env}: AUC of the teacher's feedback shift, good vs bad turns (95% bootstrap over episodes)\n")
+    print("| variant | turns from | contrast w | AUC | good / bad | delta good | delta bad |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['variant']} | {r['source']} | {r['contrast']:g} | {r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+              f" | {r['good']} / {r['bad']} | {r['delta_good']:.3f} | {r['delta_bad']:.3f} |")
+    result = {"env": args.env, "model": args.model, "run": args.run, "rows": rows, "turns": per_turn,
+              "seconds": round(time.perf_counter() - started, 1)}
+    print(f"\n{result['seconds']} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
