@@ -132,6 +132,28 @@ def contrastive_teacher_logits(
     return mixed
 
 
+
+def feedback_contrastive_logits(with_feedback: torch.Tensor, without_feedback: torch.Tensor,
+                                weight: float | torch.Tensor) -> torch.Tensor:
+    """A teacher that amplifies what the privileged feedback changes.
+
+    ``(1 + w) log q(. | context, feedback) - w log q(. | context)``: guidance between the teacher's
+    prompts with and without the feedback (the student's reply, the critique), so tokens the
+    feedback makes likelier gain by ``(q_fb / q_none)^w`` and tokens it leaves alone keep their
+    odds. ``w = 0`` is the plain teacher. It is :func:`contrastive_teacher_logits` with the
+    feedback-free prompt as the single other context, so it composes with a persona contrast
+    applied first.
+
+    Args:
+        with_feedback: ``(..., V)`` teacher logits under the privileged prompt with the feedback.
+        without_feedback: The same prompt without the feedback, shaped like ``with_feedback``.
+        weight: ``w >= 0``: a number, or a tensor that broadcasts against the logits.
+
+    Returns:
+        ``(..., V)`` unnormalised log-probabilities of the feedback-contrastive teacher.
+    """
+    return contrastive_teacher_logits(with_feedback, [without_feedback], weight)
+
 def weighted_head_sum(per_head: Sequence[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:
     """MAH-OPSD objective ``sum_d alpha_d L_d`` from per-head scalar losses.
 

@@ -40,7 +40,12 @@ from torch import nn
 from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
 from algorithms import cli
-from algorithms.losses import contrastive_teacher_logits, normalized_alphas, opsd_sequence_loss
+from algorithms.losses import (
+    contrastive_teacher_logits,
+    feedback_contrastive_logits,
+    normalized_alphas,
+    opsd_sequence_loss,
+)
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
 from configs import register
@@ -81,6 +86,13 @@ class OPSDConfig(TrainerConfig):
             plain teacher gives at least ``alpha`` times its top token's probability are contrasted
             (the adaptive plausibility constraint of contrastive decoding); 0 contrasts every token.
             Has no effect without ``contrast``.
+        feedback_contrast: Strength ``w`` of the feedback-contrastive teacher (0: off, the paper's
+            teacher): ``(1 + w) log q(. | feedback) - w log q(. | no feedback)``, guidance between
+            the privileged prompts with and without the feedback
+            (:func:`algorithms.losses.feedback_contrastive_logits`), applied after any persona
+            contrast; one more teacher pass per turn. Needs a task that shows the teacher its
+            feedback (``env.teacher_feedback=true``); otherwise both prompts agree and it changes
+            nothing.
     """
 
     lr: float = 3e-4
@@ -91,6 +103,7 @@ class OPSDConfig(TrainerConfig):
     alphas: list[float] | None = None
     contrast: list[float] | None = None
     contrast_plausibility: float = 0.0
+    feedback_contrast: float = 0.0
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(every=10, curve_contexts=8))
 
     def __post_init__(self):
@@ -104,6 +117,8 @@ class OPSDConfig(TrainerConfig):
                 "algorithm.alphas", self.alphas, "must be null or non-negative weights with a positive sum")
         require(self.contrast is None or all(w >= 0 for w in self.contrast), "algorithm.contrast", self.contrast,
                 "must be null or one non-negative weight per persona (0: that persona's plain teacher)")
+        require(self.feedback_contrast >= 0, "algorithm.feedback_contrast", self.feedback_contrast,
+                "must be >= 0 (0: the plain teacher)")
         require(0.0 <= self.contrast_plausibility < 1.0, "algorithm.contrast_plausibility", self.contrast_plausibility,
                 "must be in [0, 1): the share of the plain teacher's top-token probability a token needs to be "
                 "contrasted (0: every token)")
@@ -142,6 +157,9 @@ class DistillBatch:
         contrast_weights: ``(B,)`` each row's contrast weight (None: 0 for every row); only rows
             with a positive weight are scored under the other prompts.
         contrast_plausibility: Plausibility threshold ``alpha`` of the contrast (0: every token).
+        feedback_free: ``(ids, mask)`` of the privileged prompts without the feedback, for the
+            feedback-contrastive teacher (None: off).
+        feedback_contrast: Its strength ``w``.
     """
 
     prompt_ids: torch.Tensor
@@ -154,6 +172,8 @@ class DistillBatch:
     contrast: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     contrast_weights: torch.Tensor | None = None
     contrast_plausibility: float = 0.0
+    feedback_free: tuple[torch.Tensor, torch.Tensor] | None = None
+    feedback_contrast: float = 0.0
 
 
 def distill_step(
@@ -171,7 +191,9 @@ def distill_step(
     Each row goes through its group's head only (only that head's logits are computed); rows of all
     groups are packed into chunks of ``micro_batch`` with a backward pass per chunk to bound
     memory; the teacher runs without gradients. Rows with a positive ``batch.contrast_weights``
-    learn from the contrastive teacher (:func:`algorithms.losses.contrastive_teacher_logits`).
+    learn from the contrastive teacher (:func:`algorithms.losses.contrastive_teacher_logits`), and
+    with ``batch.feedback_contrast`` every row's teacher is then contrasted against its prompt
+    without the feedback (:func:`algorithms.losses.feedback_contrastive_logits`).
 
     Returns:
         The mean per-turn loss of each group and the gradient norm before clipping.
@@ -205,6 +227,9 @@ def distill_step(
                     teacher_logits[on] = contrastive_teacher_logits(
                         teacher_logits[on], [score(ids, mask, idx[on]) for ids, mask in batch.contrast],
                         w[on, None, None].to(teacher_logits), batch.contrast_plausibility)
+            if batch.feedback_free is not None and batch.feedback_contrast > 0:
+                teacher_logits = feedback_contrastive_logits(
+                    teacher_logits, score(*batch.feedback_free, idx), batch.feedback_contrast)
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
                                            comp[idx], comp_mask[idx], **selection)  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
@@ -311,12 +336,18 @@ class OPSDTrainer(Trainer):
                                        self.device)
                         for i in range(num - 1)]
             contrast_weights = torch.tensor([float(weights[p]) for p in result.personas])
+        feedback_free = None
+        if self.settings.feedback_contrast > 0:
+            feedback_free = encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[p], None)
+                                                            for p, o in zip(result.personas, result.prompts)],
+                                           self.device)
         dev = self.device
         batch = DistillBatch(result.prompt_ids.to(dev), result.prompt_mask.to(dev), t_ids, t_mask,
                              result.completion_ids.to(dev), result.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
                                      for p in range(num)], contrast=contrast, contrast_weights=contrast_weights,
-                             contrast_plausibility=self.settings.contrast_plausibility)
+                             contrast_plausibility=self.settings.contrast_plausibility,
+                             feedback_free=feedback_free, feedback_contrast=self.settings.feedback_contrast)
         lr = self.optimizer.param_groups[0]["lr"]
         head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch,
                                             topk=self.settings.topk, micro_batch=self.settings.micro_batch,

@@ -5,6 +5,7 @@ import torch
 
 from algorithms.losses import (
     contrastive_teacher_logits,
+    feedback_contrastive_logits,
     masked_mean,
     normalized_alphas,
     opsd_sequence_loss,
@@ -54,6 +55,20 @@ def test_gradient_reaches_student_only():
     topk_reverse_kl(s, t, k=5).sum().backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_feedback_contrastive_teacher_on_a_two_token_case():
+    with_fb, without = torch.tensor([0.8, 0.2]).log(), torch.tensor([0.5, 0.5]).log()
+    # (1+1) log q_fb - log q_none: odds 0.64/0.5 against 0.04/0.5, i.e. 0.941 : 0.059
+    probs = feedback_contrastive_logits(with_fb, without, 1.0).softmax(-1)
+    assert probs.tolist() == pytest.approx([0.64 / 0.68, 0.04 / 0.68], rel=1e-5)
+    # w = 2: odds 0.512/0.25 against 0.008/0.25
+    assert feedback_contrastive_logits(with_fb, without, 2.0).softmax(-1).tolist() == pytest.approx(
+        [0.512 / 0.52, 0.008 / 0.52], rel=1e-5)
+    # w = 0 is the plain teacher; feedback that changes nothing leaves it as it is
+    assert feedback_contrastive_logits(with_fb, without, 0.0) is with_fb
+    assert feedback_contrastive_logits(with_fb, with_fb, 3.0).softmax(-1).tolist() == pytest.approx([0.8, 0.2],
+                                                                                                     rel=1e-5)
 
 
 def test_contrastive_teacher_on_a_two_token_case():

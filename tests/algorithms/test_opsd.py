@@ -124,6 +124,22 @@ def test_the_stricter_student_changes_losses_only_where_its_replies_change(tmp_p
                                                                   "student.quality_check=false")
 
 
+def test_the_feedback_contrastive_teacher_acts_only_where_the_teacher_sees_feedback(tmp_path, opsd_config):
+    def run(name, *overrides):
+        opsd.train(opsd_config("algorithm.eval.enabled=false", "algorithm.contrast=null", *overrides), tmp_path / name)
+        return losses(tmp_path / name)
+
+    plain = run("plain")
+    assert plain == pytest.approx(PINNED_PLAIN["mah"], rel=1e-4)
+    # without feedback in the privileged prompt, both prompts agree: the contrast changes nothing
+    assert run("no_feedback", "algorithm.feedback_contrast=2") == pytest.approx(plain, rel=1e-4)
+    # with the student's reply in the prompt, the contrast against the prompt without it is a new teacher
+    seen = run("feedback", "env.teacher_feedback=true")
+    contrasted = run("contrasted", "env.teacher_feedback=true", "algorithm.feedback_contrast=2")
+    assert seen != pytest.approx(plain, rel=1e-3) and contrasted != pytest.approx(seen, rel=1e-3)
+    assert run("zero", "env.teacher_feedback=true", "algorithm.feedback_contrast=0") == pytest.approx(seen, rel=1e-4)
+
+
 def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_config):
     summary = opsd.train(opsd_config("algorithm.eval.every=1", "algorithm.eval.curve_contexts=1"), tmp_path)
     assert losses(tmp_path) == pytest.approx(PINNED["mah"], rel=1e-4)  # same as with the curve off

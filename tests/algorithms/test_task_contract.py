@@ -155,3 +155,26 @@ def test_seeded_rollouts_are_deterministic(env_id):
 
     assert rollout(11) == rollout(11)
     assert rollout(11) != rollout(12)
+
+
+@pytest.mark.parametrize("overrides", [["env=tutoring", "env.teacher_feedback=true"], ["env=persona"]])
+def test_feedback_never_reaches_the_policy_prompt_it_answers_fuzzed(overrides):
+    """Random turns over several seeds: the feedback to a turn is never in the prompt that wrote the turn."""
+    task = build_task(compose_config("opsd", *overrides))
+    rng = np.random.default_rng(0)
+    words = "the a why cells stars money vote energy is are because what do you think ? . , maybe so".split()
+    for seed in range(4):
+        batch = task.make_batch(3, split="train")
+        obs, _ = batch.reset(seed=seed)
+        for _ in range(task.max_turns):
+            texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 25)))) for _ in range(3)]
+            prompts = [task.policy_messages(o) for o in obs]
+            obs, _, terminated, truncated, infos = batch.step(task.actions(texts))
+            for prompt, after, info in zip(prompts, obs, infos):
+                if task.max_turns == 1:  # single turn: the critique is never shown to the policy at all
+                    assert info["feedback"] not in " ".join(m["content"] for m in prompt)
+                else:  # the reply joins the dialogue only after the turn it answers
+                    later = task.policy_messages(after)
+                    assert later[-1]["content"] == info["feedback"] and later[:-2] == prompt
+            if (terminated | truncated).all():
+                break
