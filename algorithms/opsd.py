@@ -60,7 +60,7 @@ class OPSDConfig(TrainerConfig):
     written: presets such as ``configs/algorithm/opsd_quick.yaml`` override some of them, and every
     value is checked before anything is loaded. They are sized for the embedded 135M model on a
     2-core CPU (about 20 minutes for tutoring, with the learning curve) and were chosen by the sweeps
-    in the README ("Learning curves and sweeps"): a learning rate of 3e-4 on the shared layers and
+    in docs/tutoring.md (the sweeps): a learning rate of 3e-4 on the shared layers and
     training on each dialogue's first teacher turn only separated the heads most within that time.
     Other envs set their own in ``configs/env_opsd/<env>.yaml``.
 
@@ -79,7 +79,7 @@ class OPSDConfig(TrainerConfig):
             amplifies what sets d apart, at one more teacher pass per other persona for d's turns.
             Not in the paper. Off here; the tutoring env turns it on for its INTERACTIVE persona
             (``configs/env_opsd/tutoring.yaml``), whose blocks name the episode's topic: with
-            blocks that differ in other words the trained head repeats those words instead (README,
+            blocks that differ in other words the trained head repeats those words instead (docs/tutoring.md,
             "The contrastive teacher"; ``benchmarks/teacher_contrast.py`` measures a teacher before
             training).
         contrast_plausibility: ``alpha`` in ``[0, 1)`` for the contrastive teacher: only tokens the

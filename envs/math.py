@@ -217,7 +217,7 @@ class PersonaMathEnv(gym.Env):
     ## Description
     Each episode is one word problem with a numeric answer, asked under an optional persona. By
     default the problems are generated arithmetic word problems at the default difficulty
-    (``envs.data.math.make_problems``, training stream) and the personas are the 150 training
+    (``envs.data.math.make_problems``, training stream) and the personas are the 125 training
     PersonaGym personas; a share ``persona_none_prob`` of episodes has no persona. This is the
     PerMix-RLVR setting: a verifiable reward, with the persona varied so that accuracy stays the
     same whatever role the model is given.
