@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.sampling import drop_ended
+from agents.sampling import drop_ended, tempered_logprobs
 
 
 @dataclass
@@ -140,7 +140,7 @@ class DraftJudge:
         Returns:
             ``(completion_ids, logprobs)`` as :func:`agents.sampling.sample_dropping_finished`:
             ``(B, T)`` tokens (``pad_id`` after a row's end) and each token's log-probability under
-            its block's judge head at temperature 1.
+            its block's judge head at the decoding temperature.
         """
         order = torch.tensor(self.head_order(policy), device=input_ids.device)
         heads = policy.heads
@@ -173,7 +173,7 @@ class DraftJudge:
             bonus = in_block[active] >= self.block
             chosen, accepted = judge_tokens(q, p, bonus, exact=self.exact, topk=self.topk)
             tokens[active, t] = chosen
-            logprobs[active, t] = torch.log_softmax(p_logits.float(), dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+            logprobs[active, t] = tempered_logprobs(p_logits, chosen[:, None], temperature).squeeze(-1)
             ended = ~accepted  # a rejection or a bonus token closes the block
             self.stats.blocks += int(ended.sum())
             self.stats.accepted += int(in_block[active][ended].sum())

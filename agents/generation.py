@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agents.draft_judge import DraftJudge
 from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights
-from agents.sampling import sample_dropping_finished
+from agents.sampling import sample_dropping_finished, tempered_logprobs
 
 Messages = list[dict[str, str]]
 
@@ -33,8 +33,9 @@ class GenerationOutput:
         completion_ids: ``(B, T)`` sampled tokens, right-padded after the first EOS.
         completion_mask: ``(B, T)`` 1 up to and including the first EOS.
         logprobs: ``(B, T)`` log-probability of each sampled token under the sampling head or
-            mixture at temperature 1 (the policy's own distribution, before temperature or top-p);
-            0 where ``completion_mask`` is 0.
+            mixture at the sampling temperature (``softmax(logits / T)``, top-p aside: the
+            convention of TRL and verl, so :func:`score_completions` with the same ``temperature``
+            recomputes them); 0 where ``completion_mask`` is 0.
         texts: The decoded completions, special tokens removed.
     """
 
@@ -146,7 +147,7 @@ def _generate_chunk(
             )
             completion = out.sequences[:, input_ids.shape[1]:]  # (B, T)
             logits = torch.stack(out.logits, dim=1).float()  # (B, T, V), raw head logits
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+            logprobs = tempered_logprobs(logits, completion.unsqueeze(-1), temperature).squeeze(-1)
     mask = completion_mask(completion, eos)
     return completion, mask, logprobs * mask
 
@@ -296,8 +297,21 @@ def score_completions(
     *,
     head: HeadRef = None,
     weights: Weights = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Teacher-forced log-probabilities of given completions (arguments as in :func:`completion_logits`).
+    """Teacher-forced log-probabilities of given completions.
+
+    Args:
+        policy: A :class:`MultiHeadPolicy` or plain causal LM.
+        prompt_ids: ``(B, P)`` left-padded prompts.
+        prompt_mask: ``(B, P)``.
+        completion_ids: ``(B, T)`` completion tokens.
+        completion_mask: ``(B, T)``.
+        head: Head to use (index or name).
+        weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
+        temperature: Read the log-probabilities of ``softmax(logits / temperature)``: pass the
+            temperature the completions were sampled at to score the sampling policy (what RLVR's
+            ratios need); 1 (and 0) gives the raw distribution.
 
     Returns:
         ``(B, T)`` log-probabilities (0 where ``completion_mask`` is 0); differentiable when
@@ -305,5 +319,5 @@ def score_completions(
     """
     logits = completion_logits(policy, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                head=head, weights=weights)
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    logprobs = tempered_logprobs(logits, completion_ids.unsqueeze(-1), temperature).squeeze(-1)
     return logprobs * completion_mask

@@ -54,6 +54,24 @@ def drop_ended(cache, chosen: torch.Tensor, eos: torch.Tensor,
     return [r[keep] for r in rows], True
 
 
+def tempered_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of ``tokens`` under ``softmax(logits / temperature)``, the distribution sampled from.
+
+    The convention of TRL and verl: policy-gradient ratios compare the sampling distribution at its
+    temperature (top-p truncation aside). ``temperature=0`` (greedy decoding) and 1 use the raw logits.
+
+    Args:
+        logits: ``(..., V)`` raw logits.
+        tokens: ``(..., k)`` token ids to read.
+        temperature: The sampling temperature.
+
+    Returns:
+        ``(..., k)`` log-probabilities.
+    """
+    scaled = logits.float() / temperature if temperature > 0 else logits.float()
+    return torch.log_softmax(scaled, dim=-1).gather(-1, tokens)
+
+
 @torch.no_grad()
 def sample_dropping_finished(
     model,
@@ -84,8 +102,9 @@ def sample_dropping_finished(
             whenever that set shrinks, e.g. to narrow per-row head weights to them.
 
     Returns:
-        ``(completion_ids, logits_logprobs)``: ``(B, T)`` tokens (``pad_id`` after each row's end)
-        and ``(B, T)`` log-probabilities of the sampled tokens under the raw logits (0 after the end).
+        ``(completion_ids, logprobs)``: ``(B, T)`` tokens (``pad_id`` after each row's end) and
+        ``(B, T)`` log-probabilities of the sampled tokens at the sampling temperature
+        (:func:`tempered_logprobs`; 0 after the end).
     """
     batch, prompt_length = input_ids.shape
     device = input_ids.device
@@ -112,7 +131,7 @@ def sample_dropping_finished(
         else:
             chosen = torch.argmax(scores, dim=-1)
         tokens[active, t] = chosen
-        logprobs[active, t] = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+        logprobs[active, t] = tempered_logprobs(logits, chosen[:, None], temperature).squeeze(-1)
         steps = t + 1
         kept = drop_ended(cache, chosen, eos, (active, mask, sequences, chosen))
         if kept is None:

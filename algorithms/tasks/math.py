@@ -198,7 +198,10 @@ class MathTask:
         checks = check_answers([a for a, _ in answers], [ref for _, ref in answers])  # never the reward's parser
         units = {"accuracy": unit_sums(questions, correct.sum(1), [len(personas)] * len(questions)),
                  "pss": unit_sums(questions, stable.astype(float))}
-        return {"units": units, "checks": checks, "accuracy": per_persona, "mean": float(acc.mean()),
+        mean = estimate(correct.mean(), np.array([correct[idx].mean() for idx in reps]), len(questions),
+                        confidence).as_dict()
+        return {"units": units, "checks": checks, "accuracy": mean, "accuracy_by_persona": per_persona,
+                "mean": float(acc.mean()),
                 "std": float(acc.std()), "min": float(acc.min()),
                 "max": float(acc.max()), "best": personas[int(acc.argmax())], "worst": personas[int(acc.argmin())],
                 "pss": pss, "stability": float(1 - acc.std() / acc.mean()) if acc.mean() > 0 else float("nan"),
@@ -220,7 +223,8 @@ class MathTask:
                    "questions": len({r.options["problem"] for records in rows.values() for r in records})}
         scalars = {}
         for name, r in results.items():
-            scalars.update({f"accuracy/{name}/{p}": v["value"] for p, v in r["accuracy"].items()})
+            scalars[f"accuracy/{name}"] = r["accuracy"]["value"]
+            scalars.update({f"accuracy/{name}/{p}": v["value"] for p, v in r["accuracy_by_persona"].items()})
             scalars.update({f"lottery/{name}/{k}": r[k] for k in ("mean", "std", "min", "max", "stability")})
             scalars[f"pss/{name}"] = r["pss"]["value"]
             scalars.update({f"fidelity/{name}/{k}": v for k, v in r["fidelity"].items() if k != "chance"})
@@ -235,14 +239,16 @@ def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
         for name, r in report["rows"].items():
             label = f"{run} {name}".strip()
             f = r["fidelity"]
-            summary.append([label, fmt(r["mean"], 3), fmt(r["std"], 3), fmt(r["min"], 3), fmt(r["max"], 3),
+            acc = r["accuracy"]
+            summary.append([label, f"{fmt(acc['value'], 3)} [{fmt(acc['low'], 3)}, {fmt(acc['high'], 3)}]",
+                            fmt(r["std"], 3), fmt(r["min"], 3), fmt(r["max"], 3),
                             f"{fmt(r['pss']['value'], 3)} [{fmt(r['pss']['low'], 3)}, {fmt(r['pss']['high'], 3)}]",
                             fmt(r["stability"], 3), fmt(f.get("attribution"), 3), fmt(f.get("margin"), 3),
                             fmt(f.get("rating"), 2), fmt(r["format"], 3),
                             fmt(r.get("checks", {}).get("first_cue_correct"), 3),
                             fmt(r.get("checks", {}).get("committed"), 3)])
-            per_persona[label] = r["accuracy"]
-            personas += [p for p in r["accuracy"] if p not in personas]
+            per_persona[label] = r["accuracy_by_persona"]
+            personas += [p for p in r["accuracy_by_persona"] if p not in personas]
     first = next(iter(reports.values()))
     chance = next((r["fidelity"].get("chance") for r in first["rows"].values() if "chance" in r["fidelity"]), None)
     lines = [f"Accuracy over the evaluation personas on {first['questions']} questions; PSS = "
@@ -263,9 +269,9 @@ def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
 def plot_accuracy(rows: dict[str, dict[str, Any]], path: str | Path) -> None:
     """Accuracy per evaluation persona, one bar per row (base, RLVR, PerMix...)."""
     plt = pyplot()
-    personas = list(dict.fromkeys(p for r in rows.values() for p in r["accuracy"]))
+    personas = list(dict.fromkeys(p for r in rows.values() for p in r["accuracy_by_persona"]))
     fig, ax = plt.subplots(figsize=(2 + 0.9 * len(personas) + 0.3 * len(rows), 4))
-    grouped_bars(ax, {name: r["accuracy"] for name, r in rows.items()}, personas, personas,
+    grouped_bars(ax, {name: r["accuracy_by_persona"] for name, r in rows.items()}, personas, personas,
                  "accuracy per evaluation persona", "accuracy")
     ax.tick_params(axis="x", labelrotation=45)
     ax.set_ylim(0, 1)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from agents import generate, score_completions
-from agents.generation import completion_mask, encode_prompts
+from agents.generation import completion_logits, completion_mask, encode_prompts
 
 PROMPTS = [
     [{"role": "user", "content": "Explain photosynthesis to a ten-year-old."}],
@@ -52,6 +52,26 @@ def test_generation_logprobs_match_teacher_forcing(tiny_policy, selection):
     scored = score_completions(policy, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
                                **selection)
     torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("drop_finished", [True, False], ids=["dropping", "transformers-generate"])
+def test_logprobs_are_taken_at_the_sampling_temperature(tiny_policy, drop_finished):
+    from trl.trainer.utils import selective_log_softmax
+
+    policy, tok = tiny_policy
+    out = generate(policy, tok, PROMPTS, head=1, max_new_tokens=12, seed=0, temperature=0.5,
+                   drop_finished=drop_finished)
+    args = (out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    scored = score_completions(policy, *args, head=1, temperature=0.5)
+    torch.testing.assert_close(scored, out.logprobs, atol=1e-4, rtol=0)  # sampling and scoring agree at T
+    logits = completion_logits(policy, *args, head=1).float()
+    manual = torch.log_softmax(logits / 0.5, -1).gather(-1, out.completion_ids[..., None])[..., 0]
+    torch.testing.assert_close(scored, manual * out.completion_mask, atol=1e-5, rtol=0)
+    # TRL's convention: selective_log_softmax(logits / temperature)
+    theirs = selective_log_softmax(logits / 0.5, out.completion_ids) * out.completion_mask
+    torch.testing.assert_close(scored, theirs, atol=1e-5, rtol=0)
+    # the raw (T = 1) distribution is a different one
+    assert not torch.allclose(scored, score_completions(policy, *args, head=1), atol=1e-3)
 
 
 def test_chunked_generation_matches_teacher_forcing_and_pads_consistently(tiny_policy):
