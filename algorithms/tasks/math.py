@@ -46,8 +46,10 @@ class MathTask:
     """The persona math environment seen by the trainers and the evaluation (the task contract).
 
     Args:
-        source: ``generated`` (arithmetic word problems) or ``gsm8k``.
-        difficulty: Level of the generated problems (see ``envs.data.math.LEVELS``).
+        source: ``generated`` (arithmetic word problems), ``drill`` (one short arithmetic question
+            each, ``envs.data.drills``) or ``gsm8k``.
+        difficulty: Level of the generated problems (``envs.data.math.LEVELS``) or of the drills
+            (``envs.data.drills.DRILL_LEVELS``).
         gsm8k_max_steps: With ``source=gsm8k``, keep problems with at most this many calculator steps.
         num_problems: Problems per split (null: the stream's default size).
         persona_none_prob: Share of the env's own draws without a persona (RLVR pins personas itself).
@@ -69,8 +71,8 @@ class MathTask:
                  gsm8k_max_steps: int | None = None, num_problems: int | None = None, persona_none_prob: float = 0.25,
                  eval_heldout_personas: int = 3, fidelity: Any = None, fidelity_judge: Any = None,
                  fidelity_candidates: int = 4, format_bonus: float = 0.0, pss_share: float = 1.0, seed: int = 0):
-        if source not in ("generated", "gsm8k"):
-            raise ValueError(f"source must be 'generated' or 'gsm8k', got {source!r}")
+        if source not in ("generated", "drill", "gsm8k"):
+            raise ValueError(f"source must be 'generated', 'drill' or 'gsm8k', got {source!r}")
         if not 0 < pss_share <= 1:
             raise ValueError(f"env.pss_share must be in (0, 1] (1: right under every persona), got {pss_share!r}")
         self.pss_share = float(pss_share)

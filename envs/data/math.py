@@ -472,7 +472,8 @@ def problems_for_split(split: str = "train", *, task: str = "generated", num: in
 
     Args:
         split: The split.
-        task: ``"generated"`` (:func:`make_problems`) or ``"gsm8k"`` (``eval`` and ``test`` read
+        task: ``"generated"`` (:func:`make_problems`), ``"drill"`` (``envs.data.drills``, one short
+            question each; ``difficulty`` is the drill level) or ``"gsm8k"`` (``eval`` and ``test`` read
             alternate problems of the test file, every other split the train file).
         num: Number of problems. Generated: default 2,000 (200 for ``eval`` and ``test``). GSM8K: the first
             ``num`` of the file (or slice); default all.
@@ -484,12 +485,17 @@ def problems_for_split(split: str = "train", *, task: str = "generated", num: in
     if task == "generated":
         count = num if num is not None else (200 if split in ("eval", "test") else 2000)
         return make_problems(count, difficulty, seed, split)
+    if task == "drill":
+        from envs.data.drills import make_drills  # drills build on this module
+
+        count = num if num is not None else (200 if split in ("eval", "test") else 2000)
+        return make_drills(count, difficulty, seed, split)
     if task == "gsm8k":
         problems = load_gsm8k("test" if split in ("eval", "test") else "train", max_steps=gsm8k_max_steps)
         if split in ("eval", "test"):  # GSM8K's test file, halved: even positions eval, odd positions test
             problems = problems[0 if split == "eval" else 1::2]
         return problems[:num] if num is not None else problems
-    raise ValueError(f"task must be 'generated' or 'gsm8k', got {task!r}")
+    raise ValueError(f"task must be 'generated', 'drill' or 'gsm8k', got {task!r}")
 
 
 # --- scoring ---------------------------------------------------------------------------------------

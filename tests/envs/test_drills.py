@@ -1,0 +1,67 @@
+"""Arithmetic drills: right answers, deterministic streams, splits that share no drill, and the env's reward on them."""
+
+import pytest
+
+from envs.data.drills import DRILL_KINDS, make_drills
+from envs.data.math import answer_reward, problems_for_split
+from envs.data.splits import SPLITS
+
+
+def _check(problem):
+    question = problem.question
+    if question.startswith("What is"):
+        a, op, b = question[len("What is "):-1].split()
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b)}[op]
+    elif question.startswith("Which is larger"):
+        a, b = question[len("Which is larger, "):-1].split(" or ")
+        value = max(int(a), int(b))
+    else:
+        terms = [int(t) for t in question.split(": ")[1].split(", ...")[0].split(", ")]
+        value = terms[-1] + (terms[1] - terms[0])
+    return value
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_drills_have_right_answers_and_cycle_their_kinds(level):
+    drills = make_drills(60, level, seed=0, split="train")
+    assert [p.id.split("-")[2] for p in drills[:5]] == list(DRILL_KINDS)
+    assert len({p.question for p in drills}) == 60
+    for p in drills:
+        assert int(p.answer) == _check(p) >= 0, p.question
+        assert p.solution.endswith(f"#### {p.answer}") and answer_reward(p.solution, p.answer) == 1.0
+    assert make_drills(60, level, seed=0, split="train") == drills
+    assert make_drills(60, level, seed=1, split="train") != drills
+
+
+def test_drill_splits_share_nothing():
+    streams = {s: {(p.id.split("-")[2], p.expression) for p in make_drills(100, 2, split=s)} for s in SPLITS}
+    for held in ("eval", "test"):
+        for other in SPLITS:
+            if other != held:
+                assert not streams[held] & streams[other], (held, other)
+    assert problems_for_split("test", task="drill", num=5, difficulty=2) == make_drills(5, 2, split="test")
+
+
+def test_bad_drill_arguments_are_refused():
+    with pytest.raises(ValueError, match="level"):
+        make_drills(3, level=7)
+    with pytest.raises(ValueError, match="split"):
+        make_drills(3, split="holdout")
+    with pytest.raises(ValueError, match="ask for fewer"):
+        make_drills(500, 1, split="eval")  # level 1 has too few distinct drills on the eval side
+
+
+def test_the_math_env_serves_drills_and_passes_check_env():
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    import envs  # noqa: F401  (registers the ids)
+    from envs.math import LOTTERY, PersonaMathEnv
+
+    drills = make_drills(20, 2, split="eval")
+    check_env(PersonaMathEnv(problems=drills, personas=LOTTERY))
+    env = gymnasium.make("pluralgym/PersonaMath-v0", problems=drills)
+    _, info = env.reset(seed=0, options={"problem": 3})
+    assert drills[3].question in env.unwrapped.render() or info["problem_id"] == drills[3].id
+    _, reward, *_ = env.step(f"Easy. #### {drills[3].answer}")
+    assert reward == 1.0
