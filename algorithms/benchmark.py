@@ -36,19 +36,20 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from agents import DraftJudge, Router, RouterFeatures
 from agents.models import resolve_device
 from agents.router import DEFAULT_POOLING
+from algorithms.cli import resumable_config
 from algorithms.components import agent_config, build_task
 from algorithms.episodes import EpisodeRecord, Selection, Selector, play_episodes
+from algorithms.journal import Journal
 from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
 from algorithms.router import load_router, load_run
 from algorithms.router_data import matched_head, route
-from algorithms.runs import json_line, write_json
+from algorithms.runs import claim_run_dir, json_line, write_json
 from algorithms.tasks.base import Task
 from algorithms.tasks.reporting import markdown_table, pyplot, save_figure
 from algorithms.win_rates import win_rate_markdown, win_rates
@@ -77,6 +78,10 @@ class BenchmarkConfig:
         split: The held-out split played: ``eval`` (tuning, the default) or ``test`` (headline numbers).
         contexts: Held-out contexts (null: every one of the split); each runs against every persona
             label (both student types). More than the split holds is refused.
+        unit_episodes: Episodes a row plays per unit of work, each kept in the run folder's journal
+            as it finishes, so ``resume=<benchmark run>`` after a kill replays at most one unit (a
+            row that reports statistics, e.g. Persona-judge, is one unit). Episode ``i`` opens the
+            same way in every row and whatever the unit size.
         turns: Generated turns per episode.
         max_new_tokens: Length limit of a generated turn.
         temperature: Sampling temperature.
@@ -98,6 +103,7 @@ class BenchmarkConfig:
 
     split: str = "eval"
     contexts: int | None = None
+    unit_episodes: int = 16
     turns: int = 4
     max_new_tokens: int = 48
     temperature: float = 0.7
@@ -114,7 +120,7 @@ class BenchmarkConfig:
         require(self.split in ("eval", "test"), "benchmark.split", self.split, "must be eval or test")
         require(self.contexts is None or self.contexts >= 1, "benchmark.contexts", self.contexts,
                 "must be null (the whole split) or an integer >= 1")
-        for key in ("turns", "max_new_tokens", "bootstrap", "feature_batch_size"):
+        for key in ("unit_episodes", "turns", "max_new_tokens", "bootstrap", "feature_batch_size"):
             require(getattr(self, key) >= 1, f"benchmark.{key}", getattr(self, key), "must be an integer >= 1")
         require(self.temperature >= 0, "benchmark.temperature", self.temperature, "must be >= 0")
         require(0 < self.confidence < 1, "benchmark.confidence", self.confidence, "must be in (0, 1)")
@@ -508,8 +514,48 @@ def _win_rates(cfg: DictConfig, b: BenchmarkConfig, task: Task, rows: dict[str, 
     return wins, win_rate_markdown(wins, type(judge).__name__, b.confidence)
 
 
-def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What decides a benchmark run's results: a journal written with other values belongs to another run."""
+    keys = ("seed", "env", "policy", "router", "benchmark", "pairwise_judge")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+            for k in keys}
+
+
+def play_row(c: Contender, policy, tokenizer, task: Task, options: list[dict[str, Any]], b: BenchmarkConfig,
+             journal: Journal) -> tuple[list[EpisodeRecord], dict[str, Any] | None]:
+    """One row's episodes, played in units kept in the journal; returns the records and the row's statistics."""
+    turns = min(b.turns, task.max_turns)  # what play_episodes plays
+    size = len(options) if c.statistics is not None else b.unit_episodes  # statistics: one unit per row
+    records: list[EpisodeRecord] = []
+    stats = None
+    for start in range(0, len(options), size):
+        def play(start=start) -> dict[str, Any]:
+            played = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector,
+                                   options[start:start + size], driver=c.name, turns=turns,
+                                   max_new_tokens=b.max_new_tokens, temperature=b.temperature, seed=b.seed + start,
+                                   split=b.split)
+            return {"records": [r.to_json() for r in played],
+                    "statistics": c.statistics() if c.statistics is not None else None}
+
+        unit = journal.unit(f"row/{c.name}/{start}", play)
+        records += [EpisodeRecord.from_json(r) for r in unit["records"]]
+        stats = unit["statistics"]
+    return records, stats
+
+
+def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
+                  on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs every row on the same held-out episodes and writes the reports into ``out_dir``.
+
+    Each row's episodes are played in units of ``benchmark.unit_episodes`` kept in the folder's
+    journal as they finish (:class:`algorithms.journal.Journal`), so a killed run continues with
+    ``resume=True`` and ends with the same reports.
+
+    Args:
+        cfg: The composed config (configs/benchmark.yaml).
+        out_dir: The benchmark run folder.
+        resume: Continue the run already in ``out_dir`` (False: the folder must hold no run).
+        on_record: Called after each unit is kept (tests stop a run there).
 
     Returns:
         The results written to ``benchmark.json`` (without the episodes), plus ``markdown``.
@@ -518,29 +564,30 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("Set policy=<OPSD run folder> (the folder holding policy/ and config.yaml).")
     b = structured(BenchmarkConfig, cfg.benchmark, "benchmark")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not resume:
+        claim_run_dir(out_dir, overwrite=bool(cfg.get("overwrite")), resume_hint=f"resume={out_dir}")
     device = resolve_device(cfg.device)
     policy, tokenizer, run_cfg = load_run(cfg.policy, device, current=cfg)
     task = build_task(cfg)
+    journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
     contenders = build_contenders(cfg, ctx)
     options = task.eval_options(b.contexts, split=b.split)
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
     row_stats: dict[str, dict[str, Any]] = {}
-    turns = min(b.turns, task.max_turns)  # what play_episodes plays
-    with (out_dir / "episodes.jsonl").open("w") as episodes:
-        for c in contenders:
-            print(f"[benchmark] {c.label}: {len(options)} episodes, {turns} turns")
-            records = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector, options,
-                                    driver=c.name, turns=turns, max_new_tokens=b.max_new_tokens,
-                                    temperature=b.temperature, seed=b.seed, split=b.split)
-            rows[c.label] = records
-            if c.mixes:
-                routers[c.label] = router_statistics(records, policy.head_names)
-            if c.statistics is not None:
-                row_stats[c.label] = c.statistics()
+    turns = min(b.turns, task.max_turns)
+    for c in contenders:
+        print(f"[benchmark] {c.label}: {len(options)} episodes, {turns} turns")
+        records, stats = play_row(c, policy, tokenizer, task, options, b, journal)
+        rows[c.label] = records
+        if c.mixes:
+            routers[c.label] = router_statistics(records, policy.head_names)
+        if stats is not None:
+            row_stats[c.label] = stats
+    with (out_dir / "episodes.jsonl").open("w") as episodes:  # written whole at the end: never a row twice
+        for records in rows.values():
             episodes.writelines(json_line(r.to_json()) for r in records)
     head_labels = [c.label for c in contenders if isinstance(c.selector, dict) and "head" in c.selector]
     base = next((c.label for c in contenders if c.base), None)
@@ -570,9 +617,10 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge"))
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_benchmark(cfg, out_dir)
+    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "resume",
+                          "overwrite"))
+    cfg, out_dir, resume = resumable_config(cfg)
+    results = run_benchmark(cfg, out_dir, resume=resume)
     print()
     print(results["markdown"])
     print(f"[benchmark] reports in {out_dir}")

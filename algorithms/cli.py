@@ -44,20 +44,46 @@ if not OmegaConf.has_resolver("pg_run_dir"):
     OmegaConf.register_new_resolver("pg_run_dir", run_dir)
 
 
+def saved_run_config(cfg: DictConfig, folder: Path, reset: tuple[str, ...] = ()) -> DictConfig:
+    """A run folder's own ``config.yaml`` (vetted: no unregistered ``_target_``) for this invocation.
+
+    Args:
+        cfg: The config composed for this invocation.
+        folder: The run folder.
+        reset: Keys set to null first: per-process settings that stopped the earlier process
+            (e.g. ``algorithm.stop_after``), not this one.
+
+    Returns:
+        The saved config with this command line's dotted overrides applied on top (e.g.
+        ``algorithm.steps=80``); ``resume``/``evaluate`` themselves are not copied.
+    """
+    run_cfg = load_saved_config(folder / "config.yaml", current=cfg)  # refuses unregistered _target_s
+    for key in reset:
+        if OmegaConf.select(run_cfg, key, default=None) is not None:
+            OmegaConf.update(run_cfg, key, None)
+    for override in HydraConfig.get().overrides.task:
+        key = override.partition("=")[0].lstrip("+~")
+        if key not in ("resume", "evaluate") and "." in key:
+            apply_override(run_cfg, key, OmegaConf.select(cfg, key))
+    return run_cfg
+
+
 def run_config(cfg: DictConfig) -> tuple[DictConfig, Path, str]:
     """Chooses the run folder and config: a new run, a resumed one, or an evaluation."""
     target = cfg.get("resume") or cfg.get("evaluate")
     if not target:
         return cfg, Path(HydraConfig.get().runtime.output_dir), "train"
     folder = Path(target)
-    run_cfg = load_saved_config(folder / "config.yaml", current=cfg)  # refuses unregistered _target_s
-    run_cfg.algorithm.stop_after = None  # a per-process setting: it stopped the earlier process, not this one
-    # Explicit command-line overrides (other than resume/evaluate) still apply, e.g. algorithm.stop_after.
-    for override in HydraConfig.get().overrides.task:
-        key = override.partition("=")[0].lstrip("+~")
-        if key not in ("resume", "evaluate") and "." in key:
-            apply_override(run_cfg, key, OmegaConf.select(cfg, key))
+    run_cfg = saved_run_config(cfg, folder, reset=("algorithm.stop_after",))
     return run_cfg, folder, "resume" if cfg.get("resume") else "evaluate"
+
+
+def resumable_config(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
+    """For the entry points that take ``resume=`` (router, benchmark, micro): config, folder, and whether to resume."""
+    if not cfg.get("resume"):
+        return cfg, Path(HydraConfig.get().runtime.output_dir), False
+    folder = Path(cfg.resume)
+    return saved_run_config(cfg, folder), folder, True
 
 
 def apply_override(run_cfg: DictConfig, key: str, value: Any) -> None:

@@ -127,6 +127,11 @@ class EpisodeRecord:
         """The record without its replay states, as JSON-compatible data."""
         return {k: v for k, v in self.__dict__.items() if k != "states"}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EpisodeRecord:
+        """The record :meth:`to_json` wrote (without replay states)."""
+        return cls(**data)
+
 
 @torch.no_grad()
 def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection, options: Sequence[dict[str, Any]],

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -50,10 +49,12 @@ from agents import RouterFeatures
 from agents.models import resolve_device
 from agents.sampling import sample_dropping_finished
 from algorithms.benchmark import Contender
+from algorithms.cli import resumable_config
 from algorithms.components import build_task
+from algorithms.journal import Journal
 from algorithms.losses import bt_mixture_loss, hedge_targets, soft_cross_entropy
 from algorithms.router import budget_indices, load_run
-from algorithms.runs import write_json
+from algorithms.runs import claim_run_dir, write_json
 from algorithms.tasks.reporting import markdown_table
 from configs import check_top_level, register
 from configs.validation import check_types, require, structured
@@ -392,28 +393,64 @@ def report_markdown(results: dict[str, dict[str, Any]], labels: Sequence[str], c
     return head + "\n".join(markdown_table(["Model", *columns], rows)) + "\n"
 
 
-def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Trains MiCRo and its baselines on a router run's candidates and writes the report."""
+def _pairs_state(pairs: PreferencePairs) -> dict[str, torch.Tensor]:
+    return {"context": pairs.context, "chosen": pairs.chosen, "rejected": pairs.rejected, "persona": pairs.persona}
+
+
+def _model_state(model: MixtureReward) -> dict[str, Any]:
+    return {"hparams": dict(model.hparams), "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def _model(state: dict[str, Any]) -> MixtureReward:
+    model = MixtureReward(**state["hparams"])
+    model.load_state_dict(state["weights"])
+    return model.eval()
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What decides a MiCRo run's results: a journal written with other values belongs to another run."""
+    keys = ("seed", "env", "policy", "candidates", "micro")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+            for k in keys}
+
+
+def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
+          on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Trains MiCRo and its baselines on a router run's candidates and writes the report.
+
+    Every stage (the feature pairs of each split, each fitted model) is kept in the folder's journal
+    as it finishes (:class:`algorithms.journal.Journal`), so a killed run continues with
+    ``resume=True`` and ends with the same models and report.
+    """
     for key in ("policy", "candidates"):
         if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
             raise ValueError(f"Set {key}=<folder> (policy: the OPSD run; candidates: a router run with candidates).")
     settings = structured(MicroConfig, cfg.micro, "micro")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not resume:
+        claim_run_dir(out_dir, overwrite=bool(cfg.get("overwrite")), resume_hint=f"resume={out_dir}")
     policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
     task = build_task(cfg)
+    journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     labels = [p.name for p in task.personas]
     rows = load_candidates(cfg.candidates)
     features = RouterFeatures(policy, tokenizer, show_progress=True)
-    train_pairs = build_pairs([r for r in rows if r["split"] == "train"], features, task, labels)
-    val_pairs = build_pairs([r for r in rows if r["split"] == "val"], features, task, labels)
+    pairs = {split: PreferencePairs(**journal.unit(f"pairs/{split}", lambda split=split: _pairs_state(build_pairs(
+        [r for r in rows if r["split"] == split], features, task, labels)), tensors=True))
+        for split in ("train", "val")}
+    train_pairs, val_pairs = pairs["train"], pairs["val"]
     seed = int(cfg.seed)
-    single = fit_stage1(train_pairs, settings, num_heads=1, seed=seed)
-    static = fit_stage1(train_pairs, settings, num_heads=settings.num_heads, static=True, seed=seed)
-    stage1 = fit_stage1(train_pairs, settings, num_heads=settings.num_heads, seed=seed)
+
+    def stage(name: str, fit: Callable[[], MixtureReward]) -> MixtureReward:
+        return _model(journal.unit(f"fit/{name}", lambda: _model_state(fit()), tensors=True))
+
+    single = stage("single", lambda: fit_stage1(train_pairs, settings, num_heads=1, seed=seed))
+    static = stage("static", lambda: fit_stage1(train_pairs, settings, num_heads=settings.num_heads, static=True,
+                                                seed=seed))
+    stage1 = stage("stage1", lambda: fit_stage1(train_pairs, settings, num_heads=settings.num_heads, seed=seed))
     budgeted = per_label_budget(train_pairs, settings.budget, seed)
-    stage2 = fit_stage2(stage1, budgeted, settings, seed=seed)
+    stage2 = stage("stage2", lambda: fit_stage2(stage1, budgeted, settings, seed=seed))
     stage2.save_pretrained(out_dir / "reward")
     acc = {name: pairwise_accuracy(m, val_pairs, labels) for name, m in
            (("single", single), ("static", static), ("stage1", stage1), ("stage2", stage2))}
@@ -437,9 +474,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="micro")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "candidates", "micro"))
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(cfg, out_dir)
+    check_top_level(cfg, ("seed", "device", "env", "policy", "candidates", "micro", "resume", "overwrite"))
+    cfg, out_dir, resume = resumable_config(cfg)
+    summary = train(cfg, out_dir, resume=resume)
     print(summary["markdown"])
     print(f"[micro] reward model and report in {out_dir}")
 

@@ -49,7 +49,7 @@ always made afresh, as many as this run's ``data.openings`` says.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,9 @@ from transformers import AutoTokenizer, set_seed
 from agents import MultiHeadPolicy, Router, RouterFeatures
 from agents.models import resolve_device
 from agents.router import DEFAULT_POOLING, POOLINGS
+from algorithms.cli import resumable_config
 from algorithms.components import build_task
+from algorithms.journal import Journal
 from algorithms.losses import (
     hedge_router_loss,
     hedge_targets,
@@ -78,6 +80,7 @@ from algorithms.losses import (
     weight_entropy,
 )
 from algorithms.router_data import (
+    CANDIDATE_FIELDS,
     PrefixExample,
     collect_openings,
     collect_prefixes,
@@ -86,7 +89,8 @@ from algorithms.router_data import (
     prefix_features,
     score_candidates,
 )
-from algorithms.runs import json_line, write_json
+from algorithms.runs import claim_run_dir, json_line, write_json
+from algorithms.seeds import seed_for
 from configs import check_top_level, register
 from configs.trust import load_saved_config
 from configs.validation import check_types, require, require_choice, structured
@@ -202,6 +206,9 @@ class RouterDataConfig:
             openings alone classified 192 held-out ones with accuracy 0.85 from 128 and 0.92 from
             512; with the 512 added to the rollouts, the benchmark's first-turn accuracy went from
             0.844 to 1.000 (32 dialogues) and the router's mean satisfaction from 0.469 to 0.508.
+        unit_episodes: Episodes played (and prefixes scored) per unit of work. Each unit is kept in
+            the run folder's journal as it finishes, so ``resume=<router run>`` after a kill redoes
+            at most one unit; the units' seeds depend on this size, not on interruptions.
     """
 
     episodes: int = 128
@@ -212,9 +219,11 @@ class RouterDataConfig:
     temperature: float = 1.0
     gen_batch_size: int | None = None
     openings: int | None = None
+    unit_episodes: int = 32
 
     def __post_init__(self):
         check_types(self, "data")
+        require(self.unit_episodes >= 1, "data.unit_episodes", self.unit_episodes, "must be an integer >= 1")
         require(self.openings is None or self.openings >= 0, "data.openings", self.openings,
                 "must be null or an integer >= 0")
         for key in ("episodes", "val_episodes", "turns", "max_new_tokens"):
@@ -454,12 +463,26 @@ def load_router(path: str | Path, device: str | torch.device = "cpu") -> Router:
     return Router.from_pretrained(path / "router" if (path / "router").is_dir() else path, device=device).eval()
 
 
-def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What decides a router run's results: a journal written with other values belongs to another run."""
+    keys = ("seed", "env", "policy", "prefixes", "router", "data", "pairwise_judge")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+            for k in keys}
+
+
+def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
+          on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Collects prefixes with the frozen policy of ``cfg.policy``, trains a router and saves it.
+
+    Every unit of work (a batch of ``data.unit_episodes`` episodes, their candidates, the openings,
+    the features) is kept in the folder's journal as it finishes (:class:`algorithms.journal.Journal`),
+    so a killed run continues with ``resume=True`` and ends with the same router and data.
 
     Args:
         cfg: The composed config (configs/router.yaml).
         out_dir: The router run folder.
+        resume: Continue the run already in ``out_dir`` (False: the folder must hold no run).
+        on_record: Called after each unit is kept (tests stop a run there).
 
     Returns:
         The summary written to ``summary.json``.
@@ -468,8 +491,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("Set policy=<OPSD run folder> (the folder holding policy/ and config.yaml).")
     rc, data = router_config(cfg)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not resume:
+        claim_run_dir(out_dir, overwrite=bool(cfg.get("overwrite")), resume_hint=f"resume={out_dir}")
     started = time.perf_counter()
     set_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
@@ -477,36 +500,60 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     task = build_task(cfg)
     for persona in task.personas:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas
+    journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    def prefixes(split: str, episodes: int, seed: int) -> list[PrefixExample]:
+        out = []
+        for start in range(0, episodes, data.unit_episodes):
+            stop = min(start + data.unit_episodes, episodes)
+            rows = journal.unit(f"prefixes/{split}/{start}", lambda start=start, stop=stop: [
+                e.to_record() for e in collect_prefixes(policy, tokenizer, task, data, split=split,
+                                                        episodes=episodes, seed=seed, start=start, stop=stop)])
+            out += [PrefixExample.from_record(r) for r in rows]
+        return out
 
     stamp = time.perf_counter()
     reused = cfg.get("prefixes")  # an earlier run's prefixes (and candidates): no episodes are played
     if reused:  # the played episodes' prefixes; the openings are made afresh below
         train_ex, val_ex = load_prefixes(reused, policy=cfg.policy, needs_candidates=rc.needs_candidates)
     else:
-        train_ex = collect_prefixes(policy, tokenizer, task, data, split="router_train", episodes=data.episodes,
-                                    seed=cfg.seed * 1_000_003 + 1)
-        val_ex = collect_prefixes(policy, tokenizer, task, data, split="router_val", episodes=data.val_episodes,
-                                  seed=cfg.seed * 1_000_003 + 500_009)
+        train_ex = prefixes("router_train", data.episodes, seed_for(cfg.seed, "router/train"))
+        val_ex = prefixes("router_val", data.val_episodes, seed_for(cfg.seed, "router/val"))
     train_open, val_open = data.opening_counts(rc.needs_candidates)
-    train_ex += collect_openings(task, split="router_train", episodes=train_open, seed=cfg.seed * 1_000_003 + 250_007)
-    val_ex += collect_openings(task, split="router_val", episodes=val_open, seed=cfg.seed * 1_000_003 + 750_011)
+    for split, examples, count in (("router_train", train_ex, train_open), ("router_val", val_ex, val_open)):
+        rows = journal.unit(f"openings/{split}", lambda split=split, count=count: [
+            e.to_record() for e in collect_openings(task, split=split, episodes=count,
+                                                    seed=seed_for(cfg.seed, f"router/openings/{split}"))])
+        examples += [PrefixExample.from_record(r) for r in rows]
     train_ex = within_budget(train_ex, rc.budget, seed=cfg.seed * 7 + 3)
     judge_counter = None
-    unscored = [[e for e in split if e.deltas is None] for split in (train_ex, val_ex)]  # a reused run's are scored
-    if rc.needs_candidates and any(unscored):
+    if rc.needs_candidates and any(e.deltas is None for e in train_ex + val_ex):  # a reused run's are scored
         judge = instantiate(cfg.pairwise_judge)
-        for todo, split, offset in zip(unscored, ("router_train", "router_val"), (1, 2)):
-            score_candidates(policy, tokenizer, task, todo, judge, data, split=split, seed=cfg.seed * 31 + offset)
+        for split, examples in (("router_train", train_ex), ("router_val", val_ex)):
+            todo = [e for e in examples if e.deltas is None]
+            for start in range(0, len(todo), data.unit_episodes):
+                part = todo[start:start + data.unit_episodes]
+
+                def scored(part=part, split=split, start=start) -> list[dict[str, Any]]:
+                    score_candidates(policy, tokenizer, task, part, judge, data, split=split,
+                                     seed=seed_for(cfg.seed, f"router/candidates/{split}/{start}"))
+                    return [{k: getattr(e, k) for k in CANDIDATE_FIELDS} for e in part]
+
+                for e, values in zip(part, journal.unit(f"candidates/{split}/{start}", scored)):
+                    for k, v in values.items():
+                        setattr(e, k, v)
         judge_counter = asdict(judge.counter) if hasattr(judge, "counter") else None
     rollout_s = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
     features = RouterFeatures(policy, tokenizer, pooling=rc.features, batch_size=rc.feature_batch_size,
                               cache_dir=rc.feature_cache)
-    train_data = build_router_data(prefix_features(features, task, [e.observation for e in train_ex]), train_ex,
-                                   policy.head_names, rc.hedge_loss)
-    val_data = build_router_data(prefix_features(features, task, [e.observation for e in val_ex]), val_ex,
-                                 policy.head_names, rc.hedge_loss)
+    x = {split: journal.unit(f"features/{split}", lambda examples=examples: {"x": prefix_features(
+        features, task, [e.observation for e in examples])}, tensors=True)["x"]
+        for split, examples in (("train", train_ex), ("val", val_ex))}
+    train_data = build_router_data(x["train"], train_ex, policy.head_names, rc.hedge_loss)
+    val_data = build_router_data(x["val"], val_ex, policy.head_names, rc.hedge_loss)
     features_s = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
@@ -542,6 +589,7 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "candidates": None if not rc.needs_candidates else {
             "mean_head_score": rate(train_ex, "head_scores"), "mean_blend_score": rate(train_ex, "blend_score"),
             "mean_delta": rate(train_ex, "deltas"), "judge_counter": judge_counter},
+        "units": len(journal),
         "rollout_s": round(rollout_s, 1),
         "features_s": round(features_s, 1),
         "fit_s": round(fit_s, 1),
@@ -553,9 +601,9 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="router")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "prefixes", "router", "data"))
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(cfg, out_dir)
+    check_top_level(cfg, ("seed", "device", "env", "policy", "prefixes", "router", "data", "resume", "overwrite"))
+    cfg, out_dir, resume = resumable_config(cfg)
+    summary = train(cfg, out_dir, resume=resume)
     val = summary["val"]
     print(f"\n[router] {summary['method']} router saved to {summary['router_dir']}")
     print(f"[router] epoch {summary['best_epoch']} kept (by {summary['select_by']}): val accuracy "

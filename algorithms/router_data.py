@@ -64,6 +64,18 @@ class PrefixExample:
         """The example without its replay state, as JSON-compatible data."""
         return {k: v for k, v in self.__dict__.items() if k != "state"}
 
+    def to_record(self) -> dict[str, Any]:
+        """Every field, the replay state included (JSON-compatible): what a resumable run keeps."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PrefixExample:
+        """The example :meth:`to_record` wrote."""
+        return cls(**record)
+
+
+CANDIDATE_FIELDS = ("candidates", "feedback", "head_scores", "blend_score", "deltas")  # set by score_candidates
+
 
 def load_prefixes(run: str | Path, *, policy: str | Path, needs_candidates: bool
                   ) -> tuple[list[PrefixExample], list[PrefixExample]]:
@@ -129,25 +141,35 @@ def _drivers(personas: Sequence[str], names: Sequence[str], matched_fraction: fl
 
 @torch.no_grad()
 def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, *, split: str, episodes: int,
-                     seed: int) -> list[PrefixExample]:
-    """Plays ``episodes`` episodes of ``split``, each driven by one fixed head, and returns every prefix.
+                     seed: int, start: int = 0, stop: int | None = None) -> list[PrefixExample]:
+    """Plays episodes ``start`` to ``stop`` of ``episodes`` of ``split``, each driven by one fixed head.
 
-    The episodes cover every persona label equally (``task.eval_options`` of the split); within
+    The ``episodes`` cover every persona label equally (``task.eval_options`` of the split); within
     each label, ``data.matched_fraction`` of them are driven by the matched head and the rest by
     another head, so the prefixes show both engaged and disengaged feedback. Episodes last
     ``data.turns`` turns or the env's own limit, whichever is smaller (one for the persona critic).
+    Episode ``i`` is reset with ``seed + i`` whichever part is played, so a run can play its
+    episodes in parts (units it keeps as they finish) and get the same openings and labels.
+
+    Returns:
+        Every prefix of the played episodes (episode-major within each turn); ``episode`` is the
+        index among all ``episodes``.
     """
     options = _options(task, split, episodes)
     personas = [info["label"]["persona"] for info in _reset(task, options, split, seed)[1]]
     names = policy.head_names
     drivers, matched = _drivers(personas, names, data.matched_fraction)
-    one_hot = F.one_hot(torch.tensor(drivers), policy.num_heads).float()  # (N, K)
-    records = play_episodes(policy, tokenizer, task, {"weights": one_hot}, options, driver="router-data",
+    stop = episodes if stop is None else min(stop, episodes)
+    if start >= stop:
+        return []
+    one_hot = F.one_hot(torch.tensor(drivers[start:stop]), policy.num_heads).float()  # (n, K)
+    records = play_episodes(policy, tokenizer, task, {"weights": one_hot}, options[start:stop], driver="router-data",
                             turns=min(data.turns, task.max_turns), max_new_tokens=data.max_new_tokens,
                             temperature=data.temperature,
-                            seed=seed, split=split, batch_size=data.gen_batch_size, keep_states=True)
-    return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start, episode=i,
-                          turn=t, driver=names[drivers[i]], matched=matched[i], state=r.states[t])
+                            seed=seed + start, split=split, batch_size=data.gen_batch_size, keep_states=True)
+    return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start,
+                          episode=start + i, turn=t, driver=names[drivers[start + i]], matched=matched[start + i],
+                          state=r.states[t])
             for t in range(len(records[0].observations)) for i, r in enumerate(records)]
 
 

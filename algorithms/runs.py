@@ -24,7 +24,8 @@ import torch
 HISTORY = "history.jsonl"
 # What makes a folder a run (a Hydra .hydra/ folder alone does not).
 RUN_FILES = ("config.yaml", "history.jsonl", "summary.json", "checkpoint.safetensors", "checkpoint.pt", "policy",
-             "tb", "eval.json", "eval.md", "eval.png", "test.json", "test.md", "test.png", "router", "benchmark.json")
+             "tb", "eval.json", "eval.md", "eval.png", "test.json", "test.md", "test.png", "router", "benchmark.json",
+             "journal.jsonl", "units", "data.jsonl", "episodes.jsonl", "benchmark.md", "reward", "micro.md")
 
 
 class RunFolderError(RuntimeError):

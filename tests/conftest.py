@@ -66,6 +66,27 @@ def make_tiny_run(folder: Path, env: str = "tutoring") -> Path:
     return folder
 
 
+def make_candidates_run(folder: Path) -> Path:
+    """A tiny policy run (``run/``) and a router-run folder (``router/``) whose data.jsonl holds scored candidates."""
+    import json
+
+    make_tiny_run(folder / "run")
+    (folder / "router").mkdir()
+    rows = []
+    for i in range(12):
+        persona = ["direct", "interactive"][i % 2]
+        observation = [{"role": "system", "content": "Topic: volcanoes"},
+                       {"role": "teacher", "content": "Let's talk about volcanoes."},
+                       {"role": "student", "content": f"ok {i}"}]
+        good = 0 if persona == "direct" else 1
+        scores = [1.0 if d == good else -1.0 for d in range(2)]
+        rows.append({"split": "train" if i < 8 else "val", "observation": observation, "persona": persona,
+                     "candidates": ["Magma rises through the crust.", "What do you think magma is?", "Lava flows."],
+                     "head_scores": scores, "blend_score": 0.0})
+    (folder / "router" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
 @pytest.fixture
 def opsd_config():
     """``make(*overrides)``: a tiny OPSD config (TINY_OPSD plus the overrides)."""

@@ -8,7 +8,7 @@ import torch
 import algorithms.benchmark as bm
 import algorithms.micro as mc
 from agents import MultiHeadPolicy, generate
-from tests.conftest import compose_config, make_tiny_run
+from tests.conftest import compose_config, make_candidates_run
 
 SETTINGS = mc.MicroConfig(num_heads=2, router_hidden=16, epochs=40, batch_size=32, stage2_epochs=5, budget=40,
                           tau=0.1, lr=1e-2)
@@ -83,22 +83,7 @@ def test_best_of_n_with_equal_scores_keeps_the_first_heads_sample(tiny):
 @pytest.fixture(scope="module")
 def candidates_run(tmp_path_factory):
     """A tiny policy run and a router-run folder whose data.jsonl holds scored candidates."""
-    folder = tmp_path_factory.mktemp("micro")
-    make_tiny_run(folder / "run")
-    (folder / "router").mkdir()
-    rows = []
-    for i in range(12):
-        persona = ["direct", "interactive"][i % 2]
-        observation = [{"role": "system", "content": "Topic: volcanoes"},
-                       {"role": "teacher", "content": "Let's talk about volcanoes."},
-                       {"role": "student", "content": f"ok {i}"}]
-        good = 0 if persona == "direct" else 1
-        scores = [1.0 if d == good else -1.0 for d in range(2)]
-        rows.append({"split": "train" if i < 8 else "val", "observation": observation, "persona": persona,
-                     "candidates": ["Magma rises through the crust.", "What do you think magma is?", "Lava flows."],
-                     "head_scores": scores, "blend_score": 0.0})
-    (folder / "router" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    return make_candidates_run(tmp_path_factory.mktemp("micro"))
 
 
 def test_micro_run_writes_the_report_and_its_reward_model_drives_a_benchmark_row(candidates_run, tmp_path):
