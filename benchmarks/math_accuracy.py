@@ -4,6 +4,7 @@ Usage:
     python benchmarks/math_accuracy.py                        # embedded SmolLM2-135M, levels 1-6, 50 problems each
     python benchmarks/math_accuracy.py --levels 1 2 3 --num 100 --personas none kindergartener number-theorist
     python benchmarks/math_accuracy.py --levels --gsm8k-max-steps 1 --gsm8k-num 100   # GSM8K easy slice only
+    python benchmarks/math_accuracy.py --levels --drills 1 2 3 --temperature 0.5   # arithmetic drills, per kind
     python benchmarks/math_accuracy.py --model tiny-random --levels 1 --num 2 --max-new-tokens 4   # smoke run
 
 Each problem is asked exactly as ``pluralgym/PersonaMath-v0`` asks it (``envs.math.math_messages``),
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from agents import generate, load_backbone
+from envs.data.drills import DRILL_KINDS, make_drills
 from envs.data.math import (
     LEVELS,
     SPLITS,
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num", type=int, default=50, help="problems per level")
     parser.add_argument("--split", default="eval", choices=SPLITS, help="stream of the generated problems")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated stream")
+    parser.add_argument("--drills", type=int, nargs="*", default=[],
+                        help="also measure the arithmetic drills of these levels (envs.data.drills), per kind")
     parser.add_argument("--gsm8k-max-steps", type=int, default=None,
                         help="also measure the GSM8K slice with at most this many calculator steps")
     parser.add_argument("--gsm8k-split", default="test", choices=("train", "test"))
@@ -87,12 +91,14 @@ def find_personas(ids: list[str]) -> list[PromptPersona]:
 
 def task_sets(args: argparse.Namespace) -> list[tuple[str, list[MathProblem]]]:
     sets = [(f"level {level}", make_problems(args.num, level, args.seed, args.split)) for level in args.levels]
+    sets += [(f"drill L{level} {kind}", make_drills(args.num, level, args.seed, args.split, kinds=(kind,)))
+             for level in args.drills for kind in DRILL_KINDS]
     if args.gsm8k_max_steps is not None:
         problems = load_gsm8k(args.gsm8k_split, max_steps=args.gsm8k_max_steps)
         sets.append((f"gsm8k-{args.gsm8k_split} <= {args.gsm8k_max_steps} steps",
                      problems[: args.gsm8k_num or args.num]))
     if not sets:
-        raise SystemExit("nothing to measure: give --levels and/or --gsm8k-max-steps")
+        raise SystemExit("nothing to measure: give --levels, --drills and/or --gsm8k-max-steps")
     return sets
 
 
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"\n--- {p.id} (answer {p.answer}, {'right' if ok else 'wrong'})\n{p.question}\n>>> {t}")
 
     table = markdown(rows)
-    print(f"\nModel {args.model}, greedy, {args.max_new_tokens} new tokens, generated split {args.split!r}, "
+    sampling = f"temperature {args.temperature}" if args.temperature > 0 else "greedy"
+    print(f"\nModel {args.model}, {sampling}, {args.max_new_tokens} new tokens, generated split {args.split!r}, "
           f"seed {args.seed}\n\n{table}")
     result = {"model": args.model, "max_new_tokens": args.max_new_tokens, "split": args.split, "seed": args.seed,
               "rows": rows, "answers": records, "markdown": table}
