@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", default=None, help="the head to export (name or index)")
     parser.add_argument("--weights", default=None, help="comma-separated weights of a fixed mixture, one per head")
     parser.add_argument("--out", type=Path, required=True, help="the output folder")
-    parser.add_argument("--allow-targets", default="", help="comma-separated _target_ classes the run's config may name")
+    parser.add_argument("--allow-targets", default="",
+                        help="comma-separated _target_ classes the run's config may name")
     args = parser.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     allow = [t for t in args.allow_targets.split(",") if t]
