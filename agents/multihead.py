@@ -199,6 +199,13 @@ class MultiHeadLMHead(nn.Module):
         return out
 
 
+def padded_positions(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` position ids that skip left padding (0 for every padding position)."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class MultiHeadPolicy(nn.Module):
     """A Hugging Face causal LM with K language-model heads over one shared backbone.
 
@@ -348,9 +355,14 @@ class MultiHeadPolicy(nn.Module):
 
     @torch.no_grad()
     def last_token_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, H)`` final hidden state at each sequence's last position (left padding assumed)."""
+        """``(B, H)`` final hidden state at each sequence's last position (left padding assumed).
+
+        Positions count real tokens only, so a left-padded prompt gets the same positions as an
+        unpadded one: needed by models with absolute position embeddings (GPT-2, OPT).
+        """
         decoder = self.model.get_decoder()
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        positions = padded_positions(attention_mask, input_ids)
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
 
     # ---- optimisation --------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from agents.generation import Messages, encode_prompts
-from agents.multihead import MultiHeadPolicy
+from agents.multihead import MultiHeadPolicy, padded_positions
 
 ROUTER_CONFIG = "router.json"
 POOLINGS = ("last_token", "last_message")
@@ -194,6 +194,7 @@ class RouterFeatures:
             return self.policy.last_token_hidden(ids, mask).float().cpu()
         with torch.no_grad():
             hidden = self.policy.model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                                     position_ids=padded_positions(mask, ids),
                                                      use_cache=False).last_hidden_state.float()  # (b, P, H)
         lengths = mask.sum(1).tolist()
         pooled = []

@@ -37,7 +37,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agents import DraftJudge, Router, RouterFeatures
 from agents.models import resolve_device
@@ -543,6 +543,20 @@ def play_row(c: Contender, policy, tokenizer, task: Task, options: list[dict[str
     return records, stats
 
 
+def with_run_agent(cfg: DictConfig, run_cfg: DictConfig | None) -> DictConfig:
+    """``cfg`` plus the OPSD run's ``agent`` node, unless it has its own.
+
+    Env settings that name "the run's base model" (``${oc.select:agent.model,...}``, e.g. the persona
+    attribution check) then resolve to the model the run started from, not the embedded default.
+    """
+    if run_cfg is None or "agent" not in run_cfg or "agent" in cfg:
+        return cfg
+    merged = cfg.copy()
+    with open_dict(merged):
+        merged.agent = run_cfg.agent
+    return merged
+
+
 def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
                   on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs every row on the same held-out episodes and writes the reports into ``out_dir``.
@@ -568,7 +582,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
         claim_run_dir(out_dir, overwrite=bool(cfg.get("overwrite")), resume_hint=f"resume={out_dir}")
     device = resolve_device(cfg.device)
     policy, tokenizer, run_cfg = load_run(cfg.policy, device, current=cfg)
-    task = build_task(cfg)
+    task = build_task(with_run_agent(cfg, run_cfg))
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)

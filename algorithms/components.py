@@ -56,12 +56,50 @@ def build_policy(cfg: DictConfig, persona_names: list[str], variant: str, device
     return BuiltPolicy(policy, backbone.tokenizer, base_head)
 
 
+_BLOCK_LISTS = ("layers", "h", "blocks", "block")  # Llama/Qwen/Mistral/Gemma/Phi/OPT, GPT-2, others
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+
+
+def decoder_blocks(model: nn.Module) -> tuple[nn.ModuleList, list[nn.Module]]:
+    """The decoder's stack of transformer blocks and its final norm(s), whatever the architecture calls them.
+
+    Raises:
+        ValueError: When the model has neither a known block list nor a final norm to train.
+    """
+    decoder = model.get_decoder()
+    blocks = next((getattr(decoder, n) for n in _BLOCK_LISTS if isinstance(getattr(decoder, n, None), nn.ModuleList)),
+                  None)
+    if blocks is None:
+        raise ValueError(f"algorithm.trainable=last_layers cannot find the decoder blocks of {type(model).__name__} "
+                         f"(looked for {', '.join(_BLOCK_LISTS)}); use trainable=heads, lora or full.")
+    finals = [getattr(decoder, n) for n in _FINAL_NORMS if isinstance(getattr(decoder, n, None), nn.Module)]
+    return blocks, finals
+
+
+_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def lora_targets(model: nn.Module, requested: Any) -> Any:
+    """LoRA's target modules: as requested, else the attention projections (or peft's choice for the model type)."""
+    if requested is not None:
+        return list(requested)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if set(_ATTENTION_PROJECTIONS) <= names:
+        return list(_ATTENTION_PROJECTIONS)
+    if getattr(model.config, "model_type", None) in KNOWN:
+        return None  # peft picks the usual modules of this model type (GPT-2: c_attn, OPT: q_proj/v_proj)
+    return "all-linear"  # a type peft has no list for (Phi-3's fused qkv_proj): every linear layer but the output
+
+
 def apply_lora(policy: MultiHeadPolicy, lora: Any) -> MultiHeadPolicy:
     """Wraps the policy's backbone with peft LoRA adapters (``r``, ``alpha``, ``dropout``, ``target_modules``)."""
     from peft import LoraConfig, get_peft_model
 
     policy.model = get_peft_model(policy.model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora_targets(policy.model, lora.target_modules),
     ))
     return policy
 
@@ -118,9 +156,9 @@ def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, devi
     for p in policy.backbone_parameters():
         p.requires_grad_(settings.trainable == "full")
     if settings.trainable == "last_layers":
-        decoder = policy.model.get_decoder()
-        first = max(0, len(decoder.layers) - settings.last_n_layers)  # all layers when N exceeds the depth
-        for module in list(decoder.layers[first:]) + [decoder.norm]:
+        blocks, finals = decoder_blocks(policy.model)
+        first = max(0, len(blocks) - settings.last_n_layers)  # all layers when N exceeds the depth
+        for module in list(blocks[first:]) + finals:
             for p in module.parameters():
                 p.requires_grad_(True)
     if not reference:

@@ -80,21 +80,24 @@ class LoRASettings:
         r: Adapter rank.
         alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         dropout: Dropout on the adapter input.
-        target_modules: Names of the linear layers that get adapters.
+        target_modules: Names of the linear layers that get adapters (null: ``q_proj``, ``k_proj``,
+            ``v_proj``, ``o_proj`` when the model has them, else peft's usual modules for its type, else
+            every linear layer but the output).
     """
 
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] | None = None
 
     def __post_init__(self):
         check_types(self, "algorithm.lora")
         require(self.r >= 1, "algorithm.lora.r", self.r, "must be an integer >= 1")
         require(self.alpha > 0, "algorithm.lora.alpha", self.alpha, "must be > 0")
         require(0 <= self.dropout < 1, "algorithm.lora.dropout", self.dropout, "must be in [0, 1)")
-        require(len(self.target_modules) > 0, "algorithm.lora.target_modules", self.target_modules,
-                "must name at least one module")
+        require(self.target_modules is None or len(self.target_modules) > 0, "algorithm.lora.target_modules",
+                self.target_modules, "must be null (the attention projections, or peft's choice for the model "
+                "type) or name at least one module")
 
 
 @dataclass

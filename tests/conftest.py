@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random backbones (built locally in ~0.2 s with the real tokenizer) and tiny run configs."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import configs
 from agents import MultiHeadPolicy, load_backbone
 
 configs.register()  # the structured configs every compose() in the tests needs
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs on two pytest-xdist workers (pyproject's addopts): one OpenMP thread each, so the
+    # two processes (and the command-line runs they start) never spin against each other on 2 cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 CONFIGS = Path(configs.__file__).resolve().parent
 TESTS = Path(__file__).resolve().parent

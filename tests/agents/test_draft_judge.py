@@ -54,7 +54,7 @@ def two_heads(tiny):
 
 def test_first_token_follows_the_judge_head_on_the_tiny_model(two_heads):
     policy, tokenizer = two_heads
-    n, temperature = 3000, 1.0
+    n, temperature = 1000, 1.0
     decoder = DraftJudge(block=4)  # block 0: head a drafts, head b judges
     out = generate(policy, tokenizer, ["The mitochondria is the powerhouse"] * n, max_new_tokens=1,
                    temperature=temperature, seed=0, decoder=decoder)
@@ -67,7 +67,7 @@ def test_first_token_follows_the_judge_head_on_the_tiny_model(two_heads):
     first = out.completion_ids[:, 0]
     counts = torch.cat([(first[:, None] == top).sum(0), (~torch.isin(first, top)).sum()[None]]).double()
     probs = torch.cat([judge[top], (1 - judge[top].sum())[None]])
-    keep = probs > 1e-4
+    keep = probs * n >= 5  # the chi-square approximation needs ~5 expected draws per bin
     assert chi_square_p_value(counts[keep], probs[keep] / probs[keep].sum()) > 1e-3
 
 

@@ -23,7 +23,7 @@ from configs.validation import ConfigError
 from tests.conftest import compose_config, group_options, trained_parameters
 
 OPSD_PRESETS = ("opsd", "opsd_quick")
-RLVR_PRESETS = ("rlvr", "permix")
+RLVR_PRESETS = ("rlvr", "permix", "rlvr_quick", "permix_quick")
 
 
 def test_every_algorithm_preset_belongs_to_a_trainer():

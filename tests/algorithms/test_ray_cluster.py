@@ -21,6 +21,8 @@ import pytest
 import algorithms.opsd as opsd
 from tests.algorithms.test_rollout import config, crashing
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker runs every Ray test: clusters never meet
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

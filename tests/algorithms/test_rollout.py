@@ -22,6 +22,8 @@ from algorithms.trainer import CHECKPOINT
 from configs.validation import ConfigError
 from tests.conftest import compose_config
 
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker runs every Ray test: clusters never meet
+
 ROOT = str(Path(__file__).resolve().parents[2])  # Ray workers import tests.crashing_student from here
 FAST = [
     "agent=tiny",
