@@ -40,6 +40,7 @@ from agents import score_completions
 from algorithms import cli
 from algorithms.losses import group_advantages, grpo_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
+from algorithms.tasks import PersonaPool
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
 from configs import register
 from configs.validation import ConfigError, require, require_choice
@@ -143,11 +144,12 @@ class RLVRTrainer(Trainer):
         if self.task.max_turns != 1:
             raise ConfigError(f"RLVR trains on single-turn episodes; env={cfg.env.get('_target_')} has "
                               f"{self.task.max_turns} turns per episode.")
-        if s.persona_none_prob < 1 and not hasattr(self.task, "persona_pool"):
+        pooled = isinstance(self.task, PersonaPool)
+        if s.persona_none_prob < 1 and not pooled:
             raise ConfigError(f"algorithm.persona_none_prob={s.persona_none_prob} mixes personas into the prompts, "
                               "but this task has no persona_pool(); use a persona-prefixed task (env=persona_math) "
                               "or persona_none_prob=1.")
-        self.pool_ids = self.task.persona_pool("train") if hasattr(self.task, "persona_pool") else ["none"]
+        self.pool_ids = self.task.persona_pool("train") if pooled else ["none"]
 
     def requests(self, step: int) -> list[RolloutRequest]:
         """``prompts_per_step`` groups of ``group_size`` fresh single-turn episodes, each group on one question."""
@@ -163,7 +165,8 @@ class RLVRTrainer(Trainer):
             step=step, shard=k, uids=[f"s{step}-q{r // n}-a{r % n}" for r in part], personas=[0] * len(part),
             heads=[0] * len(part), version=self.step, gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
             reset_seeds=[seeds[r] for r in part],
-            reset_options=[self.task.persona_options(personas[r]) for r in part],
+            reset_options=([self.task.persona_options(personas[r]) for r in part]
+                           if isinstance(self.task, PersonaPool) else None),
         ) for k, part in enumerate(shards)]
 
     def learn(self, result: RolloutResult) -> dict[str, Any]:

@@ -205,7 +205,8 @@ class Task(Protocol):
         ...
 
     def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str],
-                 base: str | None = None) -> EvalReport:
+                 base: str | None = None, bootstrap: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> EvalReport:
         """The task's report on evaluation rows.
 
         Args:
@@ -215,9 +216,30 @@ class Task(Protocol):
                 ``base``, never from a name.
             heads: The row names that are the policy's heads, in persona order.
             base: The row name of the untrained base model, when there is one.
+            bootstrap: Resamples behind every interval (they resample the task's independent
+                units: topics, requests or questions).
+            confidence: Coverage of the intervals.
+            seed: Seed of the resampling, so a report is reproducible.
         """
         ...
 
     def chat_counters(self) -> dict[str, int]:
         """Summed traffic counters of the chat models behind the task's plug-ins (empty when none)."""
+        ...
+
+
+@runtime_checkable
+class PersonaPool(Protocol):
+    """An optional capability: a task whose prompts can be posed under a persona drawn from a pool.
+
+    RLVR and PerMix-RLVR mix such personas into their training prompts (``algorithm.persona_none_prob``
+    below 1); a trainer checks ``isinstance(task, PersonaPool)`` rather than probing attributes.
+    """
+
+    def persona_pool(self, split: str = "train") -> list[str]:
+        """The persona ids of a split, ``none`` (no persona) included."""
+        ...
+
+    def persona_options(self, persona: str) -> dict[str, Any]:
+        """Reset options that pose an episode under ``persona`` (``none``: no persona)."""
         ...

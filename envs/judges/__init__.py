@@ -1,4 +1,6 @@
-"""Judges for the tutoring setting.
+"""Judges of all three settings: tutoring, the persona critic and persona math.
+
+Tutoring:
 
 - style judges label each teacher turn for one teaching style (``direct`` or ``interactive``);
 - satisfaction judges label each teacher turn from the student's very next reply, without
@@ -8,10 +10,13 @@
 
 Both come as ``Heuristic*`` (rules, offline) and ``LLM*`` (JSON through a ``ChatClient``).
 
-For the persona-critic setting (``envs.persona``): rubric extractors, persona critics and span-marking
+Persona critic (``envs.persona``): rubric extractors, persona critics and span-marking
 evaluation judges (``envs.judges.persona``, heuristic; ``envs.judges.persona_llm``, chat model), and
 the Q metrics of the paper's evaluation (``q_value``, ``q_matrix``, ``q_own``, ``delta_base``,
 ``delta_diag``, ``diag_wins``).
+
+Persona math and the persona report's independent check: persona fidelity (``envs.judges.fidelity``:
+attribution by the frozen base model, or a 1-5 rating by a chat model).
 """
 
 from envs.judges.base import (

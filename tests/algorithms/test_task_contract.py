@@ -178,3 +178,11 @@ def test_feedback_never_reaches_the_policy_prompt_it_answers_fuzzed(overrides):
                     assert later[-1]["content"] == info["feedback"] and later[:-2] == prompt
             if (terminated | truncated).all():
                 break
+
+
+def test_the_persona_pool_is_an_optional_capability_checked_by_type():
+    from algorithms.tasks import PersonaPool, PersonaTask, TutoringTask
+    from algorithms.tasks.math import MathTask
+
+    assert issubclass(MathTask, PersonaPool)  # RLVR mixes its personas into the prompts
+    assert not issubclass(TutoringTask, PersonaPool) and not issubclass(PersonaTask, PersonaPool)
