@@ -30,6 +30,18 @@ def test_every_algorithm_preset_belongs_to_a_trainer():
     assert set(group_options("algorithm")) == {*OPSD_PRESETS, *RLVR_PRESETS}
 
 
+@pytest.mark.parametrize("env", ["tutoring", "persona"])
+def test_the_quick_preset_is_as_small_on_every_env(env):
+    quick = opsd.algorithm_config(compose_config("opsd", f"env={env}", "algorithm=opsd_quick"))
+    full = opsd.algorithm_config(compose_config("opsd", f"env={env}"))
+    assert (quick.steps, quick.episodes_per_persona, quick.max_new_tokens) == (4, 2, 24)  # the env's sizes lose
+    assert (quick.eval.contexts, quick.eval.max_new_tokens) == (2, 24)
+    assert quick.turns_per_episode <= 2 and quick.temperature == full.temperature  # the env's own choices stay
+    assert quick.lr == full.lr and quick.contrast == full.contrast
+    tuned = opsd.algorithm_config(compose_config("opsd", f"env={env}", "algorithm=opsd_quick", "algorithm.steps=7"))
+    assert tuned.steps == 7  # the command line still wins
+
+
 @pytest.mark.parametrize("algorithm", OPSD_PRESETS)
 @pytest.mark.parametrize("agent", group_options("agent"))
 def test_every_agent_and_algorithm_config_composes_and_validates(agent, algorithm):
