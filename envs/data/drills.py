@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.data.math import MathProblem, _side
+from envs.data.math import MathProblem, draw_distinct
 from envs.data.splits import SPLITS, read_split
 
 DRILL_KINDS = ("add", "subtract", "multiply", "compare", "next")
@@ -73,22 +73,13 @@ def make_drills(num: int, level: int = 1, seed: int = 0, split: str = "train", *
     if level not in DRILL_LEVELS:
         raise ValueError(f"drill level must be one of {sorted(DRILL_LEVELS)}, got {level!r}")
     read_split(split, "envs.data.drills.make_drills")
-    side = split if split in ("eval", "test") else "train"
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, level, SPLITS.index(split), 0x6472696C6C])
-    limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
-    problems: list[MathProblem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < num:
-        attempts += 1
-        if attempts > limit:
-            raise ValueError(f"found only {len(problems)} distinct level-{level} {split} drills in {limit} attempts; "
-                             "ask for fewer")
-        kind = kinds[len(problems) % len(kinds)]
+
+    def draw(i: int) -> tuple[str, str, MathProblem]:
+        kind = kinds[i % len(kinds)]
         question, answer, work, key = _draw(kind, level, rng)
-        if question in seen or _side(f"drill|{kind}|{key}") != side:
-            continue
-        seen.add(question)
-        problems.append(MathProblem(f"drill-L{level}-{kind}-{split}-s{seed}-{len(problems)}", question, str(answer),
-                                    "drill", level, f"{work}\n#### {answer}", key))
-    return problems
+        return question, f"drill|{kind}|{key}", MathProblem(
+            f"drill-L{level}-{kind}-{split}-s{seed}-{i}", question, str(answer), "drill", level,
+            f"{work}\n#### {answer}", key)
+
+    return draw_distinct(num, split, max_attempts, f"level-{level} {split} drills", draw)

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,34 @@ def _side(key: str) -> str:
     return "eval" if u < EVAL_SHARE else "test" if u < EVAL_SHARE + TEST_SHARE else "train"
 
 
+def draw_distinct(num: int, split: str, max_attempts: int | None, what: str,
+                  draw: Callable[[int], tuple[str, str, MathProblem] | None]) -> list[MathProblem]:
+    """Calls ``draw(i)`` until ``num`` problems with distinct questions on ``split``'s side exist.
+
+    ``draw(i)`` proposes the ``i``-th problem as ``(question, side key, problem)`` (None: no problem
+    this time); a proposal whose question was seen, or whose key hashes to another side
+    (:func:`_side`), is dropped. ``router_*`` splits draw from the training side.
+
+    Raises:
+        ValueError: After ``max_attempts`` proposals (default ``200 * num + 1000``) with too few kept.
+    """
+    side = split if split in ("eval", "test") else "train"
+    limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
+    problems: list[MathProblem] = []
+    seen: set[str] = set()
+    for _ in range(limit):
+        if len(problems) >= num:
+            break
+        proposal = draw(len(problems))
+        if proposal is None or proposal[0] in seen or _side(proposal[1]) != side:
+            continue
+        seen.add(proposal[0])
+        problems.append(proposal[2])
+    if len(problems) < num:
+        raise ValueError(f"found only {len(problems)} distinct {what} in {limit} attempts; ask for fewer")
+    return problems
+
+
 def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0, split: str = "train",
                   *, max_attempts: int | None = None) -> list[MathProblem]:
     """Generated arithmetic word problems of one difficulty level, deterministic in all arguments.
@@ -442,27 +470,18 @@ def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
     if difficulty not in LEVELS:
         raise ValueError(f"difficulty must be one of {sorted(LEVELS)}, got {difficulty!r}")
     read_split(split, "envs.data.math.make_problems")
-    level, side = LEVELS[difficulty], split if split in ("eval", "test") else "train"
+    level = LEVELS[difficulty]
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(difficulty), SPLITS.index(split), 0x6D617468])
-    limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
-    problems: list[MathProblem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < num:
-        attempts += 1
-        if attempts > limit:
-            raise ValueError(f"found only {len(problems)} distinct level-{difficulty} {split} problems in "
-                             f"{limit} attempts; ask for fewer")
-        draw = _draw_problem(rng, level)
-        if draw is None or draw["question"] in seen:
-            continue
-        if _side(f"{draw['theme']}|{draw['item']}|{draw['expression']}") != side:
-            continue
-        seen.add(draw["question"])
-        problems.append(MathProblem(f"gen-L{difficulty}-{split}-s{seed}-{len(problems)}", draw["question"],
-                                    str(draw["answer"]), "generated", difficulty, draw["solution"],
-                                    draw["expression"]))
-    return problems
+
+    def draw(i: int) -> tuple[str, str, MathProblem] | None:
+        d = _draw_problem(rng, level)
+        if d is None:
+            return None
+        return d["question"], f"{d['theme']}|{d['item']}|{d['expression']}", MathProblem(
+            f"gen-L{difficulty}-{split}-s{seed}-{i}", d["question"], str(d["answer"]), "generated", difficulty,
+            d["solution"], d["expression"])
+
+    return draw_distinct(num, split, max_attempts, f"level-{difficulty} {split} problems", draw)
 
 
 def problems_for_split(split: str = "train", *, task: str = "generated", num: int | None = None,
