@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from agents.multihead import padded_positions
 from agents.sampling import drop_ended, tempered_logprobs
 
 
@@ -156,7 +157,7 @@ class DraftJudge:
         block_index = torch.zeros(batch, dtype=torch.long, device=device)  # which pair of heads is on
         in_block = torch.zeros(batch, dtype=torch.long, device=device)  # drafts accepted in the current block
         mask = attention_mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = padded_positions(mask, input_ids)
         out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache, steps = out.past_key_values, 0
         for t in range(max_new_tokens):

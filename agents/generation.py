@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from agents.draft_judge import DraftJudge
-from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights
+from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights, padded_positions
 from agents.sampling import sample_dropping_finished, tempered_logprobs
 
 Messages = list[dict[str, str]]
@@ -278,7 +278,7 @@ def completion_logits(
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = padded_positions(mask, input_ids)
     num = completion_ids.shape[1]
     with _selection_context(policy, head, weights):
         logits = _hf_model(policy)(

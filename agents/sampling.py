@@ -23,6 +23,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from agents.multihead import padded_positions
+
 
 def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, top_p: float,
                 eos_ids: Sequence[int]) -> LogitsProcessorList:
@@ -116,7 +118,7 @@ def sample_dropping_finished(
     logprobs = torch.zeros((batch, max_new_tokens), device=device)
     active = torch.arange(batch, device=device)
     mask = attention_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = padded_positions(mask, input_ids)
     # logits_to_keep=1: only the last position's logits, as generate() asks for (the prompt's full
     # (B, P, V) logits would cost more than the decoding on a CPU)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)

@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir
 import configs
 from agents import load_backbone
 from agents.generation import _eos_ids, encode_prompts
+from agents.multihead import padded_positions
 from algorithms.components import build_task
 from algorithms.losses import contrastive_teacher_logits
 
@@ -45,7 +46,7 @@ class _Decoder:
     def logits(self, token: torch.Tensor | None) -> torch.Tensor:
         """``(B, V)`` next-token logits after feeding ``token`` (None: the prompt itself)."""
         if token is None:
-            ids, positions = self.ids, (self.mask.cumsum(1) - 1).clamp(min=0)
+            ids, positions = self.ids, padded_positions(self.mask, self.ids)
         else:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(token), 1)], 1)
             ids, positions = token[:, None], self.mask.sum(1, keepdim=True) - 1
