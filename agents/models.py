@@ -261,6 +261,20 @@ def _load_embedded(device: str | torch.device, dtype: torch.dtype) -> Backbone:
     return Backbone(model=model.to(device).eval(), tokenizer=tokenizer, name=DEFAULT_MODEL)
 
 
+def embedded_checkpoint() -> Path:
+    """A folder holding the embedded model's weights and tokenizer together, as a model server wants it.
+
+    Built once from the converted cache entries (a few seconds) and verified like them; point
+    ``transformers serve`` (or any server that loads a Hugging Face folder) at it.
+    """
+    def build(tmp: Path) -> None:
+        backbone = _load_embedded("cpu", torch.float32)
+        backbone.model.save_pretrained(tmp)
+        backbone.tokenizer.save_pretrained(tmp)
+
+    return _cached(cache_dir() / f"{DEFAULT_MODEL}-checkpoint", _embedded_source(), build, lambda folder: folder)
+
+
 def tiny_random_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamaConfig:
     """A 2-layer, 64-wide Llama configuration over the given tokenizer's vocabulary."""
     kwargs = dict(

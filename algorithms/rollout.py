@@ -39,6 +39,7 @@ from agents.models import resolve_device
 from algorithms.components import apply_lora, build_policy, build_task
 from algorithms.episodes import take_turn
 from configs.validation import check_types, require, structured
+from envs.chat import chat_counters
 
 Messages = list[dict[str, str]]
 
@@ -326,11 +327,11 @@ class RolloutWorker:
         policy = self.policy
         selection = {"head": 0} if policy.num_heads == 1 else \
             {"weights": nn.functional.one_hot(torch.tensor(request.heads), policy.num_heads).float()}
-        chat_before = self.task.chat_counters()
+        chat_before = chat_counters(*self.task.chat_plugins())
         turn = take_turn(policy, self.tokenizer, self.task, batch, prompts, selection,
                          max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                          seed=request.gen_seed)
-        chat_after = self.task.chat_counters()
+        chat_after = chat_counters(*self.task.chat_plugins())
         gen, infos = turn.generation, turn.infos
         return RolloutResult(
             step=request.step, shard=request.shard, version=self.version, uids=list(request.uids),

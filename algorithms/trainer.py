@@ -67,6 +67,7 @@ from algorithms.runs import (
     write_json,
 )
 from configs.validation import check_types, require, require_choice, structured
+from envs.chat import ChatClientError, check_servers
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"
@@ -263,6 +264,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         set_seed(int(cfg.seed))
         self.task = build_task(cfg)
+        check_servers(*self.task.chat_plugins())  # a server that is down or lacks the model: one message, now
         self.personas = list(self.task.personas)
         built = build_policy(cfg, [p.name for p in self.personas], self.policy_variant, self.device)
         self.policy, self.tokenizer = built.policy, built.tokenizer
@@ -339,15 +341,21 @@ class Trainer:
         step's update, so they are sampled by weights one update old while the learner works.
         """
         self.start_pool()
-        submission = self.pending or self.pool.submit(self.requests(self.step))
-        self.pending = None
-        collected = self.pool.wait(submission)
-        result = merge_results(collected.results, self.tokenizer.pad_token_id)
+        rng = capture_rng()
+        try:
+            submission = self.pending or self.pool.submit(self.requests(self.step))
+            self.pending = None
+            collected = self.pool.wait(submission)
+            result = merge_results(collected.results, self.tokenizer.pad_token_id)
+            rate = self._check_chat(result.chat)
+        except (ChatClientError, ChatHealthError):
+            restore_rng(rng)  # nothing of the failed step is kept: a checkpoint now equals the last step's end
+            self.pending = None
+            raise
         expected = [uid for request in submission.requests for uid in request.uids]
         if result.uids != expected:  # every episode exactly once, in row order
             raise RuntimeError(f"step {self.step}: rollouts returned episodes {result.uids}, expected {expected}")
         self.episodes = result.states
-        rate = self._check_chat(result.chat)
         if self.max_staleness >= 1 and self.step + 1 < self.settings.steps:
             self.pending = self.pool.submit(self.requests(self.step + 1))
         staleness = self.step - result.version
@@ -377,6 +385,11 @@ class Trainer:
             raise ChatHealthError(f"{what}: a share of {rate:.2f} > algorithm.chat_fallback_stop="
                                   f"{s.chat_fallback_stop}. "
                                   "Check the chat server (chat/ metrics in TensorBoard), then resume the run.")
+        asked = chat.get("requests", 0) - chat.get("retries", 0)
+        if asked > 0 and chat.get("failures", 0) >= asked:  # not one reply: the server is gone, whatever the settings
+            raise ChatHealthError(f"step {self.step + 1}: the chat server answered none of the step's {asked} requests "
+                                  f"(all failed after {chat.get('retries', 0)} retries). Start it again, then resume "
+                                  "the run.")
         if rate > s.chat_fallback_warn:
             warnings.warn(f"{what}: a share of {rate:.2f}; rewards computed from them are placeholders. "
                           "Check the chat server (chat/ metrics in TensorBoard).", stacklevel=2)
@@ -579,6 +592,14 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
     except KeyboardInterrupt:
         print(f"\n[{trainer.name}] interrupted at step {trainer.step}; continue from the last checkpoint with: "
               f"python -m algorithms.{trainer.name} resume={run_dir}")
+        raise
+    except (ChatClientError, ChatHealthError) as err:
+        kept = "no step had finished"
+        if trainer.step > 0:  # the failed step left no trace, so this checkpoint is the last step's end
+            trainer.save_checkpoint()
+            kept = f"steps 1-{trainer.step} are saved"
+        print(f"\n[{trainer.name}] stopped in step {trainer.step + 1}: {err}\n[{trainer.name}] {kept}; once the chat "
+              f"server answers, continue with: python -m algorithms.{trainer.name} resume={run_dir}")
         raise
     finally:
         trainer.close()  # stops rollout workers (and a local Ray cluster) on success, error or Ctrl-C

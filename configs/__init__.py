@@ -58,6 +58,7 @@ def register() -> None:
     from algorithms.tasks import PersonaTask, TutoringTask
     from algorithms.tasks.math import MathTask
     from envs.chat import LocalChatClient, OpenAIChatClient
+    from envs.chat.server import LOCAL_SERVER_URL
     from envs.judges import (
         HeuristicPairwiseJudge,
         HeuristicSatisfactionJudge,
@@ -83,7 +84,12 @@ def register() -> None:
         "router_data": {"default": RouterDataConfig},
         "benchmark_settings": {"default": BenchmarkConfig},
         "micro_settings": {"default": MicroConfig},
-        "chat": {"local": plugin(LocalChatClient), "openai": plugin(OpenAIChatClient)},
+        # server: the local `python -m envs.chat.server` (no key, whatever single model it serves). On a
+        # CPU a busy server takes minutes per batch, and a timed-out attempt is resent while the server
+        # still works on it, so attempts get 300 s (at 60 s the quick tutoring run fell into a retry storm).
+        "chat": {"local": plugin(LocalChatClient), "openai": plugin(OpenAIChatClient),
+                 "server": plugin(OpenAIChatClient, base_url=LOCAL_SERVER_URL, api_key_env=None, model="auto",
+                                  timeout=300.0)},
         "student": {"scripted": plugin(ScriptedStudent),
                     "chat_model": plugin(ChatModelStudent, hydra_defaults=with_chat)},
         "judge": {

@@ -27,7 +27,8 @@ What a task provides, in the order a trainer uses it:
 7. **Evaluation** (:meth:`Task.eval_options`, :meth:`Task.evaluate`): the held-out episodes, and
    the task's own report of rows of :class:`algorithms.episodes.EpisodeRecord` (one row per head,
    the equal blend, the base model, a router...).
-8. **Chat traffic** (:meth:`Task.chat_counters`): counters of the chat models behind its plug-ins.
+8. **Chat plug-ins** (:meth:`Task.chat_plugins`): the plug-ins that may talk to a chat model; the
+   trainer checks their servers before its first step and logs their traffic (``chat/`` metrics).
 
 Splits are named ``train`` (the trainer's episodes), ``router_train`` and ``router_val`` (router
 learning), ``eval`` (tuning: held-out evaluation, learning curves, sweeps) and ``test`` (headline
@@ -223,8 +224,12 @@ class Task(Protocol):
         """
         ...
 
-    def chat_counters(self) -> dict[str, int]:
-        """Summed traffic counters of the chat models behind the task's plug-ins (empty when none)."""
+    def chat_plugins(self) -> list[Any]:
+        """The task's plug-ins (students, judges, critics) that may hold a chat client.
+
+        Rule-based ones may be listed too: :func:`envs.chat.chat_counters` and
+        :func:`envs.chat.check_servers` skip plug-ins without a client.
+        """
         ...
 
 

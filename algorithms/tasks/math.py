@@ -28,7 +28,6 @@ import numpy as np
 
 from algorithms.tasks.base import EvalReport, Messages, Persona
 from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
-from envs.chat import chat_counters
 from envs.checks.math import check_answers
 from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker, problems_for_split
 from envs.data.splits import check_contexts, read_split
@@ -155,9 +154,9 @@ class MathTask:
         return {"accuracy": [float(bool(info["label"].get("correct"))) for info in infos],
                 "format": [float(has_final_marker(t)) for t in texts]}
 
-    def chat_counters(self) -> dict[str, int]:
-        """Traffic of the chat model behind the fidelity judge (empty when none)."""
-        return chat_counters(self.fidelity_judge) if self.fidelity_judge is not None else {}
+    def chat_plugins(self) -> list[Any]:
+        """The fidelity judge, when there is one."""
+        return [self.fidelity_judge] if self.fidelity_judge is not None else []
 
     # ---- the report ---------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from algorithms.tasks.base import EvalReport, Messages, Persona
 from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure, unit_sums
-from envs.chat import chat_counters
 from envs.data.persona import FACET_LABELS, FACETS, PersonaData, PersonaRecord, load_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
@@ -142,9 +141,9 @@ class PersonaTask:
         return {"q_focal": [float(info.get("q", float("nan"))) for info in infos],
                 "words": [float(len(t.split())) for t in texts]}
 
-    def chat_counters(self) -> dict[str, int]:
-        """Traffic counters of the chat models behind the critic, rubric extractor and judge."""
-        return chat_counters(self.critic, self.rubric_extractor, self.eval_judge)
+    def chat_plugins(self) -> list[Any]:
+        """The critic, the rubric extractor and the evaluation judge."""
+        return [self.critic, self.rubric_extractor, self.eval_judge]
 
     # ---- the report ---------------------------------------------------------------------
 

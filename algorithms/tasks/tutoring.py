@@ -38,7 +38,6 @@ from algorithms.tasks.reporting import (
     save_figure,
     unit_sums,
 )
-from envs.chat import chat_counters
 from envs.checks import check_turn, check_turns
 from envs.data import load_tutoring_topics
 from envs.data.splits import check_contexts, read_split
@@ -242,9 +241,9 @@ class TutoringTask:
         return {"questions_per_turn": [float(count_questions(t)) for t in texts],
                 "ask_share": [float(not a.is_bare and a.kind == "ask") for a in map(analyze_teacher_turn, delivered)]}
 
-    def chat_counters(self) -> dict[str, int]:
-        """Traffic counters of the chat models behind the student and the judges (empty when none)."""
-        return chat_counters(self.student, self.satisfaction_judge, self.style_judge)
+    def chat_plugins(self) -> list[Any]:
+        """The student and the two judges."""
+        return [self.student, self.satisfaction_judge, self.style_judge]
 
     # ---- the report ---------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ from envs.chat.base import (
     Messages,
     TransientChatError,
     Validator,
+    chat_clients,
     chat_counters,
+    check_servers,
 )
 from envs.chat.cache import (
     AUTO,
@@ -70,7 +72,9 @@ __all__ = [
     "ResponseCache",
     "TransientChatError",
     "Validator",
+    "chat_clients",
     "chat_counters",
+    "check_servers",
     "chat_reply_problem",
     "check_api_key_env",
     "default_cache_dir",

@@ -376,25 +376,49 @@ class ChatBacked:
         return self._client
 
 
-def chat_counters(*plugins: Any) -> dict[str, int]:
-    """Summed :class:`ChatStats` of the chat clients behind ``plugins`` (each client counted once).
+def chat_clients(*plugins: Any) -> list[ChatClient]:
+    """The distinct chat clients behind ``plugins``, in order.
 
     A plug-in counts when it is a client itself or holds one as ``client`` (every
-    :class:`ChatBacked`); plug-ins without a chat backend (rule-based judges) add nothing.
-
-    Returns:
-        ``{counter: total}``; empty when no plug-in talks to a chat model.
+    :class:`ChatBacked`); plug-ins without a chat backend (rule-based judges) add nothing, and a
+    :class:`ChatBacked` whose default local client was never built adds nothing either (none is
+    built here).
     """
     clients: dict[int, Any] = {}
     for plugin in plugins:
         if isinstance(plugin, ChatBacked):
-            client = plugin._client  # None until first used: no traffic yet (and no client is created here)
+            client = plugin._client
         else:
             client = plugin if hasattr(plugin, "stats") else getattr(plugin, "client", None)
         if isinstance(getattr(client, "stats", None), ChatStats):
-            clients[id(client)] = client
+            clients.setdefault(id(client), client)
+    return list(clients.values())
+
+
+def chat_counters(*plugins: Any) -> dict[str, int]:
+    """Summed :class:`ChatStats` of the chat clients behind ``plugins`` (each client counted once).
+
+    Returns:
+        ``{counter: total}``; empty when no plug-in talks to a chat model.
+    """
     totals: dict[str, int] = {}
-    for client in clients.values():
+    for client in chat_clients(*plugins):
         for key, value in client.stats.as_dict().items():
             totals[key] = totals.get(key, 0) + value
     return totals
+
+
+def check_servers(*plugins: Any) -> None:
+    """Confirms that every chat server behind ``plugins`` answers and serves its model (one attempt each).
+
+    Meant to run before a trainer's first step, so a server that is not up, a wrong URL or an unknown
+    model stops the run with one message instead of failing a step after many retries. In-process
+    clients are skipped: they load their model on first use.
+
+    Raises:
+        ChatClientError: The first client's message: a server that is not up, a wrong URL, a rejected
+            key or a model the server does not serve.
+    """
+    for client in chat_clients(*plugins):
+        if client.backend != "local":
+            client.check()

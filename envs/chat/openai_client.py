@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 DUMMY_API_KEY = "not-needed"  # sent to key-less local servers; the openai package insists on one
+AUTO_MODEL = "auto"  # model=auto: whatever single model the server serves
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -87,7 +88,9 @@ class OpenAIChatClient(ChatClient):
     or has empty content counts as a failed attempt. Other 4xx fail at once.
 
     Args:
-        model: Model name as the server knows it.
+        model: Model name as the server knows it, or ``"auto"`` for the one model a local server
+            serves (``transformers serve``, vLLM and llama.cpp serve one): it is looked up before the
+            first request, and a server offering several is an error that lists them.
         base_url: Server URL ending in ``/v1``; ``None`` means ``$OPENAI_BASE_URL`` or OpenAI's API.
         api_key_env: Name of the environment variable holding the API key. ``None`` or ``""`` for a
             server that needs no key. The key is read from the environment, never stored on disk,
@@ -166,6 +169,7 @@ class OpenAIChatClient(ChatClient):
             pool.shutdown(wait=False)
 
     def _cache_fields(self) -> dict:
+        self._resolve_model()  # the cache key names the served model, never "auto"
         return {"model": self.model, "base_url": self.base_url, "seed": self.seed, "top_p": None}
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -284,6 +288,28 @@ class OpenAIChatClient(ChatClient):
         text += f". {hint}" if hint else "."
         return self._redact(text)
 
+    def _resolve_model(self, client=None) -> None:
+        """Replaces ``model="auto"`` by the id of the only model the server lists (asked through ``client``)."""
+        if self.model != AUTO_MODEL:
+            return
+        client = client or self.client
+        with self._runtime_lock:
+            if self.model != AUTO_MODEL:
+                return
+            try:
+                available = [m.id for m in client.models.list().data]
+            except Exception as err:
+                failure = self._classify(err)
+                if failure is None:
+                    raise
+                raise ChatClientError(self._check_message(failure) + " (model=auto lists the served models.)") from None
+            if len(available) != 1:
+                listed = ", ".join(sorted(available)) or "none"
+                raise ChatClientError(f"chat.model=auto needs a server that serves exactly one model; {self.base_url} "
+                                      f"offers {listed}. Set chat.model to the one to use.")
+            self.model = available[0]
+            logger.info("chat %s: model=auto is %s", self.base_url, self.model)
+
     # -- start-up check ------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -298,6 +324,9 @@ class OpenAIChatClient(ChatClient):
         if self.api_key_env is not None:
             self._api_key = self._read_api_key()
         once = self.client.with_options(max_retries=0)
+        if self.model == AUTO_MODEL:
+            self._resolve_model(once)
+            return
         try:
             available = [m.id for m in once.models.list().data]
         except Exception as err:
@@ -331,6 +360,8 @@ class OpenAIChatClient(ChatClient):
                 f"Cannot reach the chat server at {self.base_url} ({failure.status}: {failure.detail}). "
                 "Is it running, and is chat.base_url right?"
             )
+            if "://127.0.0.1:" in self.base_url or "://localhost:" in self.base_url:
+                text += " (python -m envs.chat.server starts one on the embedded model.)"
         else:
             hint = _status_hint(failure.status, self.api_key_env)
             text = f"The chat server at {self.base_url} refused model {self.model!r}: {failure.status}"

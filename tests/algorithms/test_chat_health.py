@@ -6,6 +6,7 @@ import pytest
 
 import algorithms.opsd as opsd
 from algorithms.trainer import ChatHealthError
+from envs.chat import ChatClientError
 from tests.chat_server import MODEL, Reply, ScriptedServer
 
 GOOD = '{"critique": "fine", "labels": ["good"]}'
@@ -56,3 +57,26 @@ def test_failed_requests_are_counted_and_can_stop_the_run(server, tmp_path, opsd
     assert "4 requests failed after 4 retries" in str(info.value)
     assert not (tmp_path / "run" / "history.jsonl").read_text()  # stopped before learning on the step
     assert server.count == 8  # two attempts per judged turn (max_retries=1), then it stopped
+
+
+def test_a_step_the_server_answered_none_of_stops_the_run_at_the_last_step_ready_to_resume(server, tmp_path,
+                                                                                         opsd_config, capsys):
+    cfg = opsd_config(*llm_judges(server, tmp_path), "algorithm.steps=3", "judge.client.cache_path=null")
+    server.fallback = Reply(GOOD)
+    opsd.train(cfg, tmp_path / "whole")
+
+    start = server.count
+    server.route = lambda body: Reply(status=503) if server.count - start > 4 else None  # down after step 1
+    with pytest.raises(ChatHealthError, match="answered none of the step's 4 requests"):
+        opsd.train(cfg, tmp_path / "run")  # chat_fallback_stop is off: a silent server still stops the run
+    assert "stopped in step 2" in capsys.readouterr().out and len(rows(tmp_path / "run")) == 1
+
+    server.route = None
+    opsd.train(cfg, tmp_path / "run", resume=True)
+    assert [r["loss/total"] for r in rows(tmp_path / "run")] == [r["loss/total"] for r in rows(tmp_path / "whole")]
+
+
+def test_a_chat_server_without_the_model_stops_the_run_before_anything_is_written(server, tmp_path, opsd_config):
+    with pytest.raises(ChatClientError, match="'other-model' is not served by .*it offers: test-model"):
+        opsd.train(opsd_config(*llm_judges(server, tmp_path), "judge.client.model=other-model"), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists() and server.count == 0

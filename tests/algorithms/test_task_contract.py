@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the ids)
 from algorithms.components import build_task
 from algorithms.tasks import SPLITS, EpisodeBatch, Task
+from envs.chat import chat_counters
 from tests.conftest import compose_config
 
 TASKS = ["tutoring", "persona"]
@@ -128,7 +129,7 @@ def test_step_metrics_and_chat_counters(task):
     assert all(len(values) == 2 for values in metrics.values())
     if "ask_share" in metrics:  # tutoring: the first turn asks, the second explains
         assert metrics["ask_share"] == [1.0, 0.0] and metrics["questions_per_turn"] == [2.0, 0.0]
-    assert task.chat_counters() == {}  # the offline plug-ins talk to no chat model
+    assert chat_counters(*task.chat_plugins()) == {}  # the offline plug-ins talk to no chat model
 
 
 # ---- every registered env id ---------------------------------------------------------------------

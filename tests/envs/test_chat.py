@@ -614,3 +614,47 @@ def test_local_clients_of_one_process_share_one_model(local_client):
     twin = LocalChatClient(model="tiny-random", max_new_tokens=6, temperature=0.9, seed=1)
     assert twin.backbone is local_client.backbone  # the student, judges and critic load it once
     assert twin.chat_batch(CONVS) == local_client.chat_batch(CONVS)
+
+
+# --- model=auto and the local server's command line (the live server: tests/test_real_server.py) ----------
+
+
+def test_model_auto_becomes_the_one_model_the_server_lists_before_the_first_request(make_client, server, tmp_path):
+    client = make_client(model="auto", cache_path=tmp_path / "cache.sqlite")
+    assert client.chat([{"role": "user", "content": "hi"}]) == "hello"
+    assert client.model == MODEL and server.chat_requests[0]["model"] == MODEL
+    again = make_client(model=MODEL, cache_path=tmp_path / "cache.sqlite")  # the cache key names the real model
+    assert again.chat([{"role": "user", "content": "hi"}]) == "hello" and server.count == 1
+
+
+def test_model_auto_without_a_model_listing_says_so(make_client, server):
+    server.models_route = False
+    with pytest.raises(ChatClientError, match=r"HTTP 404.*model=auto lists the served models"):
+        make_client(model="auto").check()
+    assert server.count == 0
+
+
+def test_check_servers_checks_each_remote_client_once_and_never_loads_a_local_model(make_client, server):
+    from envs.chat import check_servers
+    from envs.students import ChatModelStudent
+
+    client = make_client(model="not-served")
+    with pytest.raises(ChatClientError, match="'not-served' is not served"):
+        check_servers(ChatModelStudent(client=client), ChatModelStudent(client=client), ChatModelStudent())
+    local = LocalChatClient(model="tiny-random")
+    check_servers(ChatModelStudent(client=local))
+    assert local._backbone is None and server.count == 0
+
+
+def test_the_local_server_command_bounds_the_kv_cache_and_needs_a_whole_checkpoint(tmp_path):
+    from envs.chat.server import LocalServer, serving_folder
+
+    cmd = LocalServer(tmp_path, port=8123).command()
+    assert cmd[cmd.index("serve") + 1] == str(tmp_path) and cmd[cmd.index("--port") + 1] == "8123"
+    assert "--continuous-batching" in cmd and cmd[cmd.index("--cb-num-blocks") + 1] == "512"
+    assert "--no-continuous-batching" in LocalServer(tmp_path, continuous_batching=False).command()
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ChatClientError, match="no tokenizer.json or tokenizer_config.json"):
+        serving_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert serving_folder(tmp_path) == tmp_path.resolve()
