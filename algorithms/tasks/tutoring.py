@@ -12,7 +12,7 @@ style with neutral turns excluded (the paper's Table 4); satisfaction, the good-
 student's replies with neutral turns included (Table 5), per student type and their mean, with
 bootstrap intervals that resample topics (every dialogue of a drawn topic together, the same draw
 for every row); and the quality of the generated turns (share judged
-degenerate by :mod:`envs.students.quality`, distinct-1/2, mean length, share cut at the token
+degenerate by :mod:`envs.turns.quality`, distinct-1/2, mean length, share cut at the token
 limit, topic overlap), so gains that come with degeneration show at a glance.
 """
 
@@ -43,8 +43,8 @@ from envs.data import load_tutoring_topics
 from envs.data.splits import check_contexts, read_split
 from envs.judges.base import JudgeDialogue
 from envs.judges.pairwise import PairwiseComparison
-from envs.students.classifier import analyze_teacher_turn
-from envs.students.quality import last_full_sentence, quality_figures
+from envs.turns.classifier import analyze_teacher_turn
+from envs.turns.quality import last_full_sentence, quality_figures
 from envs.tutoring import MAX_TURNS, SEED_TURNS_HELDOUT, TutoringBatch, observation_topic
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class TutoringTask:
         """Per-turn figures the trainer logs for each persona.
 
         ``questions_per_turn`` counts question marks; ``ask_share`` is 1 for a turn whose main move,
-        as delivered, is asking (``envs.students.classifier``, the rule the student and the style
+        as delivered, is asking (``envs.turns.classifier``, the rule the student and the style
         judge apply: a question the turn answers itself, or one buried in a long explanation, does
         not count).
         """

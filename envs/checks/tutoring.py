@@ -1,7 +1,7 @@
 """Checks on tutoring turns, written apart from the turn analysers that make the reward.
 
 The reward, the scripted student and the heuristic judges read teacher turns with
-``envs.students.classifier`` and ``envs.students.quality``; a policy trained on them learned to write
+``envs.turns.classifier`` and ``envs.turns.quality``; a policy trained on them learned to write
 turns that *talk about* asking ("How about asking about X and how it relates to Y?"), which they class
 as asking turns. This module reads turns with its own word lists and rules, imports none of that code,
 and none of it imports this module (a test checks both). A turn is cut into sentences (after ``.``,

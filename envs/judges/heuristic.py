@@ -6,8 +6,8 @@ import re
 from typing import Sequence
 
 from envs.judges.base import JudgeDialogue, TurnJudgement, normalize_style
-from envs.students.classifier import analyze_teacher_turn
-from envs.students.quality import assess_turn
+from envs.turns.classifier import analyze_teacher_turn
+from envs.turns.quality import assess_turn
 
 _STYLE_KIND = {"direct": "explain", "interactive": "ask"}
 

@@ -28,7 +28,7 @@ from envs.chat import ChatBacked
 from envs.judges.base import LABEL_SCORE, FallbackCounter, JudgeDialogue
 from envs.judges.heuristic import satisfaction_label
 from envs.judges.llm import format_dialogue
-from envs.students.quality import assess_turn, content_stems
+from envs.turns.quality import assess_turn, content_stems
 
 PREFERENCE_LEVELS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 Messages = list[dict[str, str]]

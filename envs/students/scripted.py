@@ -1,7 +1,7 @@
 """A model-free student: reads the teacher's last turn and answers from templates.
 
 The student reacts to the teacher's most recent turn. First it checks whether the turn is
-degenerate (``envs.students.quality.assess_turn``: the same words over and over, cut off
+degenerate (``envs.turns.quality.assess_turn``: the same words over and over, cut off
 mid-sentence, nothing to do with the topic or the dialogue, or empty filler). If it is, the
 student is confused or switches off, in its reaction style, whatever its preference: bad
 teaching is not a good fit for anyone. Otherwise ``classify_teacher_turn`` decides whether the
@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from envs.students.base import StudentBase, StudentContext, check_labels
-from envs.students.classifier import analyze_teacher_turn
-from envs.students.quality import assess_turn, content_words
+from envs.turns.classifier import analyze_teacher_turn
+from envs.turns.quality import assess_turn, content_words
 
 # ---------------------------------------------------------------------------------------------
 # templates. Fields: {topic}; {idea}, a phrase taken from the teacher's explanation; {focus} /

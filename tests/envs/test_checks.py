@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from envs.checks import TurnCheck, asks_about_lesson, check_turn, check_turns, count_questions, is_meta_talk
-from envs.students.classifier import analyze_teacher_turn
-from envs.students.quality import assess_turn, is_degenerate
+from envs.turns.classifier import analyze_teacher_turn
+from envs.turns.quality import assess_turn, is_degenerate
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"

@@ -19,12 +19,10 @@ from envs.students import (
     ScriptedStudent,
     StudentContext,
     StudentSimulator,
-    analyze_teacher_turn,
-    assess_turn,
-    classify_teacher_turn,
     scripted,
     student_system_prompt,
 )
+from envs.turns import analyze_teacher_turn, assess_turn, classify_teacher_turn
 from envs.tutoring import TutoringBatch, TutoringEnv
 
 TURNS = [json.loads(line) for line in (Path(__file__).parent / "data" / "teacher_turns.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""The degenerate-turn detector (envs.students.quality) on labelled turns, hard cases, and the report figures."""
+"""The degenerate-turn detector (envs.turns.quality) on labelled turns, hard cases, and the report figures."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from envs.data import load_tutoring_topics
-from envs.students import QualityFigures, Thresholds, assess_turn, is_degenerate, quality_figures
-from envs.students.quality import REASONS, distinct_n, last_full_sentence, topic_overlap
+from envs.turns import QualityFigures, Thresholds, assess_turn, is_degenerate, quality_figures
+from envs.turns.quality import REASONS, distinct_n, last_full_sentence, topic_overlap
 from envs.tutoring import SEED_TURNS, SEED_TURNS_HELDOUT
 
 DATA = Path(__file__).parent / "data"

@@ -12,7 +12,8 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
 from envs.judges import HeuristicSatisfactionJudge
-from envs.students import ScriptedStudent, classify_teacher_turn
+from envs.students import ScriptedStudent
+from envs.turns import classify_teacher_turn
 from envs.tutoring import SEED_TURNS_ASK, SEED_TURNS_EXPLAIN, SEED_TURNS_HELDOUT, TutoringBatch, TutoringEnv
 
 ENV_ID = "pluralgym/Tutoring-v0"

@@ -107,7 +107,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from envs.students.classifier import analyze_teacher_turn, split_sentences
+from envs.turns.classifier import analyze_teacher_turn, split_sentences
 
 REASONS = ("repetition", "cut_off", "off_topic", "filler", "meta_talk")
 """Why a turn can be degenerate, in the order the reasons are reported."""
