@@ -95,6 +95,21 @@ def make_candidates_run(folder: Path) -> Path:
 
 
 @pytest.fixture
+def server():
+    """A scripted OpenAI-compatible server on a free loopback port (``tests/chat_server.py``), shut after the test.
+
+    ``tests/test_real_server.py`` overrides it with a live ``transformers serve``.
+    """
+    from tests.chat_server import ScriptedServer
+
+    srv = ScriptedServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture
 def opsd_config():
     """``make(*overrides)``: a tiny OPSD config (TINY_OPSD plus the overrides)."""
     return lambda *overrides: compose_config("opsd", *TINY_OPSD, *overrides)

@@ -7,18 +7,9 @@ import pytest
 import algorithms.opsd as opsd
 from algorithms.trainer import ChatHealthError
 from envs.chat import ChatClientError
-from tests.chat_server import MODEL, Reply, ScriptedServer
+from tests.chat_server import MODEL, Reply
 
 GOOD = '{"critique": "fine", "labels": ["good"]}'
-
-
-@pytest.fixture()
-def server():
-    srv = ScriptedServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def llm_judges(server, tmp_path, *extra):

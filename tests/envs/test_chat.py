@@ -26,19 +26,10 @@ from envs.chat import (
     parse_json_reply,
     resolve_cache_path,
 )
-from tests.chat_server import MODEL, Reply, ScriptedServer
+from tests.chat_server import MODEL, Reply
 
 KEY_ENV = "PLURALGYM_TEST_CHAT_KEY"
 SECRET = "sk-test-SECRET-4f9c2e71"
-
-
-@pytest.fixture()
-def server():
-    srv = ScriptedServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 @pytest.fixture()

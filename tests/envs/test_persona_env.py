@@ -29,7 +29,7 @@ from envs.persona import (
     student_messages,
     teacher_messages,
 )
-from tests.chat_server import MODEL, Reply, ScriptedServer
+from tests.chat_server import MODEL, Reply
 
 ENV_ID = "pluralgym/PersonaCritic-v0"
 RESPONSES = [
@@ -312,15 +312,6 @@ def test_records_and_requests_from_plain_dicts_and_bad_lists():
 
 
 # --- chat-model plug-ins against the loopback server ------------------------------------------------------
-
-
-@pytest.fixture()
-def server():
-    srv = ScriptedServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def _llm_batch(server, n):

@@ -34,7 +34,7 @@ from envs.judges import (
     q_value,
 )
 from envs.judges.persona_llm import CRITIC_SYSTEM, JUDGE_SYSTEM, RUBRIC_SYSTEM
-from tests.chat_server import MODEL, Reply, ScriptedServer
+from tests.chat_server import MODEL, Reply
 
 RECORD = PersonaRecord("hand-1", {
     "professional": "A 45-year-old marine biologist from Lisbon who studies coral reefs and teaches oceanography.",
@@ -213,15 +213,6 @@ def test_heuristic_critic_names_used_missing_and_off_facet_details():
 
 
 # --- LLM versions against the loopback server ----------------------------------------------------------
-
-
-@pytest.fixture()
-def server():
-    srv = ScriptedServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def _client(server):
