@@ -629,10 +629,13 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     return results
 
 
+# the top-level keys this entry point reads (any other is refused by name)
+TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "resume", "overwrite")
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "resume",
-                          "overwrite"))
+    check_top_level(cfg, TOP_LEVEL_KEYS)
     cfg, out_dir, resume = resumable_config(cfg)
     results = run_benchmark(cfg, out_dir, resume=resume)
     print()

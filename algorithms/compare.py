@@ -237,8 +237,8 @@ def compare(paths: list[Path], labels: list[str] | None = None, plot: Path | Non
     return markdown + _tutoring(per_run)
 
 
-def main() -> None:
-    """Command line: ``python -m algorithms.compare <run or sweep> ... [--labels a,b] [--split test] [--out f.md]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m algorithms.compare``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path,
                         help="finished run folders, or multirun folders whose runs are seeds of one configuration")
@@ -251,7 +251,12 @@ def main() -> None:
     parser.add_argument("--allow-targets", default="",
                         help="comma-separated _target_ classes the runs' config.yaml may name besides the registered "
                              "plug-ins (your own students or judges)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Command line: ``python -m algorithms.compare <run or sweep> ... [--labels a,b] [--split test] [--out f.md]``."""
+    args = build_parser().parse_args()
     plot = args.out.with_suffix(".png") if args.out else None
     allow = [t for t in args.allow_targets.split(",") if t]
     markdown = compare(args.runs, args.labels.split(",") if args.labels else None, plot=plot, allow_targets=allow,

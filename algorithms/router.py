@@ -599,9 +599,13 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     return summary
 
 
+# the top-level keys this entry point reads (any other is refused by name)
+TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "prefixes", "router", "data", "resume", "overwrite")
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="router")
 def _main(cfg: DictConfig) -> None:
-    check_top_level(cfg, ("seed", "device", "env", "policy", "prefixes", "router", "data", "resume", "overwrite"))
+    check_top_level(cfg, TOP_LEVEL_KEYS)
     cfg, out_dir, resume = resumable_config(cfg)
     summary = train(cfg, out_dir, resume=resume)
     val = summary["val"]

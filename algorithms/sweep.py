@@ -111,13 +111,18 @@ def plot(variants: dict[str, list[dict[str, Any]]], patterns: tuple[str, ...], p
                 path)
 
 
-def main() -> None:
-    """Command line: ``python -m algorithms.sweep <folder> [--metrics glob ...]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m algorithms.sweep``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a folder holding the variants' run folders")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
                         help="glob patterns over the curve/ figures (default: a headline set)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Command line: ``python -m algorithms.sweep <folder> [--metrics glob ...]``."""
+    args = build_parser().parse_args()
     variants = collect(args.folder)
     markdown = tabulate(variants, tuple(args.metrics))
     (args.folder / "sweep.md").write_text(markdown)

@@ -193,8 +193,8 @@ class LocalServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m envs.chat.server``: serves a model on a loopback port until Ctrl-C."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m envs.chat.server``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a save_pretrained folder (default: the embedded model)")
@@ -204,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="serve one request at a time")
     parser.add_argument("--kv-cache-tokens", type=int, default=LocalServer.kv_cache_tokens,
                         help="paged KV cache of continuous batching, in tokens")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m envs.chat.server``: serves a model on a loopback port until Ctrl-C."""
+    args = build_parser().parse_args(argv)
     server = LocalServer(serving_folder(args.model), host=args.host, port=args.port,
                          continuous_batching=args.continuous_batching, kv_cache_tokens=args.kv_cache_tokens)
     where = "" if server.base_url == LOCAL_SERVER_URL else f" <plugin>.client.base_url={server.base_url}"
