@@ -140,7 +140,7 @@ def test_a_server_killed_mid_run_and_restarted_costs_retries_not_the_run(server,
     pid = server.pid
     run_dir = tmp_path / "run"
     watcher = kill_after_first_step(server, run_dir, restart=True)
-    opsd.train(student_run(server, opsd_config, "student.client.max_retries=10"), run_dir)
+    opsd.train(student_run(server, opsd_config, "student.client.max_retries=20"), run_dir)  # ~2 min of backoff
     watcher.join(timeout=5)
 
     history = rows(run_dir)
