@@ -10,7 +10,7 @@ Usage:
 Each problem is asked exactly as ``pluralgym/PersonaMath-v0`` asks it (``envs.math.math_messages``),
 answered greedily (temperature 0; ``--temperature`` samples instead, as training rollouts do) and
 scored by the environment's reward rule
-(``envs.data.math.is_correct``). Generated problems come from the ``--split`` stream (``eval`` by
+(``envs.math_reward.is_correct``). Generated problems come from the ``--split`` stream (``eval`` by
 default, which training never sees). Prints a markdown table with a 95% Wilson interval per row;
 ``--out`` also writes the rows and every answer as JSON.
 """
@@ -28,17 +28,9 @@ import torch
 
 from agents import generate, load_backbone
 from envs.data.drills import DRILL_KINDS, make_drills
-from envs.data.math import (
-    LEVELS,
-    SPLITS,
-    MathProblem,
-    has_final_marker,
-    is_correct,
-    load_gsm8k,
-    make_problems,
-    parse_final_number,
-)
+from envs.data.math import LEVELS, SPLITS, MathProblem, load_gsm8k, make_problems
 from envs.math import PromptPersona, math_messages, persona_pools
+from envs.math_reward import has_final_marker, is_correct, parse_final_number
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Persona-prefixed math word problems with a verifiable reward (the PerMix-RLVR setting).
 
-Problems, answer parsing and the reward rule live in ``envs.data.math``; this module holds the
+Problems live in ``envs.data.math``, answer parsing and the reward rule in ``envs.math_reward``; this module holds the
 personas the problems are asked under, the prompts, :class:`PersonaMathEnv` and its batch.
 
 Personas (:func:`persona_pools`): the 200 shipped PersonaGym descriptions split 125 / 50 / 25 into a
@@ -27,17 +27,13 @@ from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
     MathProblem,
-    answer_reward,
     clean_solution,
-    format_number,
-    has_final_marker,
-    is_correct,
     make_problems,
-    parse_final_number,
     problems_for_split,
     read_jsonl,
 )
 from envs.data.splits import personagym_part, read_split
+from envs.math_reward import answer_reward, format_number, has_final_marker, is_correct, parse_final_number
 from envs.tutoring import ChatMessages, ChatText
 
 MAX_ACTION_CHARS = 4000
@@ -234,7 +230,7 @@ class PersonaMathEnv(gym.Env):
     (``info["truncated_action"]``); lone surrogates become "?".
 
     ## Feedback/Reward
-    The reward is 1.0 when the answer's final number (``envs.data.math.parse_final_number``: the
+    The reward is 1.0 when the answer's final number (``envs.math_reward.parse_final_number``: the
     number after ``####``, else the last number) equals the reference, else 0.0; with
     ``format_bonus`` set, that amount is added to any answer written in the ``#### <number>`` form.
     ``info["feedback"]`` is a privileged note for self-distillation teachers: the verdict, the

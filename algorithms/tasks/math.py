@@ -29,11 +29,12 @@ import numpy as np
 from algorithms.tasks.base import EvalReport, Messages, Persona
 from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
 from envs.checks.math import check_answers
-from envs.data.math import DEFAULT_DIFFICULTY, has_final_marker, problems_for_split
+from envs.data.math import DEFAULT_DIFFICULTY, problems_for_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
+from envs.math_reward import has_final_marker
 
 if TYPE_CHECKING:
     from algorithms.episodes import EpisodeRecord

@@ -1,4 +1,4 @@
-"""Checks on math answers, written apart from the verifiable reward (``envs.data.math``).
+"""Checks on math answers, written apart from the verifiable reward (``envs.math_reward``).
 
 The reward takes the number after the *last* ``####`` marker, or else the last number of the
 answer. A policy could learn to hedge: list several candidates and put one last, or repeat the

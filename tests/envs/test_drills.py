@@ -3,8 +3,9 @@
 import pytest
 
 from envs.data.drills import DRILL_KINDS, make_drills
-from envs.data.math import answer_reward, problems_for_split
+from envs.data.math import problems_for_split
 from envs.data.splits import SPLITS
+from envs.math_reward import answer_reward
 
 
 def _check(problem):

@@ -3,7 +3,7 @@
 import pytest
 
 from envs.checks.math import check_answer, check_answers
-from envs.data.math import answer_reward
+from envs.math_reward import answer_reward
 
 
 @pytest.mark.parametrize("text", [

@@ -19,13 +19,9 @@ from envs.data.math import (
     MathProblem,
     _side,
     accuracy,
-    answer_reward,
     clean_solution,
-    has_final_marker,
-    is_correct,
     load_gsm8k,
     make_problems,
-    parse_final_number,
     problems_for_split,
 )
 from envs.math import (
@@ -39,6 +35,7 @@ from envs.math import (
     persona_pools,
     personas_for_split,
 )
+from envs.math_reward import answer_reward, has_final_marker, is_correct, parse_final_number
 
 ENV_ID = "pluralgym/PersonaMath-v0"
 ROOT = Path(__file__).resolve().parents[2]
