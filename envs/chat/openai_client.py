@@ -288,6 +288,16 @@ class OpenAIChatClient(ChatClient):
         text += f". {hint}" if hint else "."
         return self._redact(text)
 
+    def _served_models(self, client) -> list[str] | _Failure:
+        """The model ids the server lists, or why asking failed (errors that are not the SDK's propagate)."""
+        try:
+            return [m.id for m in client.models.list().data]
+        except Exception as err:
+            failure = self._classify(err)
+            if failure is None:
+                raise
+            return failure
+
     def _resolve_model(self, client=None) -> None:
         """Replaces ``model="auto"`` by the id of the only model the server lists (asked through ``client``)."""
         if self.model != AUTO_MODEL:
@@ -296,13 +306,9 @@ class OpenAIChatClient(ChatClient):
         with self._runtime_lock:
             if self.model != AUTO_MODEL:
                 return
-            try:
-                available = [m.id for m in client.models.list().data]
-            except Exception as err:
-                failure = self._classify(err)
-                if failure is None:
-                    raise
-                raise ChatClientError(self._check_message(failure) + " (model=auto lists the served models.)") from None
+            available = self._served_models(client)
+            if isinstance(available, _Failure):
+                raise ChatClientError(self._check_message(available) + " (model=auto lists the served models.)")
             if len(available) != 1:
                 listed = ", ".join(sorted(available)) or "none"
                 raise ChatClientError(f"chat.model=auto needs a server that serves exactly one model; {self.base_url} "
@@ -327,15 +333,11 @@ class OpenAIChatClient(ChatClient):
         if self.model == AUTO_MODEL:
             self._resolve_model(once)
             return
-        try:
-            available = [m.id for m in once.models.list().data]
-        except Exception as err:
-            failure = self._classify(err)
-            if failure is None:
-                raise
-            if failure.status == "HTTP 404":
+        available = self._served_models(once)
+        if isinstance(available, _Failure):
+            if available.status == "HTTP 404":
                 return self._check_with_chat(once)
-            raise ChatClientError(self._check_message(failure)) from None
+            raise ChatClientError(self._check_message(available))
         if available and self.model not in available:
             shown = ", ".join(sorted(available)[:20]) + (", ..." if len(available) > 20 else "")
             raise ChatClientError(
