@@ -44,17 +44,17 @@ from agents.models import resolve_device
 from agents.router import DEFAULT_POOLING
 from algorithms.cli import resumable_config
 from algorithms.components import agent_config, build_task
-from algorithms.episodes import EpisodeRecord, Selection, Selector, play_episodes
+from algorithms.episodes import Selection, Selector, play_episodes
 from algorithms.journal import Journal
 from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
 from algorithms.router import load_router, load_run
 from algorithms.router_data import matched_head, route
 from algorithms.runs import claim_run_dir, json_line, write_json
-from algorithms.tasks.base import Task
-from algorithms.tasks.reporting import markdown_table, pyplot, save_figure
 from algorithms.win_rates import win_rate_markdown, win_rates
 from configs import check_top_level, register
 from configs.validation import check_types, require, structured
+from envs.tasks.base import EpisodeRecord, Task
+from envs.tasks.reporting import markdown_table, pyplot, save_figure
 
 # ----------------------------------------------------------------------------------------------
 # Settings

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from algorithms.tasks.math import math_markdown, plot_accuracy
-from algorithms.tasks.persona import compare_runs as compare_persona
-from algorithms.tasks.reporting import Estimate, estimate, fmt, markdown_table
 from configs.trust import ALLOW_KEY, load_saved_config
+from envs.tasks.math import math_markdown, plot_accuracy
+from envs.tasks.persona import compare_runs as compare_persona
+from envs.tasks.reporting import Estimate, estimate, fmt, markdown_table
 
 # Keys that say how a run was started, not what it is: two seeds of one configuration differ only here.
 _RUN_ONLY = ("seed", "resume", "evaluate", "overwrite", ALLOW_KEY)

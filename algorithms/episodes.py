@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from agents import generate
 from agents.generation import GenerationOutput
-from algorithms.tasks.base import EpisodeBatch, Task
+from envs.tasks.base import EpisodeBatch, EpisodeRecord, Task
 
 Selection = dict[str, Any]
 Selector = Callable[[list[Any], int], Selection]
@@ -84,53 +84,6 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
     observations, rewards, terminated, truncated, infos = batch.step(actions)
     return Turn(generation, actions, list(observations), np.asarray(rewards, dtype=np.float64),
                 np.asarray(terminated), np.asarray(truncated), list(infos), gen_s, time.perf_counter() - start)
-
-
-@dataclass
-class EpisodeRecord:
-    """One episode played by one driver (a head, a mixture, a router, a model).
-
-    Attributes:
-        driver: Name of what chose the turns (the evaluation row).
-        options: The reset options that fixed the episode (context and label).
-        label: The hidden label (``label["persona"]`` included), as of the last turn.
-        start: The reset info (the episode's context, e.g. its topic).
-        observations: The observation before each generated turn (the prefixes a router reads).
-        actions: The generated turns, as sent to the env.
-        feedback: The privileged feedback after each turn.
-        rewards: The env reward of each turn.
-        infos: The step info of each turn.
-        final: The observation after the last turn.
-        weights: Head weights used at each turn, for drivers that mix heads.
-        tokens: Generated tokens of each turn (EOS included).
-        token_limit: The ``max_new_tokens`` the turns were generated with.
-        states: The episode's state before each turn (lets a caller replay a prefix with other
-            candidates); not written to reports.
-    """
-
-    driver: str
-    options: dict[str, Any]
-    label: dict[str, Any]
-    start: dict[str, Any] = field(default_factory=dict)
-    observations: list[Any] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    feedback: list[str] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    infos: list[dict] = field(default_factory=list)
-    final: Any = None
-    weights: list[list[float]] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    token_limit: int | None = None
-    states: list[dict] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """The record without its replay states, as JSON-compatible data."""
-        return {k: v for k, v in self.__dict__.items() if k != "states"}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EpisodeRecord:
-        """The record :meth:`to_json` wrote (without replay states)."""
-        return cls(**data)
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from algorithms.episodes import EpisodeRecord, play_episodes
+from algorithms.episodes import play_episodes
 from algorithms.runs import write_json
-from algorithms.tasks.base import Task
+from envs.tasks.base import EpisodeRecord, Task
 
 
 def head_rows(policy, head_for_persona: Sequence[int]) -> dict[str, dict[str, int]]:

@@ -55,9 +55,9 @@ from algorithms.journal import Journal
 from algorithms.losses import bt_mixture_loss, hedge_targets, soft_cross_entropy
 from algorithms.router import budget_indices, load_run
 from algorithms.runs import claim_run_dir, write_json
-from algorithms.tasks.reporting import markdown_table
 from configs import check_top_level, register
 from configs.validation import check_types, require, structured
+from envs.tasks.reporting import markdown_table
 
 MODEL_FILE, MODEL_CONFIG = "reward.safetensors", "reward.json"
 

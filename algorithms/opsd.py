@@ -265,7 +265,8 @@ class OPSDTrainer(Trainer):
         s = self.settings
         if s.turns_per_episode > self.task.max_turns:
             raise ConfigError(f"algorithm.turns_per_episode={s.turns_per_episode} is not allowed: the env's "
-                              f"episodes last {self.task.max_turns} turns.")
+                              f"episodes last {self.task.max_turns} turns. Pass algorithm.turns_per_episode={self.task.max_turns}, "
+                              "or set it once for the env in configs/env_opsd/<env>.yaml.")
         try:
             self.alphas = normalized_alphas(s.alphas, len(self.personas))
         except ValueError as err:

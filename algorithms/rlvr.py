@@ -40,10 +40,10 @@ from agents import score_completions
 from algorithms import cli
 from algorithms.losses import group_advantages, grpo_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
-from algorithms.tasks import PersonaPool
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
 from configs import register
 from configs.validation import ConfigError, require, require_choice
+from envs.tasks import PersonaPool
 
 
 @dataclass

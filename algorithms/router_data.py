@@ -1,6 +1,6 @@
 """The router's data: episode prefixes played by fixed heads, and every head's candidate from each prefix.
 
-Written against the task contract only (:mod:`algorithms.tasks.base`): the label that supervises a
+Written against the task contract only (:mod:`envs.tasks.base`): the label that supervises a
 router is ``label["persona"]``, the prefixes are observations, candidates are scored by replaying
 the episode's state with each candidate turn, so the environment's own feedback and reward (the
 student's reply and the satisfaction judge in tutoring) judge them.
@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
 from agents.router import DEFAULT_POOLING
 from algorithms.episodes import play_episodes
-from algorithms.tasks.base import Task
 from envs.judges.pairwise import PairwiseJudge
+from envs.tasks.base import Task
 
 
 @dataclass

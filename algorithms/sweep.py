@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from algorithms.runs import read_history
-from algorithms.tasks.reporting import fmt, line_panels, markdown_table
+from envs.tasks.reporting import fmt, line_panels, markdown_table
 
 LOWER_IS_BETTER = ("*degenerate*", "*cut_at_limit*")  # figures whose best point is their minimum
 DEFAULT_METRICS = ("questions_per_turn/*", "style/*", "satisfaction/*/mean", "quality/*/degenerate_share",

@@ -469,7 +469,7 @@ def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     figures of different scales (shares, words per turn) never share an axis; a figure
     ``curve/<group>/<row>`` gets panel ``<group>``.
     """
-    from algorithms.tasks.reporting import line_panels
+    from envs.tasks.reporting import line_panels
 
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in history:

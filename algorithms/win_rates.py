@@ -3,7 +3,7 @@
 Every row of a benchmark plays the same held-out episodes with the same seeds, so the first
 generated turn of two rows follows the same prefix. A *challenger* (a router, Persona-judge, a
 reranker...) is compared with each *opponent* (the equal blend, every fixed head) on that first
-turn: the task builds what the pairwise judge may see (:meth:`algorithms.tasks.Task.comparison`;
+turn: the task builds what the pairwise judge may see (:meth:`envs.tasks.Task.comparison`;
 for the persona critic, the request and the two responses only) and the judge gives the
 challenger's preference on ``{-1, -0.5, 0, 0.5, 1}``. The win rate counts a win as 1 and a tie as
 1/2 (the paper's numbers are multiples of 0.005, which fits that rule), with a bootstrap interval
@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.episodes import EpisodeRecord
-from algorithms.tasks.base import Task
-from algorithms.tasks.reporting import cell, markdown_table, ratio_estimate
+from envs.tasks.base import EpisodeRecord, Task
+from envs.tasks.reporting import cell, markdown_table, ratio_estimate
 
 
 def win_scores(preferences: Sequence[float]) -> np.ndarray:

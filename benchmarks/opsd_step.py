@@ -33,9 +33,9 @@ def make_batch(tokenizer, num_heads: int, rows: int, tokens: int, device):
     """A fixed batch: tutoring prompts, privileged prompts and a ``tokens``-long completion per row."""
     from agents.generation import encode_prompts
     from algorithms.opsd import DistillBatch
-    from algorithms.tasks import Persona, TutoringTask
     from envs.judges import HeuristicSatisfactionJudge
     from envs.students import ScriptedStudent
+    from envs.tasks import Persona, TutoringTask
 
     persona = Persona("interactive", "INTERACTIVE", "Ask the student a question and let them answer it.")
     task = TutoringTask([persona], ScriptedStudent(), HeuristicSatisfactionJudge())

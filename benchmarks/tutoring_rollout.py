@@ -24,9 +24,9 @@ import torch
 
 import envs  # noqa: F401  (registers the env ids)
 from agents import MultiHeadPolicy, generate, load_backbone
-from algorithms.tasks import TutoringTask
 from envs.judges import HeuristicSatisfactionJudge
 from envs.students import ScriptedStudent
+from envs.tasks import TutoringTask
 
 
 def sequential(policy, tokenizer, task, args) -> tuple[float, int]:

@@ -55,8 +55,6 @@ def register() -> None:
     from algorithms.rlvr import RLVRConfig
     from algorithms.rollout import RayConfig
     from algorithms.router import RouterConfig, RouterDataConfig
-    from algorithms.tasks import PersonaTask, TutoringTask
-    from algorithms.tasks.math import MathTask
     from envs.chat import LocalChatClient, OpenAIChatClient
     from envs.chat.server import LOCAL_SERVER_URL
     from envs.judges import (
@@ -70,6 +68,8 @@ def register() -> None:
     from envs.judges.persona import HeuristicPersonaCritic, HeuristicPersonaEvalJudge, HeuristicRubricExtractor
     from envs.judges.persona_llm import LLMPersonaCritic, LLMPersonaEvalJudge, LLMRubricExtractor
     from envs.students import ChatModelStudent, ScriptedStudent
+    from envs.tasks import PersonaTask, TutoringTask
+    from envs.tasks.math import MathTask
 
     def plugin(target: Any, **kwargs: Any) -> Any:
         return builds(target, populate_full_signature=True, **kwargs)

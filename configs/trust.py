@@ -28,6 +28,9 @@ CONFIG_DIR = Path(__file__).resolve().parent
 ALLOW_KEY = "allow_targets"
 # Hydra's own config groups (launchers, sweepers, loggers) are not plug-ins a run config can name.
 _SKIPPED_GROUPS = ("hydra",)
+# Module paths the project moved: a run folder saved before the move names the old path, which is
+# rewritten to the new one before vetting (the new path must then be a registered plug-in as usual).
+MOVED_MODULES = {"algorithms.tasks.": "envs.tasks."}
 
 
 class UntrustedConfigError(ConfigError):
@@ -124,6 +127,21 @@ def check_saved_config(cfg: DictConfig, source: str | Path, allowed: Iterable[st
             f"(or name it again, e.g. {key.rsplit('.', 1)[0] or 'node'}._target_={target}).")
 
 
+def _moved(node: Any) -> Any:
+    """``node`` (plain dicts and lists) with every ``_target_`` under a moved module renamed."""
+    if isinstance(node, dict):
+        out = {k: _moved(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_MODULES.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(node, list):
+        return [_moved(v) for v in node]
+    return node
+
+
 def load_saved_config(path: str | Path, current: Any = None) -> DictConfig:
     """Reads a saved ``config.yaml`` and vets every ``_target_`` in it (see the module docstring).
 
@@ -132,7 +150,8 @@ def load_saved_config(path: str | Path, current: Any = None) -> DictConfig:
         current: The config composed for this invocation (its command line may allow more targets).
 
     Returns:
-        The config, without the ``allow_targets`` it saved (only the current command line's counts).
+        The config, with targets under :data:`MOVED_MODULES` renamed and without the
+        ``allow_targets`` it saved (only the current command line's counts).
 
     Raises:
         UntrustedConfigError: If the file names a target that is not allowed; nothing has been called.
@@ -144,6 +163,7 @@ def load_saved_config(path: str | Path, current: Any = None) -> DictConfig:
         raise ConfigError(f"{path} is not a readable config ({type(err).__name__}: {err}).") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path} is not a run config (a mapping of settings was expected).")
+    cfg = OmegaConf.create(_moved(OmegaConf.to_container(cfg, resolve=False)))
     check_saved_config(cfg, path, allowed_targets(current))
     if ALLOW_KEY in cfg:
         with_flag = OmegaConf.to_container(cfg, resolve=False)

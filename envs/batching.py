@@ -40,7 +40,7 @@ def check_text_action(action: Any, *, env: str, noun: str, max_chars: int) -> tu
 
 
 class EnvBatch:
-    """Base of the batch classes (they satisfy ``algorithms.tasks.base.EpisodeBatch``).
+    """Base of the batch classes (they satisfy ``envs.tasks.base.EpisodeBatch``).
 
     Subclasses set ``self.envs`` (the N envs) and ``self._done`` (whether each episode has ended),
     and name what they hold in error messages with :attr:`episode_noun` and :attr:`action_noun`.

@@ -434,7 +434,7 @@ class PersonaMathEnv(gym.Env):
 
 
 class PersonaMathBatch(EnvBatch):
-    """N math episodes stepped together; satisfies ``algorithms.tasks.base.EpisodeBatch``.
+    """N math episodes stepped together; satisfies ``envs.tasks.base.EpisodeBatch``.
 
     Produces exactly what N separate :class:`PersonaMathEnv` would with the same seeds and actions
     (each episode keeps its own ``np_random``). There is no model-backed plug-in, so "batched"

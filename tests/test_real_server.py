@@ -19,13 +19,13 @@ from transformers import AutoTokenizer
 
 import algorithms.opsd as opsd
 from algorithms.checkpoint import load_checkpoint
-from algorithms.tasks.tutoring import EMPTY_TURN
 from algorithms.trainer import CHECKPOINT
 from envs.chat import ChatClientError, OpenAIChatClient
 from envs.chat.server import LocalServer, free_port, serving_folder
 from envs.judges import LLMPairwiseJudge, LLMPersonaCritic, LLMPersonaEvalJudge, LLMRubricExtractor, RubricQuery
 from envs.judges.pairwise import PREFERENCE_LEVELS, PairwiseComparison
 from envs.students import ChatModelStudent
+from envs.tasks.tutoring import EMPTY_TURN
 from tests.envs.test_persona_judges import ANSWERS, PROMPT, RECORD, _query
 
 pytestmark = [pytest.mark.real_server, pytest.mark.xdist_group("real_server")]

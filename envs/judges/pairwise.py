@@ -13,7 +13,7 @@ A judge returns the first candidate's preference over the second on the five lev
   judges which response fits the question better (000 App. B.5) and counts how often it picks the
   first slot (a position-bias check).
 
-The task decides what a judge may see (:meth:`algorithms.tasks.Task.comparison`); for the persona
+The task decides what a judge may see (:meth:`envs.tasks.Task.comparison`); for the persona
 critic that is the request and the two responses only, so the judge is blind to the persona.
 """
 

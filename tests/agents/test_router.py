@@ -87,7 +87,7 @@ def test_last_message_pooling_is_the_mean_state_over_the_last_message(tiny_polic
 
 def test_a_router_is_served_the_features_it_was_trained_on(tiny_policy, tmp_path):
     from algorithms.router_data import route
-    from algorithms.tasks import TutoringTask
+    from envs.tasks import TutoringTask
 
     policy, tok = tiny_policy
     router = Router(policy.config.hidden_size, 3, hidden_dim=8, num_layers=1, dropout=0.0, pooling="last_message")

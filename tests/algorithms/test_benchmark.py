@@ -8,8 +8,8 @@ import torch
 import algorithms.benchmark as bm
 import algorithms.router as rl
 from agents import Router
-from algorithms.episodes import EpisodeRecord
-from algorithms.tasks import TutoringTask
+from envs.tasks import TutoringTask
+from envs.tasks.base import EpisodeRecord
 from tests.conftest import compose_config, make_tiny_run
 
 TINY_BENCH = ["benchmark.contexts=4", "benchmark.turns=2", "benchmark.max_new_tokens=4", "benchmark.bootstrap=50",

@@ -17,9 +17,9 @@ from agents.models import load_backbone
 from algorithms.components import build_task
 from algorithms.opsd import DistillBatch, distill_step
 from algorithms.rollout import RolloutWorker
-from algorithms.tasks import TutoringTask
 from algorithms.trainer import CHECKPOINT
 from configs.validation import ConfigError
+from envs.tasks import TutoringTask
 from tests.conftest import compose_config, group_options, trained_parameters
 
 OPSD_PRESETS = ("opsd", "opsd_quick")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import algorithms.rlvr as rlvr
-from algorithms.episodes import EpisodeRecord
+from envs.tasks.base import EpisodeRecord
 from tests.conftest import compose_config, trained_parameters
 
 TINY_RLVR = ("agent=tiny", "algorithm.steps=2", "algorithm.prompts_per_step=2", "algorithm.group_size=4",
@@ -122,7 +122,7 @@ def _record(problem, persona, correct, answer="so #### 4"):
 
 
 def test_pss_and_the_persona_lottery_on_known_records():
-    from algorithms.tasks.math import MathTask
+    from envs.tasks.math import MathTask
 
     task = MathTask(eval_heldout_personas=0)
     # two questions x three personas: q0 right under every persona, q1 only without a persona
@@ -159,7 +159,7 @@ def test_played_records_carry_the_label_as_of_their_last_turn(tiny, monkeypatch)
     """The math report reads ``label["correct"]``, which the env sets only once the question is answered."""
     import envs.math
     from algorithms.episodes import play_episodes
-    from algorithms.tasks.math import MathTask
+    from envs.tasks.math import MathTask
 
     monkeypatch.setattr(envs.math, "is_correct", lambda *args, **kwargs: True)
     task = MathTask(eval_heldout_personas=0)

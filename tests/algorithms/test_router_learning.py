@@ -22,10 +22,10 @@ from algorithms.losses import (
     soft_cross_entropy,
 )
 from algorithms.router_data import PrefixExample, matched_head, prefix_features, route
-from algorithms.tasks import TutoringTask
 from configs.validation import ConfigError
 from envs import judges
 from envs.chat import JsonReply
+from envs.tasks import TutoringTask
 from tests.conftest import compose_config, group_options, make_tiny_run
 
 TINY_ROUTER = ["router.hidden_dim=16", "router.num_layers=2", "router.epochs=3", "router.batch_size=4",

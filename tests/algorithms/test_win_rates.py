@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from algorithms.episodes import EpisodeRecord
 from algorithms.win_rates import first_turn_preferences, win_rate_markdown, win_rates, win_scores
+from envs.tasks.base import EpisodeRecord
 from tests.algorithms.test_benchmark import tutoring_task
 
 

@@ -61,7 +61,7 @@ def _entry(module: str, *args: str, cwd: Path):
 def test_the_registered_plug_ins_are_known_and_nothing_else():
     targets = registered_targets()
     assert {"envs.students.scripted.ScriptedStudent", "envs.chat.openai_client.OpenAIChatClient",
-            "algorithms.tasks.tutoring.TutoringTask", "envs.judges.persona.HeuristicPersonaCritic",
+            "envs.tasks.tutoring.TutoringTask", "envs.judges.persona.HeuristicPersonaCritic",
             "algorithms.benchmark.OfflineRouter"} <= targets
     assert not {"torch.load", "os.system", "???"} & targets
 
@@ -137,3 +137,15 @@ def test_the_command_line_allows_a_custom_plug_in_and_the_folder_cannot(finished
 def test_an_unmodified_run_folder_loads(finished_run):
     policy, _, cfg = router.load_run(finished_run, "cpu", current=compose_config("router", f"policy={finished_run}"))
     assert cfg.env._target_.endswith("TutoringTask") and policy.head_names == ["direct", "interactive"]
+
+
+def test_a_folder_saved_before_the_tasks_moved_loads_under_the_new_path(finished_run, tmp_path):
+    """Run folders written when the tasks lived in ``algorithms.tasks`` still resume and evaluate."""
+    cfg = OmegaConf.load(finished_run / "config.yaml")
+    assert cfg.env._target_ == "envs.tasks.tutoring.TutoringTask"
+    run = poisoned(finished_run, tmp_path, "env._target_", "algorithms.tasks.tutoring.TutoringTask")
+    loaded = load_saved_config(run / "config.yaml")
+    assert loaded.env._target_ == "envs.tasks.tutoring.TutoringTask"
+    outside = poisoned(finished_run, tmp_path / "other", "env._target_", "algorithms.opsd.main")
+    with pytest.raises(UntrustedConfigError, match="algorithms.opsd.main"):
+        load_saved_config(outside / "config.yaml")

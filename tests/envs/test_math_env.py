@@ -392,7 +392,7 @@ def test_long_action_is_cut_surrogates_replaced_and_misuse_raises():
 
 def test_batch_satisfies_the_contract_and_checks_its_input():
     """(That a batch plays like single envs is tests/envs/test_batches.py.)"""
-    from algorithms.tasks.base import EpisodeBatch
+    from envs.tasks.base import EpisodeBatch
 
     n = 6
     batch = PersonaMathBatch(n)

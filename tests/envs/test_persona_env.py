@@ -158,7 +158,7 @@ def test_teacher_messages_swap_only_the_system_message():
     assert teacher_messages(obs, "Culinary", "x") == teacher_messages(obs, "culinary", "x")
     # without feedback: the same prompt less the critique message (the with/without-feedback ablation)
     assert teacher_messages(obs, "arts", None) == teacher_messages(obs, "arts", critique)[:-1]
-    from algorithms.tasks.persona import PersonaTask
+    from envs.tasks.persona import PersonaTask
 
     off = PersonaTask(None, None, None, teacher_feedback=False)
     on = PersonaTask(None, None, None)

@@ -6,10 +6,10 @@ import pytest
 
 import algorithms.opsd as opsd
 import algorithms.rlvr as rlvr
-from algorithms.tasks.reporting import ClusterDraw, clustered_ratio, ratio_estimate
 from envs.data.persona import load_split
 from envs.data.splits import SPLITS, watch_splits
 from envs.math import personas_for_split
+from envs.tasks.reporting import ClusterDraw, clustered_ratio, ratio_estimate
 from tests.conftest import compose_config
 
 HELD_OUT = ("eval", "test")

@@ -3,6 +3,7 @@
 import copy
 import json
 import pickle
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -11,17 +12,19 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
 from algorithms.components import build_task
-from algorithms.tasks import SPLITS, EpisodeBatch, Task
 from envs.chat import chat_counters
+from envs.tasks import SPLITS, EpisodeBatch, Task
 from tests.conftest import compose_config
 
-TASKS = ["tutoring", "persona"]
+TASKS = ["tutoring", "persona", "toy"]  # toy: a user's env from outside the package (tests/toy_task.py)
+TOY_CONFIGS = Path(__file__).resolve().parents[1] / "toy_configs"
+TOY_SEARCHPATH = f"hydra.searchpath=[file://{TOY_CONFIGS}]"
 IDS = sorted(i for i in gymnasium.registry if i.startswith("pluralgym/"))
 
 
 @pytest.fixture(scope="module", params=TASKS)
 def task(request):
-    return build_task(compose_config("opsd", f"env={request.param}"))
+    return build_task(compose_config("opsd", f"env={request.param}", TOY_SEARCHPATH))
 
 
 def actions_for(task, n, salt=""):
@@ -182,8 +185,26 @@ def test_feedback_never_reaches_the_policy_prompt_it_answers_fuzzed(overrides):
 
 
 def test_the_persona_pool_is_an_optional_capability_checked_by_type():
-    from algorithms.tasks import PersonaPool, PersonaTask, TutoringTask
-    from algorithms.tasks.math import MathTask
+    from envs.tasks import PersonaPool, PersonaTask, TutoringTask
+    from envs.tasks.math import MathTask
 
     assert issubclass(MathTask, PersonaPool)  # RLVR mixes its personas into the prompts
     assert not issubclass(TutoringTask, PersonaPool) and not issubclass(PersonaTask, PersonaPool)
+
+
+def test_a_toy_task_from_the_tests_folder_trains_with_no_trainer_change(tmp_path):
+    """One task file and one YAML outside the package are a new env: OPSD trains and evaluates it."""
+    import algorithms.opsd as opsd
+    from tests.conftest import TINY_OPSD, compose_config
+    from tests.toy_task import ToyBatch, ToyTask
+
+    task = ToyTask()
+    assert isinstance(task, Task) and isinstance(task.make_batch(2), EpisodeBatch)
+    cfg = compose_config("opsd", *TINY_OPSD, "env=toy", TOY_SEARCHPATH, "algorithm.contrast=null",
+                         "algorithm.turns_per_episode=1", "algorithm.eval.turns=1")
+    summary = opsd.train(cfg, tmp_path / "run")
+    assert summary["step"] == 2 and summary["finished"]
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(report["report"]["rows"]) == {"head_loud", "head_quiet", "blend", "base"}
+    assert {r["driver"] for r in report["records"]} == set(report["report"]["rows"])
+    assert ToyBatch.__module__ == "tests.toy_task"  # nothing of it lives in the package

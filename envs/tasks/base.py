@@ -4,7 +4,7 @@ A *task* is the trainers' view of one environment that gives privileged feedback
 this project (``algorithms.opsd``, ``.rlvr``, ``.router``, ``.benchmark`` and the rollout workers)
 talks to environments only through :class:`Task` and :class:`EpisodeBatch`; none of them imports a
 concrete env. Adding an environment means writing one class that satisfies :class:`Task` (see
-:class:`algorithms.tasks.tutoring.TutoringTask` and :class:`algorithms.tasks.persona.PersonaTask`)
+:class:`envs.tasks.tutoring.TutoringTask` and :class:`envs.tasks.persona.PersonaTask`)
 and one YAML under ``configs/env/`` that builds it; no trainer changes.
 
 What a task provides, in the order a trainer uses it:
@@ -25,7 +25,7 @@ What a task provides, in the order a trainer uses it:
    pairwise judge may see when two candidates from one prefix are compared (:meth:`Task.comparison`).
 6. **Per-step figures** (:meth:`Task.step_metrics`): per-turn values the trainer logs per persona.
 7. **Evaluation** (:meth:`Task.eval_options`, :meth:`Task.evaluate`): the held-out episodes, and
-   the task's own report of rows of :class:`algorithms.episodes.EpisodeRecord` (one row per head,
+   the task's own report of rows of :class:`EpisodeRecord` (one row per head,
    the equal blend, the base model, a router...).
 8. **Chat plug-ins** (:meth:`Task.chat_plugins`): the plug-ins that may talk to a chat model; the
    trainer checks their servers before its first step and logs their traffic (``chat/`` metrics).
@@ -49,11 +49,10 @@ import numpy as np
 from envs.data.splits import SPLITS
 
 if TYPE_CHECKING:
-    from algorithms.episodes import EpisodeRecord
     from envs.judges.pairwise import PairwiseComparison
 
 Messages = list[dict[str, str]]
-__all__ = ["SPLITS", "EpisodeBatch", "EvalReport", "Messages", "Persona", "Task", "personas_from"]
+__all__ = ["SPLITS", "EpisodeBatch", "EpisodeRecord", "EvalReport", "Messages", "Persona", "Task", "personas_from"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +117,53 @@ class EpisodeBatch(Protocol):
     def close(self) -> None:
         """Releases whatever the episodes hold."""
         ...
+
+
+@dataclass
+class EpisodeRecord:
+    """One episode played by one driver (a head, a mixture, a router, a model).
+
+    Attributes:
+        driver: Name of what chose the turns (the evaluation row).
+        options: The reset options that fixed the episode (context and label).
+        label: The hidden label (``label["persona"]`` included), as of the last turn.
+        start: The reset info (the episode's context, e.g. its topic).
+        observations: The observation before each generated turn (the prefixes a router reads).
+        actions: The generated turns, as sent to the env.
+        feedback: The privileged feedback after each turn.
+        rewards: The env reward of each turn.
+        infos: The step info of each turn.
+        final: The observation after the last turn.
+        weights: Head weights used at each turn, for drivers that mix heads.
+        tokens: Generated tokens of each turn (EOS included).
+        token_limit: The ``max_new_tokens`` the turns were generated with.
+        states: The episode's state before each turn (lets a caller replay a prefix with other
+            candidates); not written to reports.
+    """
+
+    driver: str
+    options: dict[str, Any]
+    label: dict[str, Any]
+    start: dict[str, Any] = field(default_factory=dict)
+    observations: list[Any] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    infos: list[dict] = field(default_factory=list)
+    final: Any = None
+    weights: list[list[float]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    token_limit: int | None = None
+    states: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record without its replay states, as JSON-compatible data."""
+        return {k: v for k, v in self.__dict__.items() if k != "states"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EpisodeRecord:
+        """The record :meth:`to_json` wrote (without replay states)."""
+        return cls(**data)
 
 
 @dataclass

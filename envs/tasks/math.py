@@ -22,12 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from algorithms.tasks.base import EvalReport, Messages, Persona
-from algorithms.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
 from envs.checks.math import check_answers
 from envs.data.math import DEFAULT_DIFFICULTY, problems_for_split
 from envs.data.splits import check_contexts, read_split
@@ -35,9 +33,8 @@ from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
 from envs.math_reward import has_final_marker
-
-if TYPE_CHECKING:
-    from algorithms.episodes import EpisodeRecord
+from envs.tasks.base import EpisodeRecord, EvalReport, Messages, Persona
+from envs.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
 
 EMPTY_ANSWER = "I do not know. #### 0"  # stands in for a sampled answer that is empty once decoded
 

@@ -21,12 +21,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from algorithms.tasks.base import EvalReport, Messages, Persona, personas_from
-from algorithms.tasks.reporting import (
+from envs.checks import check_turn, check_turns
+from envs.data import load_tutoring_topics
+from envs.data.splits import check_contexts, read_split
+from envs.judges.base import JudgeDialogue
+from envs.judges.pairwise import PairwiseComparison
+from envs.tasks.base import EpisodeRecord, EvalReport, Messages, Persona, personas_from
+from envs.tasks.reporting import (
     ClusterDraw,
     cell,
     clustered_ratio,
@@ -38,17 +43,9 @@ from algorithms.tasks.reporting import (
     save_figure,
     unit_sums,
 )
-from envs.checks import check_turn, check_turns
-from envs.data import load_tutoring_topics
-from envs.data.splits import check_contexts, read_split
-from envs.judges.base import JudgeDialogue
-from envs.judges.pairwise import PairwiseComparison
 from envs.turns.classifier import analyze_teacher_turn
 from envs.turns.quality import last_full_sentence, quality_figures
 from envs.tutoring import MAX_TURNS, SEED_TURNS_HELDOUT, TutoringBatch, observation_topic
-
-if TYPE_CHECKING:
-    from algorithms.episodes import EpisodeRecord
 
 _ROLES = {"system": "system", "teacher": "assistant", "student": "user"}
 EMPTY_TURN = "Okay."  # stands in for a sampled turn that is empty once decoded (the env rejects blanks)

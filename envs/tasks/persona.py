@@ -17,21 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from algorithms.tasks.base import EvalReport, Messages, Persona
-from algorithms.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure, unit_sums
 from envs.data.persona import FACET_LABELS, FACETS, PersonaData, PersonaRecord, load_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.judges.persona import ResponseQuery, delta_diag, diag_wins, q_own
 from envs.persona import PersonaCriticBatch, teacher_messages
-
-if TYPE_CHECKING:
-    from algorithms.episodes import EpisodeRecord
+from envs.tasks.base import EpisodeRecord, EvalReport, Messages, Persona
+from envs.tasks.reporting import fmt, heatmap, markdown_table, pyplot, save_figure, unit_sums
 
 EMPTY_RESPONSE = "I would rather not say."  # stands in for a sampled response that is empty once decoded
 ATTRIBUTION_PROMPT = "Answer the user as the person described here would:"  # one facet's system text
