@@ -264,8 +264,9 @@ class OPSDTrainer(Trainer):
         super().__init__(cfg, run_dir)
         s = self.settings
         if s.turns_per_episode > self.task.max_turns:
+            turns = self.task.max_turns
             raise ConfigError(f"algorithm.turns_per_episode={s.turns_per_episode} is not allowed: the env's "
-                              f"episodes last {self.task.max_turns} turns. Pass algorithm.turns_per_episode={self.task.max_turns}, "
+                              f"episodes last {turns} turns. Pass algorithm.turns_per_episode={turns}, "
                               "or set it once for the env in configs/env_opsd/<env>.yaml.")
         try:
             self.alphas = normalized_alphas(s.alphas, len(self.personas))
