@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from agents import generate
 from agents.generation import GenerationOutput
+from algorithms.seeds import turn_seed
 from envs.tasks.base import EpisodeBatch, EpisodeRecord, Task
 
 Selection = dict[str, Any]
@@ -132,7 +133,7 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
             if torch.is_tensor(weights) and weights.dim() == 2:
                 record.weights.append(weights[i].tolist())
         step = take_turn(policy, tokenizer, task, batch, observations, selection, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, seed=seed * 7919 + turn, batch_size=batch_size)
+                         temperature=temperature, top_p=top_p, seed=turn_seed(seed, turn), batch_size=batch_size)
         if hasattr(selector, "observe"):
             selector.observe(step.infos, step.rewards)
         lengths = step.generation.completion_mask.sum(1).tolist()

@@ -47,7 +47,8 @@ from algorithms.losses import (
     opsd_sequence_loss,
 )
 from algorithms.rollout import RolloutRequest, RolloutResult
-from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
+from algorithms.seeds import episode_seed, rollout_seed
+from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, accumulated_step, fit
 from configs import register
 from configs.validation import ConfigError, require, require_choice, structured
 
@@ -207,10 +208,9 @@ def distill_step(
     scale = torch.tensor([batch.groups[g][2] / len(batch.groups[g][1]) for g, _ in order])
     rows_all = torch.tensor([row for _, row in order])
     policy.train()
-    optimizer.zero_grad(set_to_none=True)
     group_total = [0.0] * len(batch.groups)
-    for i in range(0, len(order), micro_batch):
-        part = slice(i, i + micro_batch)
+
+    def chunk_loss(part: torch.Tensor) -> torch.Tensor:
         idx = rows_all[part]
         selection = {"head": 0} if policy.num_heads == 1 else \
             {"weights": nn.functional.one_hot(head_of[part], policy.num_heads).float()}
@@ -233,14 +233,13 @@ def distill_step(
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
                                            comp[idx], comp_mask[idx], **selection)  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
-        (per_turn * scale[part].to(per_turn)).sum().backward()
-        for (g, _), value in zip(order[part], per_turn.detach().tolist()):
-            group_total[g] += value
+        for position, value in zip(part.tolist(), per_turn.detach().tolist()):
+            group_total[order[position][0]] += value
+        return (per_turn * scale[part].to(per_turn)).sum()
+
+    grad_norm = accumulated_step(optimizer, len(order), micro_batch, chunk_loss, max_grad_norm)
     group_loss = [total / len(rows) if rows else float("nan")
                   for total, (_, rows, _) in zip(group_total, batch.groups)]
-    params = [q for g in optimizer.param_groups for q in g["params"]]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    optimizer.step()
     return group_loss, grad_norm
 
 
@@ -312,9 +311,9 @@ class OPSDTrainer(Trainer):
             out.append(RolloutRequest(
                 step=step, shard=k, uids=[uids[r] for r in part], personas=personas,
                 heads=[self.head_of(p) for p in personas], version=self.step,
-                gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
+                gen_seed=rollout_seed(self.cfg.seed, step, k),
                 turn=step % self.settings.turns_per_episode + 1,
-                reset_seeds=[self.cfg.seed * 10_000_019 + episode * num * n + r for r in part] if fresh else None,
+                reset_seeds=[episode_seed(self.cfg.seed, episode * num * n + r) for r in part] if fresh else None,
                 reset_options=[self.task.persona_options(self.personas[p].name) for p in personas]
                 if fresh and self.task.feedback_follows_head else None,
                 states=None if fresh else [self.episodes[r] for r in part],

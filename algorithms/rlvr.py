@@ -40,7 +40,8 @@ from agents import score_completions
 from algorithms import cli
 from algorithms.losses import group_advantages, grpo_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
-from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, fit
+from algorithms.seeds import episode_seed, rollout_seed
+from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, accumulated_step, fit
 from configs import register
 from configs.validation import ConfigError, require, require_choice
 from envs.tasks import PersonaPool
@@ -159,11 +160,11 @@ class RLVRTrainer(Trainer):
         personas = draw_personas(self.pool_ids, g, n, none_prob=s.persona_none_prob, mixing=s.persona_mixing,
                                  rng=rng)
         rows = list(range(g * n))
-        seeds = [self.cfg.seed * 10_000_019 + step * g + r // n for r in rows]  # one question per group
+        seeds = [episode_seed(self.cfg.seed, step * g + r // n) for r in rows]  # one question per group
         shards = [list(part) for part in np.array_split(rows, self.num_shards) if len(part)]
         return [RolloutRequest(
             step=step, shard=k, uids=[f"s{step}-q{r // n}-a{r % n}" for r in part], personas=[0] * len(part),
-            heads=[0] * len(part), version=self.step, gen_seed=self.cfg.seed * 1_000_003 + step + k * 1_000_000_007,
+            heads=[0] * len(part), version=self.step, gen_seed=rollout_seed(self.cfg.seed, step, k),
             reset_seeds=[seeds[r] for r in part],
             reset_options=([self.task.persona_options(personas[r]) for r in part]
                            if isinstance(self.task, PersonaPool) else None),
@@ -183,13 +184,13 @@ class RLVRTrainer(Trainer):
         rows = [i for i in range(len(rewards)) if advantages[i] != 0 or s.kl_coef > 0]  # others add exactly 0
         total = len(rewards)
         self.policy.train()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        trained = torch.tensor(rows, dtype=torch.long)
         iterations = []  # (losses, kls, clipped, ratio deviation, grad norm) of each inner step
         for _ in range(s.inner_iterations if rows else 0):
-            self.optimizer.zero_grad(set_to_none=True)
             losses, kls, clips, moved = [], [], [], []
-            for start in range(0, len(rows), s.micro_batch):
-                idx = torch.tensor(rows[start:start + s.micro_batch])
+
+            def chunk_loss(part: torch.Tensor) -> torch.Tensor:
+                idx = trained[part]
                 length = int(completion_mask[idx].sum(1).max())
                 args = (prompt_ids[idx], prompt_mask[idx], completion_ids[idx, :length], completion_mask[idx, :length])
                 # At the rollout temperature: the ratio compares the distribution the answers were sampled from.
@@ -200,14 +201,14 @@ class RLVRTrainer(Trainer):
                         ref = score_completions(self.reference, *args, temperature=s.temperature)
                 loss, kl, clipped = grpo_loss(logp, old[idx, :length], advantages[idx].to(dev), args[3],
                                               clip_eps=s.clip_eps, ref_logprobs=ref, beta=s.kl_coef)
-                (loss.sum() / total).backward()
                 gap = ((logp.detach() - old[idx, :length]).exp() - 1).abs() * args[3]
-                losses += loss.detach().tolist()
-                kls += kl.tolist()
-                clips += clipped.tolist()
-                moved += (gap.sum(1) / args[3].sum(1).clamp(min=1)).tolist()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
-            self.optimizer.step()
+                losses.extend(loss.detach().tolist())
+                kls.extend(kl.tolist())
+                clips.extend(clipped.tolist())
+                moved.extend((gap.sum(1) / args[3].sum(1).clamp(min=1)).tolist())
+                return loss.sum() / total
+
+            grad_norm = accumulated_step(self.optimizer, len(rows), s.micro_batch, chunk_loss, s.max_grad_norm)
             iterations.append((losses, kls, clips, moved, grad_norm))
         losses, kls, clips, moved, grad_norm = iterations[0] if iterations else ([], [], [], [], 0.0)
         last = iterations[-1] if iterations else (losses, kls, clips, moved, grad_norm)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -227,6 +229,34 @@ class TrainerConfig:
                 "must be in [0, 1]")
         require(self.chat_fallback_stop is None or 0 <= self.chat_fallback_stop <= 1, "algorithm.chat_fallback_stop",
                 self.chat_fallback_stop, "must be null or in [0, 1]")
+
+
+def accumulated_step(optimizer: torch.optim.Optimizer, rows: int, micro_batch: int,
+                     chunk_loss: Callable[[torch.Tensor], torch.Tensor], max_grad_norm: float) -> float:
+    """One optimiser step whose gradient is accumulated over micro-batches of ``rows`` rows.
+
+    OPSD and RLVR both update this way: the rows of a step are cut into chunks of ``micro_batch``
+    (each a backward pass, so memory is bounded by the chunk), then the gradient is clipped and the
+    optimiser steps once.
+
+    Args:
+        optimizer: The optimiser; its parameter groups are the parameters clipped.
+        rows: How many rows the step has.
+        micro_batch: Rows per chunk.
+        chunk_loss: ``positions -> loss``: the scalar loss of the rows at ``positions`` (a long
+            tensor), already scaled for its share of the step; it may record per-row figures.
+        max_grad_norm: Clipping threshold of the total gradient norm.
+
+    Returns:
+        The gradient norm before clipping.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    for start in range(0, rows, micro_batch):
+        chunk_loss(torch.arange(start, min(start + micro_batch, rows))).backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    return grad_norm
 
 
 class ChatHealthError(RuntimeError):
