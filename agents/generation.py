@@ -109,10 +109,18 @@ def _eos_ids(tokenizer: PreTrainedTokenizerBase, model) -> list[int]:
 
 
 def _rows(weights: Weights, start: int, stop: int):
+    """The rows ``start:stop`` of per-row weights ``(B, K)``; anything else applies to every row as it is."""
     if weights is None:
         return None
     w = torch.as_tensor(weights) if not torch.is_tensor(weights) else weights
     return w[start:stop] if w.dim() == 2 else w
+
+
+def _head_rows(head: HeadRef, start: int, stop: int) -> HeadRef:
+    """The rows ``start:stop`` of per-row head indices; a single head applies to every row."""
+    if torch.is_tensor(head) or isinstance(head, (list, tuple)):
+        return torch.as_tensor(head, dtype=torch.long)[start:stop]
+    return head
 
 
 @torch.no_grad()
@@ -128,10 +136,14 @@ def _generate_chunk(
                 policy, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                 temperature=temperature, eos_ids=eos, pad_id=tokenizer.pad_token_id)
         elif drop_finished:
-            per_row = selection is not None and selection.weights is not None and selection.weights.dim() == 2
+            per_row_weights = selection is not None and selection.weights is not None and selection.weights.dim() == 2
+            per_row = per_row_weights or (selection is not None and selection.heads is not None)
 
-            def narrow(rows: torch.Tensor) -> None:  # finished rows left the batch: so do their head weights
-                policy.heads.select(HeadSelection(weights=selection.weights[rows.to(selection.weights.device)]))
+            def narrow(rows: torch.Tensor) -> None:  # finished rows left the batch: so do their heads or weights
+                if per_row_weights:
+                    policy.heads.select(HeadSelection(weights=selection.weights[rows.to(selection.weights.device)]))
+                else:
+                    policy.heads.select(HeadSelection(heads=selection.heads[rows.to(selection.heads.device)]))
 
             completion, logprobs = sample_dropping_finished(
                 model, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
@@ -184,7 +196,7 @@ def generate(
         policy: A :class:`MultiHeadPolicy` (or a plain Hugging Face causal LM, then without head/weights).
         tokenizer: Its tokenizer.
         prompts: Raw strings or chat conversations (see :func:`encode_prompts`).
-        head: Sample from this head (index or name).
+        head: Sample from this head (index or name), or each row from its own head (``(B,)`` indices).
         weights: ``(K,)`` or ``(B, K)`` head weights: sample from the logit-space mixture.
             With neither head nor weights, a MultiHeadPolicy samples from the equal blend.
         max_new_tokens: Length limit of each completion.
@@ -220,6 +232,8 @@ def generate(
         w = torch.as_tensor(weights) if not torch.is_tensor(weights) else weights
         if w.dim() == 2 and w.shape[0] != n:
             raise ValueError(f"Got {w.shape[0]} rows of head weights for {n} prompts.")
+    if (torch.is_tensor(head) or isinstance(head, (list, tuple))) and len(head) != n:
+        raise ValueError(f"Got {len(head)} per-row heads for {n} prompts.")
     step = batch_size or n
     devices = [device] if device.type == "cuda" else []
     chunks = []
@@ -232,7 +246,7 @@ def generate(
             keep = int(mask.sum(dim=1).max())  # drop padding columns this chunk does not need
             ids, mask = ids[:, -keep:], mask[:, -keep:]
             comp, comp_mask, logprobs = _generate_chunk(
-                policy, tokenizer, ids, mask, head, _rows(weights, start, stop),
+                policy, tokenizer, ids, mask, _head_rows(head, start, stop), _rows(weights, start, stop),
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
                 drop_finished=drop_finished, decoder=decoder,
             )
@@ -269,7 +283,7 @@ def completion_logits(
         prompt_mask: ``(B, P)``.
         completion_ids: ``(B, T)`` completion tokens.
         completion_mask: ``(B, T)``.
-        head: Head to use (index or name).
+        head: Head to use (index or name), or one head index per row.
         weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
 
     Returns:
@@ -307,7 +321,7 @@ def score_completions(
         prompt_mask: ``(B, P)``.
         completion_ids: ``(B, T)`` completion tokens.
         completion_mask: ``(B, T)``.
-        head: Head to use (index or name).
+        head: Head to use (index or name), or one head index per row.
         weights: Or ``(K,)`` / ``(B, K)`` mixture weights; with neither, the equal blend.
         temperature: Read the log-probabilities of ``softmax(logits / temperature)``: pass the
             temperature the completions were sampled at to score the sampling policy (what RLVR's

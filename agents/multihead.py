@@ -37,7 +37,7 @@ POLICY_CONFIG = "pluralgym_policy.json"
 HEADS_FILE = "heads.safetensors"
 _FORMAT = 1
 
-HeadRef = int | str | None
+HeadRef = int | str | Sequence[int] | torch.Tensor | None  # one head, or one head index per row
 Weights = torch.Tensor | Sequence[float] | Sequence[Sequence[float]] | None
 
 
@@ -46,11 +46,13 @@ class HeadSelection:
     """Which output projection a forward pass uses.
 
     Attributes:
-        head: Index of a single head, or None for a mixture.
-        weights: Mixture weights, ``(K,)`` or ``(B, K)``; None with ``head=None`` means the equal blend.
+        head: Index of a single head for every row, or None.
+        heads: ``(B,)`` head index of each row (long), or None: each row through its own head.
+        weights: Mixture weights, ``(K,)`` or ``(B, K)``; None with neither head set means the equal blend.
     """
 
     head: int | None = None
+    heads: torch.Tensor | None = None
     weights: torch.Tensor | None = None
 
 
@@ -148,8 +150,9 @@ class MultiHeadLMHead(nn.Module):
         """Projects ``(B, T, H)`` hidden states to ``(B, T, V)`` logits under the current selection."""
         sel = self.selection
         if sel.head is not None:
-            bias = None if self.biases is None else self.biases[sel.head]
-            return nn.functional.linear(hidden, self.weights[sel.head], bias)
+            return nn.functional.linear(hidden, *self._projection(sel.head))
+        if sel.heads is not None:
+            return self._per_row_head_logits(hidden, sel.heads)
         weights = sel.weights
         if weights is None:
             weights = hidden.new_full((self.num_heads,), 1.0 / self.num_heads)
@@ -180,6 +183,23 @@ class MultiHeadLMHead(nn.Module):
         for u, (weight, bias) in enumerate(projections):
             rows = (inverse == u).nonzero(as_tuple=True)[0]
             out[rows] = nn.functional.linear(hidden[rows], weight, bias)
+        return out
+
+    def _projection(self, d: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head ``d``'s weight and bias."""
+        return self.weights[d], None if self.biases is None else self.biases[d]
+
+    def _per_row_head_logits(self, hidden: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Each row through its own head (only that head's logits are computed); ``(B, T, V)``."""
+        if heads.shape[0] != hidden.shape[0]:
+            raise ValueError(f"Head indices were set for {heads.shape[0]} sequences, got {hidden.shape[0]}.")
+        used = torch.unique(heads).tolist()
+        if len(used) == 1:
+            return nn.functional.linear(hidden, *self._projection(used[0]))
+        out = hidden.new_empty(*hidden.shape[:-1], self.weights[0].shape[0])  # (B, T, V)
+        for d in used:
+            rows = (heads == d).nonzero(as_tuple=True)[0]
+            out[rows] = nn.functional.linear(hidden[rows], *self._projection(d))
         return out
 
     def _mix_head_logits(self, hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -285,6 +305,14 @@ class MultiHeadPolicy(nn.Module):
         """Validates a head / weights request and returns the matching :class:`HeadSelection`."""
         if head is not None and weights is not None:
             raise ValueError("Pass either head= or weights=, not both.")
+        if torch.is_tensor(head) or isinstance(head, (list, tuple)):
+            heads = torch.as_tensor(head, dtype=torch.long).detach()
+            if heads.dim() != 1 or not heads.numel():
+                raise ValueError("Per-row heads must be a non-empty 1-D sequence of indices, "
+                                 f"got shape {tuple(heads.shape)}.")
+            if not ((heads >= 0) & (heads < self.num_heads)).all():
+                raise ValueError(f"Per-row head indices {heads.tolist()} are out of range for {self.num_heads} heads.")
+            return HeadSelection(heads=heads)
         if head is not None:
             return HeadSelection(head=self.head_index(head))
         if weights is None:
@@ -302,7 +330,7 @@ class MultiHeadPolicy(nn.Module):
         """Routes every forward of the wrapped model through a head or mixture inside the block.
 
         Args:
-            head: A head index or name.
+            head: A head index or name, or one head index per row (a ``(B,)`` sequence or tensor).
             weights: ``(K,)`` or ``(B, K)`` mixture weights (used as given; usually a probability vector).
             With neither, the equal blend is used.
         """
@@ -332,7 +360,7 @@ class MultiHeadPolicy(nn.Module):
         Args:
             input_ids: ``(B, T)`` token ids.
             attention_mask: ``(B, T)`` 1 for real tokens, 0 for padding.
-            head: A single head (index or name).
+            head: A single head (index or name), or one head index per row.
             weights: ``(K,)`` or ``(B, K)`` mixture weights; with neither, the equal blend.
             logits_to_keep: Compute logits only for the last N positions (0 = all), as in transformers.
             return_hidden: Also return the final hidden states.

@@ -66,7 +66,8 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
         task: The task (prompts and actions).
         batch: The live episodes the observations belong to.
         observations: One observation per episode.
-        selection: ``generate`` keyword arguments (``{"head": 1}``, ``{"weights": (B, K)}``, ``{}``).
+        selection: ``generate`` keyword arguments (``{"head": 1}``, a head per row ``{"head": (B,)}``,
+            a mixture per row ``{"weights": (B, K)}``, ``{}``).
         max_new_tokens: Length limit of a turn.
         temperature: Sampling temperature (0: greedy).
         top_p: Nucleus threshold.

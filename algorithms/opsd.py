@@ -202,7 +202,7 @@ def distill_step(
     length = int(batch.completion_mask.sum(1).max())
     comp, comp_mask = batch.completion_ids[:, :length], batch.completion_mask[:, :length]
     # Rows of every group share micro-batches (so K heads cost as many backbone passes as one);
-    # each row goes through its own head via a one-hot weight row and carries alpha_g / |g|.
+    # each row goes through its own head (a head index per row) and carries alpha_g / |g|.
     order = [(g, row) for g, (_, rows, _) in enumerate(batch.groups) for row in rows]
     head_of = torch.tensor([batch.groups[g][0] for g, _ in order])
     scale = torch.tensor([batch.groups[g][2] / len(batch.groups[g][1]) for g, _ in order])
@@ -212,8 +212,6 @@ def distill_step(
 
     def chunk_loss(part: torch.Tensor) -> torch.Tensor:
         idx = rows_all[part]
-        selection = {"head": 0} if policy.num_heads == 1 else \
-            {"weights": nn.functional.one_hot(head_of[part], policy.num_heads).float()}
         with torch.no_grad():
             def score(ids, mask, rows):  # (b, T, V) teacher logits of these rows' turns under the given prompts
                 return completion_logits(teacher, *_trim_left(ids[rows], mask[rows]), comp[rows], comp_mask[rows])
@@ -231,7 +229,7 @@ def distill_step(
                 teacher_logits = feedback_contrastive_logits(
                     teacher_logits, score(*batch.feedback_free, idx), batch.feedback_contrast)
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
-                                           comp[idx], comp_mask[idx], **selection)  # (b, T, V)
+                                           comp[idx], comp_mask[idx], head=head_of[part])  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
         for position, value in zip(part.tolist(), per_turn.detach().tolist()):
             group_total[order[position][0]] += value

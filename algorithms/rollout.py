@@ -325,8 +325,7 @@ class RolloutWorker:
         else:
             prompts = batch.set_states(request.states)
         policy = self.policy
-        selection = {"head": 0} if policy.num_heads == 1 else \
-            {"weights": nn.functional.one_hot(torch.tensor(request.heads), policy.num_heads).float()}
+        selection = {"head": torch.tensor(request.heads)}  # each row samples from its own head
         chat_before = chat_counters(*self.task.chat_plugins())
         turn = take_turn(policy, self.tokenizer, self.task, batch, prompts, selection,
                          max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,

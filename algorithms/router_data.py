@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from agents import MultiHeadPolicy, Router, RouterFeatures, generate
@@ -162,8 +161,8 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
     stop = episodes if stop is None else min(stop, episodes)
     if start >= stop:
         return []
-    one_hot = F.one_hot(torch.tensor(drivers[start:stop]), policy.num_heads).float()  # (n, K)
-    records = play_episodes(policy, tokenizer, task, {"weights": one_hot}, options[start:stop], driver="router-data",
+    heads = torch.tensor(drivers[start:stop])  # (n,): each episode played by its driver head
+    records = play_episodes(policy, tokenizer, task, {"head": heads}, options[start:stop], driver="router-data",
                             turns=min(data.turns, task.max_turns), max_new_tokens=data.max_new_tokens,
                             temperature=data.temperature,
                             seed=seed + start, split=split, batch_size=data.gen_batch_size, keep_states=True)

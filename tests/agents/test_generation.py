@@ -40,9 +40,9 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tiny_policy
 
 @pytest.mark.parametrize(
     "selection",
-    [dict(head=0), dict(head="c"), dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]),
+    [dict(head=0), dict(head="c"), dict(head=[2, 0, 2]), dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]),
      dict(weights=[0.6, 0.2, 0.2]), dict()],
-    ids=["head0", "head-name", "per-sample", "shared-mixture", "equal-blend"],
+    ids=["head0", "head-name", "head-per-row", "per-sample", "shared-mixture", "equal-blend"],
 )
 def test_generation_logprobs_match_teacher_forcing(tiny_policy, selection):
     policy, tok = tiny_policy
@@ -128,8 +128,9 @@ MORE_PROMPTS = PROMPTS + [
 
 @pytest.mark.parametrize(
     "selection",
-    [dict(head=1), dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]] * 2), dict()],
-    ids=["head", "per-sample", "equal-blend"],
+    [dict(head=1), dict(head=torch.tensor([0, 2, 1, 1, 0, 2])),
+     dict(weights=[[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]] * 2), dict()],
+    ids=["head", "head-per-row", "per-sample", "equal-blend"],
 )
 @pytest.mark.parametrize(
     "sampling",
@@ -154,3 +155,16 @@ def test_dropping_finished_rows_gives_the_tokens_transformers_generate_gives(tin
     torch.testing.assert_close(fast.logprobs, reference.logprobs, atol=1e-5, rtol=0)
     if "min_new_tokens" in sampling:
         assert lengths.min() >= 3
+
+
+def test_a_head_per_row_samples_what_one_hot_weights_sample_also_in_chunks(tiny_policy):
+    policy, tok = tiny_policy
+    heads = torch.tensor([2, 0, 1, 2, 1, 0])
+    args = dict(max_new_tokens=12, seed=5, temperature=1.0)
+    by_index = generate(policy, tok, MORE_PROMPTS, head=heads, batch_size=4, **args)
+    by_weights = generate(policy, tok, MORE_PROMPTS, weights=torch.nn.functional.one_hot(heads, 3).float(),
+                          batch_size=4, **args)
+    assert torch.equal(by_index.completion_ids, by_weights.completion_ids) and by_index.texts == by_weights.texts
+    torch.testing.assert_close(by_index.logprobs, by_weights.logprobs, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="3 per-row heads for 6 prompts"):
+        generate(policy, tok, MORE_PROMPTS, head=[0, 1, 2], **args)

@@ -15,6 +15,19 @@ def test_one_hot_weights_equal_that_head_exactly(tiny_policy, batch):
         assert torch.equal(policy(ids, mask, weights=one_hot).logits, policy(ids, mask, head=d).logits)
 
 
+def test_a_head_index_per_row_equals_each_rows_own_head_exactly(tiny_policy, batch):
+    policy, _ = tiny_policy
+    ids, mask = batch
+    per_row = policy(ids, mask, head=torch.tensor([2, 0])).logits
+    assert torch.equal(per_row[:1], policy(ids, mask, head=2).logits[:1])
+    assert torch.equal(per_row[1:], policy(ids, mask, head=0).logits[1:])
+    assert torch.equal(policy(ids, mask, head=[1, 1]).logits, policy(ids, mask, head=1).logits)
+    with pytest.raises(ValueError, match="out of range"):
+        policy(ids, mask, head=[0, 3])
+    with pytest.raises(ValueError, match="set for 3 sequences"):
+        policy(ids, mask, head=[0, 1, 2])
+
+
 def test_equal_blend_is_mean_of_head_logits(tiny_policy, batch):
     policy, _ = tiny_policy
     ids, mask = batch
