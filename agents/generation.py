@@ -51,6 +51,21 @@ class GenerationOutput:
         """Number of generated tokens that count (EOS included)."""
         return int(self.completion_mask.sum())
 
+    def cpu(self) -> GenerationOutput:
+        """The same output with every tensor on the CPU (what crosses a process boundary)."""
+        return GenerationOutput(self.prompt_ids.cpu(), self.prompt_mask.cpu(), self.completion_ids.cpu(),
+                                self.completion_mask.cpu(), self.logprobs.cpu(), list(self.texts))
+
+    @classmethod
+    def concat(cls, outputs: Sequence[GenerationOutput], pad_id: int) -> GenerationOutput:
+        """The rows of several outputs in order, re-padded: prompts on the left, completions on the right."""
+        return cls(prompt_ids=_pad_left([o.prompt_ids for o in outputs], pad_id),
+                   prompt_mask=_pad_left([o.prompt_mask for o in outputs], 0),
+                   completion_ids=_pad_right([o.completion_ids for o in outputs], pad_id),
+                   completion_mask=_pad_right([o.completion_mask for o in outputs], 0),
+                   logprobs=_pad_right([o.logprobs for o in outputs], 0.0),
+                   texts=[t for o in outputs for t in o.texts])
+
 
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Messages], device: torch.device | str = "cpu"

@@ -340,9 +340,9 @@ class OPSDTrainer(Trainer):
             feedback_free = encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[p], None)
                                                             for p, o in zip(result.personas, result.prompts)],
                                            self.device)
-        dev = self.device
-        batch = DistillBatch(result.prompt_ids.to(dev), result.prompt_mask.to(dev), t_ids, t_mask,
-                             result.completion_ids.to(dev), result.completion_mask.to(dev),
+        dev, gen = self.device, result.generation
+        batch = DistillBatch(gen.prompt_ids.to(dev), gen.prompt_mask.to(dev), t_ids, t_mask,
+                             gen.completion_ids.to(dev), gen.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
                                      for p in range(num)], contrast=contrast, contrast_weights=contrast_weights,
                              contrast_plausibility=self.settings.contrast_plausibility,
@@ -367,10 +367,10 @@ class OPSDTrainer(Trainer):
         if not self.task.feedback_follows_head:  # otherwise every episode is its head's own persona
             metrics["env/reward_matched"] = mean_where(result.rewards, matched)
             metrics["env/reward_mismatched"] = mean_where(result.rewards, [not m for m in matched])
-        for key, values in self.task.step_metrics(result.texts, result.infos).items():
+        for key, values in self.task.step_metrics(result.actions, result.infos).items():
             for p, name in enumerate(names):
                 metrics[f"env/{key}_{name}"] = float(np.mean(values[p * n:(p + 1) * n]))
-        metrics.update({"env/turn_tokens": float(result.completion_mask.sum(1).float().mean()),
+        metrics.update({"env/turn_tokens": float(gen.completion_mask.sum(1).float().mean()),
                         "train/grad_norm": grad_norm, "train/lr": lr, "turns": result.turn_ids})
         return metrics
 

@@ -177,10 +177,10 @@ class RLVRTrainer(Trainer):
         advantages = group_advantages(rewards, s.group_size, scale=s.scale_advantages)  # (B,)
         grouped = rewards.view(-1, s.group_size)
         flat_groups = (grouped == grouped[:, :1]).all(1)
-        dev = self.device
-        prompt_ids, prompt_mask = result.prompt_ids.to(dev), result.prompt_mask.to(dev)
-        completion_ids, completion_mask = result.completion_ids.to(dev), result.completion_mask.to(dev)
-        old = result.logprobs.to(dev)
+        dev, gen = self.device, result.generation
+        prompt_ids, prompt_mask = gen.prompt_ids.to(dev), gen.prompt_mask.to(dev)
+        completion_ids, completion_mask = gen.completion_ids.to(dev), gen.completion_mask.to(dev)
+        old = gen.logprobs.to(dev)
         rows = [i for i in range(len(rewards)) if advantages[i] != 0 or s.kl_coef > 0]  # others add exactly 0
         total = len(rewards)
         self.policy.train()
@@ -221,14 +221,14 @@ class RLVRTrainer(Trainer):
             "rl/clip_fraction_last": float(np.mean(last[2])) if last[2] else 0.0,
             "rl/ratio_deviation_last": float(np.mean(last[3])) if last[3] else 0.0,
             "rl/advantage_abs": float(advantages.abs().mean()), "rl/trained_answers": len(rows),
-            "env/turn_tokens": float(result.completion_mask.sum(1).float().mean()), "turns": result.turn_ids,
+            "env/turn_tokens": float(gen.completion_mask.sum(1).float().mean()), "turns": result.turn_ids,
         }
         for name, flags in (("no_persona", [c == "none" for c in conditions]),
                             ("persona", [c != "none" for c in conditions])):
             chosen = [r for r, f in zip(result.rewards, flags) if f]
             if chosen:
                 metrics[f"rl/reward_{name}"] = float(np.mean(chosen))
-        for key, values in self.task.step_metrics(result.texts, result.infos).items():
+        for key, values in self.task.step_metrics(result.actions, result.infos).items():
             metrics[f"env/{key}"] = float(np.mean(values))
         return metrics
 

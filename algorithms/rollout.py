@@ -32,9 +32,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from agents import MultiHeadPolicy
+from agents.generation import GenerationOutput
 from agents.models import resolve_device
 from algorithms.components import apply_lora, build_policy, build_task
 from algorithms.episodes import take_turn
@@ -144,12 +144,9 @@ class RolloutResult:
     Attributes:
         step, shard, version, uids, personas, heads: Copied from the request.
         prompts: ``B`` observations the turns answer.
-        prompt_ids: ``(B, P)`` the policy's prompts, left-padded.
-        prompt_mask: ``(B, P)``.
-        completion_ids: ``(B, T)`` the sampled turns, right-padded.
-        completion_mask: ``(B, T)``.
-        logprobs: ``(B, T)`` log-probabilities of the sampled tokens under the sampling head.
-        texts: ``B`` decoded turns as sent to the env.
+        generation: The policy's prompts and sampled turns: tokens, masks, log-probabilities under
+            each row's head, and the decoded texts.
+        actions: ``B`` turns as sent to the env (the texts made valid actions by the task).
         feedback: ``B`` student replies (the privileged signal).
         rewards: ``B`` satisfaction rewards.
         labels: ``B`` hidden labels (``label["persona"]`` and the task's own keys).
@@ -169,12 +166,8 @@ class RolloutResult:
     personas: list[int]
     heads: list[int]
     prompts: list[Messages]
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    completion_ids: torch.Tensor
-    completion_mask: torch.Tensor
-    logprobs: torch.Tensor
-    texts: list[str]
+    generation: GenerationOutput
+    actions: list[str]
     feedback: list[str]
     rewards: list[float]
     labels: list[dict[str, Any]]
@@ -190,15 +183,6 @@ class RolloutResult:
     def turn_ids(self) -> list[str]:
         """One id per sampled turn, ``<episode uid>@<turn>``: unique over a run."""
         return [f"{uid}@{turn}" for uid, turn in zip(self.uids, self.turn_index)]
-
-
-def _pad(tensors: Sequence[torch.Tensor], value: int, *, left: bool) -> torch.Tensor:
-    width = max(t.shape[1] for t in tensors)
-    out = []
-    for t in tensors:
-        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
-        out.append(nn.functional.pad(t, pad, value=value))
-    return torch.cat(out, dim=0)
 
 
 def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResult:
@@ -224,12 +208,9 @@ def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResul
     return RolloutResult(
         step=results[0].step, shard=0, version=min(r.version for r in results),
         uids=cat("uids"), personas=cat("personas"), heads=cat("heads"), prompts=cat("prompts"),
-        prompt_ids=_pad([r.prompt_ids for r in results], pad_id, left=True),
-        prompt_mask=_pad([r.prompt_mask for r in results], 0, left=True),
-        completion_ids=_pad([r.completion_ids for r in results], pad_id, left=False),
-        completion_mask=_pad([r.completion_mask for r in results], 0, left=False),
-        logprobs=_pad([r.logprobs for r in results], 0, left=False),
-        texts=cat("texts"), feedback=cat("feedback"), rewards=cat("rewards"), labels=cat("labels"), infos=cat("infos"),
+        generation=GenerationOutput.concat([r.generation for r in results], pad_id),
+        actions=cat("actions"), feedback=cat("feedback"), rewards=cat("rewards"), labels=cat("labels"),
+        infos=cat("infos"),
         turn_index=cat("turn_index"), states=cat("states"),
         gen_s=sum(r.gen_s for r in results), env_s=sum(r.env_s for r in results),
         worker=",".join(sorted({r.worker for r in results})),
@@ -335,9 +316,7 @@ class RolloutWorker:
         return RolloutResult(
             step=request.step, shard=request.shard, version=self.version, uids=list(request.uids),
             personas=list(request.personas), heads=list(request.heads), prompts=list(prompts),
-            prompt_ids=gen.prompt_ids.cpu(), prompt_mask=gen.prompt_mask.cpu(),
-            completion_ids=gen.completion_ids.cpu(), completion_mask=gen.completion_mask.cpu(),
-            logprobs=gen.logprobs.cpu(), texts=turn.actions, feedback=[info["feedback"] for info in infos],
+            generation=gen.cpu(), actions=turn.actions, feedback=[info["feedback"] for info in infos],
             rewards=[float(r) for r in turn.rewards], labels=[dict(info["label"]) for info in infos], infos=infos,
             turn_index=[request.turn] * len(infos), states=batch.get_states(),
             gen_s=turn.gen_s, env_s=turn.env_s, worker=f"{self.name} (pid {os.getpid()})",

@@ -149,16 +149,17 @@ def test_a_server_killed_mid_run_and_restarted_costs_retries_not_the_run(server,
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "policy")
     for step, (result, batch) in enumerate(zip(seen, distilled)):
-        assert batch.completion_ids.tolist() == result.completion_ids.tolist()  # the loss sees the sampled turn only
-        assert batch.completion_mask.tolist() == result.completion_mask.tolist()
-        for i, text in enumerate(result.texts):
-            sampled = tokenizer.decode(result.completion_ids[i][result.completion_mask[i].bool()],
+        gen = result.generation
+        assert batch.completion_ids.tolist() == gen.completion_ids.tolist()  # the loss sees the sampled turn only
+        assert batch.completion_mask.tolist() == gen.completion_mask.tolist()
+        for i, text in enumerate(result.actions):
+            sampled = tokenizer.decode(gen.completion_ids[i][gen.completion_mask[i].bool()],
                                        skip_special_tokens=True)
             assert text == EMPTY_TURN or sampled.strip().startswith(text)  # trimmed for the student, never added to
             assert len(result.feedback[i]) < 12 or result.feedback[i] not in sampled  # no student words are trained
         # a continuing episode's prompt holds the student's last reply: context, never loss
         previous = dict(zip(seen[step - 1].uids, seen[step - 1].feedback)) if step else {}
-        prompts = tokenizer.batch_decode(result.prompt_ids, skip_special_tokens=True)
+        prompts = tokenizer.batch_decode(gen.prompt_ids, skip_special_tokens=True)
         continuing = [(previous[uid], prompt) for uid, turn, prompt in zip(result.uids, result.turn_index, prompts)
                       if turn > 1]
         assert all(reply in prompt for reply, prompt in continuing)

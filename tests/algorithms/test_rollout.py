@@ -82,10 +82,10 @@ def test_standalone_worker_reproduces_in_process_collection(tmp_path, trainable)
             assert request.reset_seeds is None and request.states == states
         ours = trainer.pool.worker.collect(request)
         theirs = worker.collect(request)
-        assert theirs.texts == ours.texts and theirs.feedback == ours.feedback
+        assert theirs.actions == ours.actions and theirs.feedback == ours.feedback
         assert theirs.rewards == ours.rewards and theirs.labels == ours.labels
-        assert torch.equal(theirs.completion_ids, ours.completion_ids)
-        torch.testing.assert_close(theirs.logprobs, ours.logprobs, atol=1e-5, rtol=0)
+        assert torch.equal(theirs.generation.completion_ids, ours.generation.completion_ids)
+        torch.testing.assert_close(theirs.generation.logprobs, ours.generation.logprobs, atol=1e-5, rtol=0)
         assert theirs.states == ours.states and theirs.turn_index == [step + 1] * 4
         states = ours.states
         trainer.episodes = states  # continue the same dialogues at the next step
@@ -113,12 +113,13 @@ def test_shards_split_rows_and_merge_back_in_order(tmp_path):
     merged = merge_results(results, trainer.tokenizer.pad_token_id)
     assert merged.uids == [u for r in requests for u in r.uids]
     assert merged.personas == trainer.row_persona
-    width = max(r.prompt_ids.shape[1] for r in results)
-    assert merged.prompt_ids.shape == (4, width)
+    width = max(r.generation.prompt_ids.shape[1] for r in results)
+    assert merged.generation.prompt_ids.shape == (4, width)
     for r in results:  # each shard's prompts sit right-aligned (left padding) in the merged batch
-        rows = [merged.uids.index(u) for u in r.uids]
-        assert torch.equal(merged.prompt_ids[rows, -r.prompt_ids.shape[1]:], r.prompt_ids)
-        assert torch.equal(merged.completion_ids[rows, :r.completion_ids.shape[1]], r.completion_ids)
+        rows, gen = [merged.uids.index(u) for u in r.uids], r.generation
+        assert torch.equal(merged.generation.prompt_ids[rows, -gen.prompt_ids.shape[1]:], gen.prompt_ids)
+        assert torch.equal(merged.generation.completion_ids[rows, :gen.completion_ids.shape[1]], gen.completion_ids)
+        assert [merged.generation.texts[i] for i in rows] == gen.texts
     trainer.close()
 
 
