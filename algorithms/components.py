@@ -17,12 +17,17 @@ from transformers import PreTrainedTokenizerBase
 
 from agents import MultiHeadPolicy
 from agents.models import AgentConfig
-from configs.validation import structured
+from configs.validation import check_types, require, structured
 
 
 def build_task(cfg: DictConfig) -> Any:
     """Instantiates the task of ``cfg.env`` (the env's YAML builds its own student, judges, critics)."""
-    return instantiate(cfg.env, _convert_="partial")
+    return task_from_node(cfg.env)
+
+
+def task_from_node(node: Any) -> Any:
+    """Instantiates a task from its env node (a config node, or the plain data a rollout worker receives)."""
+    return instantiate(node, _convert_="partial")
 
 
 def agent_config(cfg: DictConfig) -> AgentConfig:
@@ -45,14 +50,22 @@ class BuiltPolicy(NamedTuple):
     base_head: torch.Tensor
 
 
-def build_policy(cfg: DictConfig, persona_names: list[str], variant: str, device: torch.device) -> BuiltPolicy:
-    """Loads the backbone and wraps it with one head per persona (``mah``) or one shared head (``mt``)."""
-    agent = agent_config(cfg)
+def build_policy(agent: AgentConfig, persona_names: list[str], variant: str, device: torch.device, *,
+                 seed: int) -> BuiltPolicy:
+    """Loads the backbone and wraps it with one head per persona (``mah``) or one shared head (``mt``).
+
+    Args:
+        agent: The parsed ``agent`` settings.
+        persona_names: One head per persona (``mah``).
+        variant: ``mah`` or ``mt``.
+        device: Where the policy goes.
+        seed: Seeds the heads' initial noise.
+    """
     backbone = agent.load(device)
     base_head = backbone.model.get_output_embeddings().weight
     names = persona_names if variant == "mah" else ["shared"]
     policy = MultiHeadPolicy(backbone.model, num_heads=len(names), head_names=names,
-                             init_noise_std=agent.init_noise_std, seed=cfg.seed)
+                             init_noise_std=agent.init_noise_std, seed=seed)
     return BuiltPolicy(policy, backbone.tokenizer, base_head)
 
 
@@ -93,7 +106,35 @@ def lora_targets(model: nn.Module, requested: Any) -> Any:
     return "all-linear"  # a type peft has no list for (Phi-3's fused qkv_proj): every linear layer but the output
 
 
-def apply_lora(policy: MultiHeadPolicy, lora: Any) -> MultiHeadPolicy:
+@dataclass
+class LoRASettings:
+    """peft LoRA settings for ``algorithm.trainable=lora`` (node ``algorithm.lora``).
+
+    Attributes:
+        r: Adapter rank.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: Dropout on the adapter input.
+        target_modules: Names of the linear layers that get adapters (null: ``q_proj``, ``k_proj``,
+            ``v_proj``, ``o_proj`` when the model has them, else peft's usual modules for its type, else
+            every linear layer but the output).
+    """
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+    def __post_init__(self):
+        check_types(self, "algorithm.lora")
+        require(self.r >= 1, "algorithm.lora.r", self.r, "must be an integer >= 1")
+        require(self.alpha > 0, "algorithm.lora.alpha", self.alpha, "must be > 0")
+        require(0 <= self.dropout < 1, "algorithm.lora.dropout", self.dropout, "must be in [0, 1)")
+        require(self.target_modules is None or len(self.target_modules) > 0, "algorithm.lora.target_modules",
+                self.target_modules, "must be null (the attention projections, or peft's choice for the model "
+                "type) or name at least one module")
+
+
+def apply_lora(policy: MultiHeadPolicy, lora: LoRASettings) -> MultiHeadPolicy:
     """Wraps the policy's backbone with peft LoRA adapters (``r``, ``alpha``, ``dropout``, ``target_modules``)."""
     from peft import LoraConfig, get_peft_model
 
@@ -132,14 +173,14 @@ class AdapterTeacher(nn.Module):
         return _Logits(nn.functional.linear(hidden, self.base_head))
 
 
-def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, device: torch.device, *,
+def configure_trainable(built: BuiltPolicy, settings: Any, agent: AgentConfig, device: torch.device, *,
                         reference: bool = True) -> nn.Module | None:
     """Freezes what ``settings.trainable`` says and returns the frozen base model (teacher or reference).
 
     Args:
         built: The policy and its pretrained output weight.
         settings: A trainer config with ``trainable``, ``last_n_layers`` and ``lora``.
-        cfg: The run config (its ``agent`` node loads the second copy of the base model).
+        agent: The ``agent`` settings (they load the second copy of the base model).
         device: Where the frozen copy goes.
         reference: Whether the trainer reads a frozen base model at all (False: no copy is loaded).
 
@@ -163,7 +204,7 @@ def configure_trainable(built: BuiltPolicy, settings: Any, cfg: DictConfig, devi
                 p.requires_grad_(True)
     if not reference:
         return None
-    frozen = agent_config(cfg).load(device).model
+    frozen = agent.load(device).model
     frozen.requires_grad_(False)
     return frozen.eval()
 

@@ -26,18 +26,19 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from agents import MultiHeadPolicy
 from agents.generation import GenerationOutput
-from agents.models import resolve_device
-from algorithms.components import apply_lora, build_policy, build_task
+from agents.models import AgentConfig, resolve_device
+from algorithms.components import LoRASettings, apply_lora, build_policy, task_from_node
 from algorithms.episodes import take_turn
+from configs import store_settings
 from configs.validation import check_types, require, structured
 from envs.chat import chat_counters
 
@@ -95,6 +96,9 @@ class RayConfig:
 def ray_config(cfg: DictConfig) -> RayConfig:
     """The ``ray`` node as a checked :class:`RayConfig` (a config saved without one gets the defaults)."""
     return structured(RayConfig, cfg.get("ray"), "ray")
+
+
+store_settings("ray", "default", RayConfig)
 
 
 @dataclass
@@ -218,51 +222,74 @@ def merge_results(results: Sequence[RolloutResult], pad_id: int) -> RolloutResul
     )
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a rollout worker needs, parsed once by the learner (a plain, picklable value).
+
+    Attributes:
+        agent: The backbone settings.
+        env: The env node resolved to plain data, plug-ins included; a worker builds its own task from it.
+        variant: ``mah`` (one head per persona) or ``mt`` (one shared head).
+        seed: The run's seed (the heads' initial noise; the copy is overwritten by published weights).
+        lora: The adapter settings when the policy trains LoRA adapters, else None.
+        max_new_tokens: Length limit of a sampled turn.
+        temperature: Sampling temperature.
+        top_p: Nucleus threshold.
+        device: Where the worker runs (``cpu``, ``cuda``, ``auto``...).
+    """
+
+    agent: AgentConfig
+    env: dict[str, Any]
+    variant: str
+    seed: int
+    lora: LoRASettings | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    device: str = "auto"
+
+
 class RolloutWorker:
     """Takes turns in a task's episodes with a policy copy (or the learner's policy) and the task.
 
     Args:
-        cfg: The run's composed config (``agent``, ``algorithm``, ``env``, ``student``, ``judge``,
-            ``seed``); a plain dict works too (that is how Ray ships it).
-        task: Use this task instead of building one from ``cfg`` (the in-process worker shares
-            the learner's).
+        settings: What to build and how to sample (:class:`WorkerSettings`).
+        task: Use this task instead of building one from ``settings.env`` (the in-process worker
+            shares the learner's).
         policy: Use this policy instead of loading a copy (the in-process worker shares the
             learner's weights, so publishing is a no-op).
         tokenizer: The policy's tokenizer (required with ``policy``).
-        device: Where the copy runs (default ``cfg.device``).
         name: Shown in results and errors.
     """
 
     def __init__(
         self,
-        cfg: DictConfig | Mapping[str, Any],
+        settings: WorkerSettings,
         *,
         task: Any = None,
         policy: MultiHeadPolicy | None = None,
         tokenizer: Any = None,
-        device: str | torch.device | None = None,
         name: str = "local",
     ):
-        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        self.cfg = cfg
+        self.settings = settings
         self.name = name
-        self.device = resolve_device(device if device is not None else cfg.get("device", "auto"))
-        self.task = task if task is not None else build_task(cfg)
-        algo = cfg.algorithm
+        self.device = resolve_device(settings.device)
+        self.task = task if task is not None else task_from_node(settings.env)
         self.shared = policy is not None
         if policy is None:
             names = [p.name for p in self.task.personas]
-            policy, tokenizer, _ = build_policy(cfg, names, algo.get("variant", "mah"), self.device)
-            if algo.trainable == "lora":
-                apply_lora(policy, algo.lora)
+            policy, tokenizer, _ = build_policy(settings.agent, names, settings.variant, self.device,
+                                                seed=settings.seed)
+            if settings.lora is not None:
+                apply_lora(policy, settings.lora)
             policy.requires_grad_(False)
         elif tokenizer is None:
             raise ValueError("RolloutWorker: pass the tokenizer together with the policy")
         self.policy, self.tokenizer = policy, tokenizer
         self.version = -1 if not self.shared else 0
-        self.max_new_tokens = int(algo.max_new_tokens)
-        self.temperature = float(algo.temperature)
-        self.top_p = float(algo.top_p)
+        self.max_new_tokens = settings.max_new_tokens
+        self.temperature = settings.temperature
+        self.top_p = settings.top_p
         self._batches: dict[int, Any] = {}
 
     # ---- weights -----------------------------------------------------------------------
@@ -394,10 +421,10 @@ class RolloutWorkerError(RuntimeError):
 class RayRolloutWorker(RolloutWorker):
     """The worker as Ray runs it: pulls a published weight version before collecting with it."""
 
-    def __init__(self, cfg: Mapping[str, Any], *, name: str, torch_threads: int | None = None):
+    def __init__(self, settings: WorkerSettings, *, name: str, torch_threads: int | None = None):
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        super().__init__(cfg, name=name)
+        super().__init__(settings, name=name)
 
     def ready(self) -> dict[str, Any]:
         """Answers once the actor is up: its name, process id and device."""
@@ -431,17 +458,19 @@ class RayRolloutPool:
     """Rollout workers as Ray actors (``ray.enabled=true``).
 
     Args:
-        cfg: The run's composed config; ``cfg.ray`` is read into a :class:`RayConfig`.
+        config: The ``ray`` settings.
+        worker: What each worker builds (its ``device`` is replaced by ``cuda`` or ``cpu`` from
+            ``config.num_gpus_per_worker``).
 
     Raises:
         RolloutWorkerError: if the cluster cannot be reached or the workers cannot start.
     """
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, config: RayConfig, worker: WorkerSettings):
         import ray
 
         self.ray = ray
-        rc = self.config = ray_config(cfg)
+        rc = self.config = config
         self.num_workers = rc.num_workers
         self.max_failures = rc.max_failures
         runtime_env = dict(rc.runtime_env)
@@ -465,12 +494,12 @@ class RayRolloutPool:
         self.version = -1
         self.failures = [0] * self.num_workers
         try:
-            self._start_workers(cfg)
+            self._start_workers(worker)
         except BaseException:
             self.close()
             raise
 
-    def _start_workers(self, cfg: DictConfig) -> None:
+    def _start_workers(self, worker: WorkerSettings) -> None:
         ray, rc = self.ray, self.config
         cpus, gpus = float(rc.num_cpus_per_worker), float(rc.num_gpus_per_worker)
         have = ray.cluster_resources()
@@ -480,11 +509,10 @@ class RayRolloutPool:
             lacking = ", ".join(f"{k}: {v:g} needed, {h:g} in the cluster" for k, (v, h) in short.items())
             raise RolloutWorkerError(f"{self.num_workers} rollout workers do not fit this machine ({lacking}). Lower "
                                      "ray.num_workers, ray.num_cpus_per_worker or ray.num_gpus_per_worker.")
-        container = OmegaConf.to_container(cfg, resolve=True)
-        container["device"] = "cuda" if gpus > 0 else "cpu"
+        settings = replace(worker, device="cuda" if gpus > 0 else "cpu")
         actor = ray.remote(RayRolloutWorker).options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_failures, max_task_retries=0)
-        self.workers = [actor.remote(container, name=f"rollout-{j}", torch_threads=max(1, int(cpus)))
+        self.workers = [actor.remote(settings, name=f"rollout-{j}", torch_threads=max(1, int(cpus)))
                         for j in range(self.num_workers)]
         try:
             ray.get([w.ready.remote() for w in self.workers], timeout=rc.startup_timeout_s)

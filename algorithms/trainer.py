@@ -42,6 +42,7 @@ from algorithms.checkpoint import (
     save_checkpoint,
 )
 from algorithms.components import (
+    LoRASettings,
     agent_config,
     build_policy,
     build_task,
@@ -57,6 +58,7 @@ from algorithms.rollout import (
     RolloutResult,
     RolloutWorker,
     Submission,
+    WorkerSettings,
     merge_results,
     ray_config,
 )
@@ -73,34 +75,6 @@ from envs.chat import ChatClientError, check_servers
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class LoRASettings:
-    """peft LoRA settings for ``algorithm.trainable=lora`` (node ``algorithm.lora``).
-
-    Attributes:
-        r: Adapter rank.
-        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: Dropout on the adapter input.
-        target_modules: Names of the linear layers that get adapters (null: ``q_proj``, ``k_proj``,
-            ``v_proj``, ``o_proj`` when the model has them, else peft's usual modules for its type, else
-            every linear layer but the output).
-    """
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
-
-    def __post_init__(self):
-        check_types(self, "algorithm.lora")
-        require(self.r >= 1, "algorithm.lora.r", self.r, "must be an integer >= 1")
-        require(self.alpha > 0, "algorithm.lora.alpha", self.alpha, "must be > 0")
-        require(0 <= self.dropout < 1, "algorithm.lora.dropout", self.dropout, "must be in [0, 1)")
-        require(self.target_modules is None or len(self.target_modules) > 0, "algorithm.lora.target_modules",
-                self.target_modules, "must be null (the attention projections, or peft's choice for the model "
-                "type) or name at least one module")
 
 
 @dataclass
@@ -293,12 +267,15 @@ class Trainer:
         self.ray = ray_config(cfg)
         self.device = resolve_device(cfg.device)
         set_seed(int(cfg.seed))
+        self.agent = agent_config(cfg)
         self.task = build_task(cfg)
         check_servers(*self.task.chat_plugins())  # a server that is down or lacks the model: one message, now
         self.personas = list(self.task.personas)
-        built = build_policy(cfg, [p.name for p in self.personas], self.policy_variant, self.device)
+        built = build_policy(self.agent, [p.name for p in self.personas], self.policy_variant, self.device,
+                             seed=int(cfg.seed))
         self.policy, self.tokenizer = built.policy, built.tokenizer
-        self.reference = configure_trainable(built, self.settings, cfg, self.device, reference=self.uses_reference())
+        self.reference = configure_trainable(built, self.settings, self.agent, self.device,
+                                             reference=self.uses_reference())
         s = self.settings
         self.optimizer = make_optimizer(self.policy.param_groups(s.lr, s.head_lr_mult, s.weight_decay))
         self.scheduler = get_scheduler(s.scheduler, self.optimizer, num_warmup_steps=s.warmup_steps,
@@ -339,11 +316,19 @@ class Trainer:
         if self.pool is not None:
             return
         if self.ray.enabled:
-            self.pool = RayRolloutPool(self.cfg)
+            self.pool = RayRolloutPool(self.ray, self.worker_settings())
         else:
-            self.pool = LocalRolloutPool(RolloutWorker(self.cfg, task=self.task, policy=self.policy,
-                                                       tokenizer=self.tokenizer, device=self.device))
+            self.pool = LocalRolloutPool(RolloutWorker(self.worker_settings(), task=self.task, policy=self.policy,
+                                                       tokenizer=self.tokenizer))
         self.pool.publish(self.step, self.policy)
+
+    def worker_settings(self) -> WorkerSettings:
+        """What a rollout worker needs, as parsed settings (Ray ships this value, never the run config)."""
+        s = self.settings
+        return WorkerSettings(agent=self.agent, env=OmegaConf.to_container(self.cfg.env, resolve=True),
+                              variant=self.policy_variant, seed=int(self.cfg.seed),
+                              lora=s.lora if s.trainable == "lora" else None, max_new_tokens=s.max_new_tokens,
+                              temperature=s.temperature, top_p=s.top_p, device=str(self.device))
 
     def close(self) -> None:
         """Stops the rollout pool (and a local Ray cluster it started)."""
@@ -463,7 +448,7 @@ class Trainer:
         settings = self.settings.eval
         base = None
         if settings.baselines:
-            backbone = agent_config(self.cfg).load(self.device)
+            backbone = self.agent.load(self.device)
             backbone.tokenizer.padding_side = "left"
             base = (backbone.model, backbone.tokenizer)
         return evaluate_policy(self.policy, self.tokenizer, self.task, settings, self.run_dir,

@@ -7,10 +7,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import algorithms.benchmark  # noqa: F401  (each entry point registers its own settings when imported)
+import algorithms.micro  # noqa: F401
+import algorithms.opsd  # noqa: F401
+import algorithms.rlvr  # noqa: F401
+import algorithms.router  # noqa: F401
 import configs
 from agents import MultiHeadPolicy, load_backbone
 
-configs.register()  # the structured configs every compose() in the tests needs
+configs.register()  # the agent and plug-in configs every compose() in the tests needs
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The suite runs on two pytest-xdist workers (pyproject's addopts): one OpenMP thread each, so the
@@ -63,11 +68,11 @@ def make_tiny_run(folder: Path, env: str = "tutoring") -> Path:
     """A finished-run folder for router and benchmark tests: a fresh tiny policy (one head per persona) and its config."""
     from omegaconf import OmegaConf
 
-    from algorithms.components import build_policy, build_task
+    from algorithms.components import agent_config, build_policy, build_task
 
     cfg = compose_config("opsd", "agent=tiny", "device=cpu", f"env={env}")
     heads = [p.name for p in build_task(cfg).personas]
-    policy, tokenizer, _ = build_policy(cfg, heads, "mah", torch.device("cpu"))
+    policy, tokenizer, _ = build_policy(agent_config(cfg), heads, "mah", torch.device("cpu"), seed=cfg.seed)
     policy.save_pretrained(folder / "policy", tokenizer=tokenizer)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return folder

@@ -1,6 +1,7 @@
 """Rollout workers: the plain worker without Ray, and the Ray pool (weight versions, staleness, faults)."""
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,9 @@ def test_standalone_worker_reproduces_in_process_collection(tmp_path, trainable)
     cfg = config(f"algorithm.trainable={trainable}")
     trainer = opsd.OPSDTrainer(cfg, tmp_path)
     trainer.start_pool()
-    worker = RolloutWorker(cfg, name="copy")  # its own task and its own policy copy
+    settings = trainer.worker_settings()
+    assert pickle.loads(pickle.dumps(settings)) == settings  # a plain value: what Ray ships, never the run config
+    worker = RolloutWorker(settings, name="copy")  # its own task and its own policy copy
     trainer.train_step()  # move the weights away from the initial ones: the copy must mirror the update
     worker.set_weights(1, publishable_weights(trainer.policy))
     trainer.episodes = None
@@ -94,8 +97,9 @@ def test_standalone_worker_reproduces_in_process_collection(tmp_path, trainable)
 
 def test_worker_refuses_a_request_for_other_weights(tmp_path):
     cfg = config()
-    worker = RolloutWorker(cfg)
-    request = opsd.OPSDTrainer(cfg, tmp_path).requests(0)[0]
+    trainer = opsd.OPSDTrainer(cfg, tmp_path)
+    worker = RolloutWorker(trainer.worker_settings())
+    request = trainer.requests(0)[0]
     with pytest.raises(RuntimeError, match="holds weights version -1"):
         worker.collect(request)
     with pytest.raises(KeyError, match="lacks"):
