@@ -51,7 +51,7 @@ from algorithms.router import load_router, load_run
 from algorithms.router_data import matched_head, route
 from algorithms.runs import claim_run_dir, json_line, write_json
 from algorithms.win_rates import win_rate_markdown, win_rates
-from configs import check_top_level, register
+from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
 from envs.tasks.base import EpisodeRecord, Task
 from envs.tasks.reporting import markdown_table, pyplot, save_figure
@@ -631,6 +631,9 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
 
 # the top-level keys this entry point reads (any other is refused by name)
 TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "resume", "overwrite")
+
+
+store_settings("benchmark_settings", "default", BenchmarkConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")

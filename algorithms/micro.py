@@ -55,7 +55,7 @@ from algorithms.journal import Journal
 from algorithms.losses import bt_mixture_loss, hedge_targets, soft_cross_entropy
 from algorithms.router import budget_indices, load_run
 from algorithms.runs import claim_run_dir, write_json
-from configs import check_top_level, register
+from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
 from envs.tasks.reporting import markdown_table
 
@@ -474,6 +474,9 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
 
 # the top-level keys this entry point reads (any other is refused by name)
 TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "candidates", "micro", "resume", "overwrite")
+
+
+store_settings("micro_settings", "default", MicroConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="micro")

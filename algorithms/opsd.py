@@ -49,7 +49,7 @@ from algorithms.losses import (
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.seeds import episode_seed, rollout_seed
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, accumulated_step, fit
-from configs import register
+from configs import register, store_settings
 from configs.validation import ConfigError, require, require_choice, structured
 
 
@@ -396,6 +396,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
 def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluates the saved policy of a finished OPSD run with the run's own task settings."""
     return cli.evaluate_run(OPSDTrainer, cfg, Path(run_dir))
+
+
+store_settings("algorithm", "opsd", OPSDConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="opsd")

@@ -42,7 +42,7 @@ from algorithms.losses import group_advantages, grpo_loss
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.seeds import episode_seed, rollout_seed
 from algorithms.trainer import EvalSettings, Trainer, TrainerConfig, accumulated_step, fit
-from configs import register
+from configs import register, store_settings
 from configs.validation import ConfigError, require, require_choice
 from envs.tasks import PersonaPool
 
@@ -246,6 +246,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
 def evaluate_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluates the saved policy of a finished RLVR / PerMix run with the run's own task settings."""
     return cli.evaluate_run(RLVRTrainer, cfg, Path(run_dir))
+
+
+store_settings("algorithm", "rlvr", RLVRConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="rlvr")

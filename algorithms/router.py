@@ -91,7 +91,7 @@ from algorithms.router_data import (
 )
 from algorithms.runs import claim_run_dir, json_line, write_json
 from algorithms.seeds import seed_for
-from configs import check_top_level, register
+from configs import check_top_level, register, store_settings
 from configs.trust import load_saved_config
 from configs.validation import check_types, require, require_choice, structured
 
@@ -601,6 +601,10 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
 
 # the top-level keys this entry point reads (any other is refused by name)
 TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "prefixes", "router", "data", "resume", "overwrite")
+
+
+store_settings("router_settings", "default", RouterConfig)
+store_settings("router_data", "default", RouterDataConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="router")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+import algorithms.opsd  # noqa: F401  (registers the OPSD settings its config composes)
 import configs
 from agents import load_backbone
 from agents.generation import completion_logits, encode_prompts

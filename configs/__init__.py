@@ -3,9 +3,10 @@
 Where each default lives, once:
 
 - trainer settings: the config dataclasses next to the code that uses them (``OPSDConfig`` in
-  ``algorithms/opsd.py``, ``RayConfig`` in ``algorithms/rollout.py``, ``AgentConfig`` in
-  ``agents/models.py``, ...). They are registered here as structured configs, so Hydra checks
-  types when it composes, and their ``__post_init__`` checks ranges before anything is loaded.
+  ``algorithms/opsd.py``, ``RayConfig`` in ``algorithms/rollout.py``, ...). Each module registers
+  its own with :func:`store_settings` when it is imported, so this package imports no trainer;
+  Hydra checks types when it composes, and their ``__post_init__`` checks ranges before anything
+  is loaded. ``AgentConfig`` (``agents/models.py``, a floor below) is registered by :func:`register`.
 - plug-ins (students, judges, chat clients, tasks): their constructor signatures. hydra-zen turns
   each signature into a config node, so every argument shows in a run's ``config.yaml`` and can be
   overridden from the command line (``student.noise=0.2``).
@@ -40,8 +41,19 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
+def store_settings(group: str, name: str, node: type) -> None:
+    """Registers a module's settings dataclass as the structured config ``group/name``.
+
+    A trainer module calls this at import for its own settings (``algorithm/opsd``, ``ray/default``),
+    so composing its config needs only that module, and ``configs`` never imports a trainer.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=group, name=name, node=node)
+
+
 def register() -> None:
-    """Registers every structured config with Hydra's ConfigStore (idempotent; call before composing)."""
+    """Registers the agent settings and every plug-in with Hydra's ConfigStore (idempotent; call before composing)."""
     global _registered
     if _registered:
         return
@@ -49,12 +61,6 @@ def register() -> None:
     from hydra_zen import builds, make_config
 
     from agents.models import AgentConfig
-    from algorithms.benchmark import BenchmarkConfig
-    from algorithms.micro import MicroConfig
-    from algorithms.opsd import OPSDConfig
-    from algorithms.rlvr import RLVRConfig
-    from algorithms.rollout import RayConfig
-    from algorithms.router import RouterConfig, RouterDataConfig
     from envs.chat import LocalChatClient, OpenAIChatClient
     from envs.chat.server import LOCAL_SERVER_URL
     from envs.judges import (
@@ -78,12 +84,6 @@ def register() -> None:
     cs = ConfigStore.instance()
     entries = {
         "agent": {"smollm2": AgentConfig},
-        "algorithm": {"opsd": OPSDConfig, "rlvr": RLVRConfig},
-        "ray": {"default": RayConfig},
-        "router_settings": {"default": RouterConfig},
-        "router_data": {"default": RouterDataConfig},
-        "benchmark_settings": {"default": BenchmarkConfig},
-        "micro_settings": {"default": MicroConfig},
         # server: the local `python -m envs.chat.server` (no key, whatever single model it serves). On a
         # CPU a busy server takes minutes per batch, and a timed-out attempt is resent while the server
         # still works on it, so attempts get 300 s (at 60 s the quick tutoring run fell into a retry storm).

@@ -29,9 +29,9 @@ from envs.data.math import (
     MathProblem,
     clean_solution,
     make_problems,
-    problems_for_split,
     read_jsonl,
 )
+from envs.data.problems import problems_for_split
 from envs.data.splits import personagym_part, read_split
 from envs.math_reward import answer_reward, format_number, has_final_marker, is_correct, parse_final_number
 from envs.tutoring import ChatMessages, ChatText
@@ -468,7 +468,7 @@ class PersonaMathBatch(EnvBatch):
                   **env_kwargs: Any) -> PersonaMathBatch:
         """A batch over one contract split's problems and personas.
 
-        Problems come from ``envs.data.math.problems_for_split`` (generated streams, or GSM8K train
+        Problems come from ``envs.data.problems.problems_for_split`` (generated streams, or GSM8K train
         / test with an optional easy slice); personas from ``personas_for_split`` (training pool
         plus ``none``, or for ``eval`` the held-out pool plus the lottery set) unless ``personas``
         is given in ``env_kwargs``.

@@ -24,7 +24,6 @@ Example:
 """
 
 from envs.chat.base import (
-    ChatBacked,
     ChatClient,
     ChatClientError,
     ChatRequest,
@@ -33,9 +32,6 @@ from envs.chat.base import (
     Messages,
     TransientChatError,
     Validator,
-    chat_clients,
-    chat_counters,
-    check_servers,
 )
 from envs.chat.cache import (
     AUTO,
@@ -54,6 +50,7 @@ from envs.chat.openai_client import (
     check_api_key_env,
 )
 from envs.chat.parsing import parse_json_reply
+from envs.chat.plugins import ChatBacked, chat_clients, chat_counters, check_servers
 
 __all__ = [
     "AUTO",

@@ -371,42 +371,6 @@ def make_problems(num: int, difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
     return draw_distinct(num, split, max_attempts, f"level-{difficulty} {split} problems", draw)
 
 
-def problems_for_split(split: str = "train", *, task: str = "generated", num: int | None = None,
-                       difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0,
-                       gsm8k_max_steps: int | None = None) -> list[MathProblem]:
-    """The problems of one contract split (``train, router_train, router_val, eval``).
-
-    Args:
-        split: The split.
-        task: ``"generated"`` (:func:`make_problems`), ``"drill"`` (``envs.data.drills``, one short
-            question each; ``difficulty`` is the drill level) or ``"gsm8k"`` (``eval`` and ``test`` read
-            alternate problems of the test file, every other split the train file).
-        num: Number of problems. Generated: default 2,000 (200 for ``eval`` and ``test``). GSM8K: the first
-            ``num`` of the file (or slice); default all.
-        difficulty: Level of the generated problems.
-        seed: Seed of the generated stream.
-        gsm8k_max_steps: Keep only GSM8K problems with at most this many calculator steps.
-    """
-    read_split(split, "envs.data.math.problems_for_split")
-    if task == "generated":
-        count = num if num is not None else (200 if split in ("eval", "test") else 2000)
-        return make_problems(count, difficulty, seed, split)
-    if task == "drill":
-        from envs.data.drills import make_drills  # drills build on this module
-
-        count = num if num is not None else (200 if split in ("eval", "test") else 2000)
-        return make_drills(count, difficulty, seed, split)
-    if task == "gsm8k":
-        problems = load_gsm8k("test" if split in ("eval", "test") else "train", max_steps=gsm8k_max_steps)
-        if split in ("eval", "test"):  # GSM8K's test file, halved: even positions eval, odd positions test
-            problems = problems[0 if split == "eval" else 1::2]
-        return problems[:num] if num is not None else problems
-    raise ValueError(f"task must be 'generated', 'drill' or 'gsm8k', got {task!r}")
-
-
-# --- scoring ---------------------------------------------------------------------------------------
-
-
 def accuracy(answers: Sequence[str], problems: Sequence[MathProblem]) -> float:
     """Share of ``answers`` whose final number is correct for the problem at the same position."""
     if len(answers) != len(problems):
@@ -419,5 +383,5 @@ def accuracy(answers: Sequence[str], problems: Sequence[MathProblem]) -> float:
 __all__ = [
     "DATA_DIR", "DEFAULT_DIFFICULTY", "EVAL_SHARE", "LEVELS", "NAMES", "SPLITS", "TEST_SHARE", "THEMES", "Level",
     "MathProblem",
-    "accuracy", "calculator_steps", "clean_solution", "load_gsm8k", "make_problems", "problems_for_split", "read_jsonl",
+    "accuracy", "calculator_steps", "clean_solution", "load_gsm8k", "make_problems", "read_jsonl",
 ]

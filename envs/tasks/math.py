@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from envs.checks.math import check_answers
-from envs.data.math import DEFAULT_DIFFICULTY, problems_for_split
+from envs.data.math import DEFAULT_DIFFICULTY
+from envs.data.problems import problems_for_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
 from envs.judges.pairwise import PairwiseComparison, question_comparison

@@ -3,7 +3,7 @@
 import pytest
 
 from envs.data.drills import DRILL_KINDS, make_drills
-from envs.data.math import problems_for_split
+from envs.data.problems import problems_for_split
 from envs.data.splits import SPLITS
 from envs.math_reward import answer_reward
 

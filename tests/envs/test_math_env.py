@@ -22,8 +22,8 @@ from envs.data.math import (
     clean_solution,
     load_gsm8k,
     make_problems,
-    problems_for_split,
 )
+from envs.data.problems import problems_for_split
 from envs.math import (
     INSTRUCTION,
     LOTTERY,

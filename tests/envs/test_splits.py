@@ -51,7 +51,7 @@ def test_persona_test_requests_and_records_are_disjoint_from_every_other_split()
 
 
 def test_math_test_questions_and_personas_are_disjoint_from_every_other_split():
-    from envs.data.math import problems_for_split
+    from envs.data.problems import problems_for_split
 
     arithmetic = {s: {p.question for p in problems_for_split(s, num=150)} for s in SPLITS}
     gsm = {s: {p.id for p in problems_for_split(s, task="gsm8k")} for s in SPLITS}
