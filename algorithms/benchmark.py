@@ -53,6 +53,7 @@ from algorithms.runs import claim_run_dir, json_line, write_json
 from algorithms.win_rates import win_rate_markdown, win_rates
 from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
+from envs.chat import check_servers
 from envs.tasks.base import EpisodeRecord, Task
 from envs.tasks.reporting import markdown_table, pyplot, save_figure
 
@@ -498,17 +499,16 @@ def build_contenders(cfg: DictConfig, ctx: BenchmarkContext) -> list[Contender]:
     return contenders
 
 
-def _win_rates(cfg: DictConfig, b: BenchmarkConfig, task: Task, rows: dict[str, list[EpisodeRecord]],
+def _win_rates(judge: Any, b: BenchmarkConfig, task: Task, rows: dict[str, list[EpisodeRecord]],
                contenders: Sequence[Contender], head_labels: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
     """First-turn win rates of the other rows against the blend and each head (None when off or nothing to compare)."""
     opponents = [c.label for c in contenders if c.label in head_labels or c.name == "blend"]
     challengers = [c.label for c in contenders if c.label not in opponents and c.name != "base"]
     if not (b.win_rates and opponents and challengers):
         return None, ""
-    if cfg.get("pairwise_judge") is None:
+    if judge is None:
         raise ValueError("benchmark.win_rates needs a pairwise judge (pairwise_judge=heuristic|llm), or set "
                          "benchmark.win_rates=false.")
-    judge = instantiate(cfg.pairwise_judge)
     wins = win_rates(task, judge, rows, challengers, opponents, bootstrap=b.bootstrap, confidence=b.confidence,
                      seed=b.seed)
     return wins, win_rate_markdown(wins, type(judge).__name__, b.confidence)
@@ -583,6 +583,8 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     device = resolve_device(cfg.device)
     policy, tokenizer, run_cfg = load_run(cfg.policy, device, current=cfg)
     task = build_task(with_run_agent(cfg, run_cfg))
+    judge = instantiate(cfg.pairwise_judge) if b.win_rates and cfg.get("pairwise_judge") is not None else None
+    check_servers(*task.chat_plugins(), judge)  # a server that is down: one message, before any episode
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
@@ -607,7 +609,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     base = next((c.label for c in contenders if c.base), None)
     report = task.evaluate(rows, heads=head_labels, base=base, bootstrap=b.bootstrap, confidence=b.confidence,
                            seed=b.seed)
-    wins, wins_md = _win_rates(cfg, b, task, rows, contenders, head_labels)
+    wins, wins_md = _win_rates(judge, b, task, rows, contenders, head_labels)
     oracles = [c.label for c in contenders if c.oracle]
     results = {"policy": str(cfg.policy), "router": cfg.get("router"), "protocol": b.protocol,
                "split": b.split, "contexts": b.contexts, "turns": b.turns,

@@ -57,6 +57,7 @@ from algorithms.router import budget_indices, load_run
 from algorithms.runs import claim_run_dir, write_json
 from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
+from envs.chat import check_servers
 from envs.tasks.reporting import markdown_table
 
 MODEL_FILE, MODEL_CONFIG = "reward.safetensors", "reward.json"
@@ -429,8 +430,9 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     out_dir = Path(out_dir)
     if not resume:
         claim_run_dir(out_dir, overwrite=bool(cfg.get("overwrite")), resume_hint=f"resume={out_dir}")
-    policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
     task = build_task(cfg)
+    check_servers(*task.chat_plugins())  # a server that is down: one message, before any loading
+    policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     labels = [p.name for p in task.personas]

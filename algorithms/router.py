@@ -94,6 +94,7 @@ from algorithms.seeds import seed_for
 from configs import check_top_level, register, store_settings
 from configs.trust import load_saved_config
 from configs.validation import check_types, require, require_choice, structured
+from envs.chat import check_servers
 
 METHODS = ("matched", "pairwise", "hedge", "micro")
 Messages = list[dict[str, str]]
@@ -496,8 +497,10 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     started = time.perf_counter()
     set_seed(int(cfg.seed))
     device = resolve_device(cfg.device)
-    policy, tokenizer, _ = load_run(cfg.policy, device, current=cfg)
     task = build_task(cfg)
+    judge = instantiate(cfg.pairwise_judge) if rc.needs_candidates else None  # builds no model yet
+    check_servers(*task.chat_plugins(), judge)  # a server that is down: one message, before any loading
+    policy, tokenizer, _ = load_run(cfg.policy, device, current=cfg)
     for persona in task.personas:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
@@ -529,7 +532,6 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     train_ex = within_budget(train_ex, rc.budget, seed=cfg.seed * 7 + 3)
     judge_counter = None
     if rc.needs_candidates and any(e.deltas is None for e in train_ex + val_ex):  # a reused run's are scored
-        judge = instantiate(cfg.pairwise_judge)
         for split, examples in (("router_train", train_ex), ("router_val", val_ex)):
             todo = [e for e in examples if e.deltas is None]
             for start in range(0, len(todo), data.unit_episodes):

@@ -71,3 +71,17 @@ def test_a_chat_server_without_the_model_stops_the_run_before_anything_is_writte
     with pytest.raises(ChatClientError, match="'other-model' is not served by .*it offers: test-model"):
         opsd.train(opsd_config(*llm_judges(server, tmp_path), "judge.client.model=other-model"), tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists() and server.count == 0
+
+
+def test_router_and_benchmark_check_their_judges_server_before_any_episode(server, tmp_path):
+    from algorithms import benchmark, router
+    from tests.conftest import compose_config, make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run")
+    judge = ["pairwise_judge=llm", "chat@pairwise_judge.client=openai", f"pairwise_judge.client.base_url={server.url}",
+             "pairwise_judge.client.api_key_env=null", "pairwise_judge.client.model=other-model", "device=cpu"]
+    with pytest.raises(ChatClientError, match="'other-model' is not served"):
+        router.train(compose_config("router", f"policy={run}", "router.method=pairwise", *judge), tmp_path / "router")
+    with pytest.raises(ChatClientError, match="'other-model' is not served"):
+        benchmark.run_benchmark(compose_config("benchmark", f"policy={run}", *judge), tmp_path / "bench")
+    assert server.count == 0 and not list((tmp_path / "router").glob("journal*"))
