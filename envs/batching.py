@@ -8,10 +8,26 @@ step, which episodes have ended) is :class:`EnvBatch`, written here once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+
+def rendered(text: str | None, render_mode: str | None) -> str | None:
+    """What an env's ``render()`` gives for ``text``: printed and None in ``human`` mode, else the text."""
+    if text is not None and render_mode == "human":
+        print(text)
+        return None
+    return text
+
+
+def generator_from(rng_state: Mapping[str, Any]) -> np.random.Generator:
+    """A fresh ``np_random`` continuing from a saved ``bit_generator.state`` (the saved copy is untouched)."""
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = copy.deepcopy(dict(rng_state))
+    return rng
 
 
 def check_text_action(action: Any, *, env: str, noun: str, max_chars: int) -> tuple[str, bool]:
@@ -91,6 +107,17 @@ class EnvBatch:
                 env.check_action(action)
             except ValueError as err:
                 raise ValueError(f"{self.episode_noun} {i}: {err}") from None
+
+    def get_states(self) -> list[dict[str, Any]]:
+        """One JSON-compatible snapshot per episode (each env's ``get_state()``)."""
+        return [env.get_state() for env in self.envs]
+
+    def set_states(self, states: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Continues the episodes captured by :meth:`get_states`, one per env; returns their observations."""
+        self._check_states(states)
+        observations = [env.set_state(state) for env, state in zip(self.envs, states)]
+        self._done = [bool(state.get("done", False)) for state in states]
+        return observations
 
     def _check_states(self, states: Sequence[Any], kind: str = "episode states") -> None:
         if len(states) != self.num_envs:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch, check_text_action
+from envs.batching import EnvBatch, check_text_action, generator_from, rendered
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
@@ -354,11 +354,7 @@ class PersonaMathEnv(gym.Env):
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in self._observation()]
         if self._done:
             lines += [f"Assistant: {self._answer}", f"Reward: {self._reward:g} (answer {self._problem.answer})"]
-        text = "\n".join(lines)
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return rendered("\n".join(lines), self.render_mode)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -393,9 +389,7 @@ class PersonaMathEnv(gym.Env):
 
     def set_state(self, state: Mapping[str, Any]) -> list[dict[str, str]]:
         """Continues the episode captured by :meth:`get_state`; returns its observation."""
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = copy.deepcopy(dict(state["rng_state"]))
-        self.np_random = rng
+        self.np_random = generator_from(state["rng_state"])
         self._problem = MathProblem.from_dict(state["problem"])
         self._persona = PromptPersona.from_dict(state["persona"])
         self._done, self._answer, self._reward = bool(state.get("done", False)), "", 0.0
@@ -496,17 +490,6 @@ class PersonaMathBatch(EnvBatch):
         return ([r[0] for r in results], np.asarray([r[1] for r in results], dtype=np.float64),
                 np.asarray([r[2] for r in results], dtype=bool), np.asarray([r[3] for r in results], dtype=bool),
                 [r[4] for r in results])
-
-    def get_states(self) -> list[dict[str, Any]]:
-        """Snapshots of every episode (see :meth:`PersonaMathEnv.get_state`)."""
-        return [env.get_state() for env in self.envs]
-
-    def set_states(self, states: Sequence[Mapping[str, Any]]) -> list[list[dict[str, str]]]:
-        """Continues the episodes captured by :meth:`get_states`, one per env; returns their observations."""
-        self._check_states(states)
-        observations = [env.set_state(state) for env, state in zip(self.envs, states)]
-        self._done = [bool(state.get("done", False)) for state in states]
-        return observations
 
 
 __all__ = [

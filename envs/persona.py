@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch, check_text_action
+from envs.batching import EnvBatch, check_text_action, generator_from, rendered
 from envs.data.persona import (
     FACET_LABELS,
     FACETS,
@@ -268,10 +268,7 @@ class PersonaCriticEnv(gym.Env):
         text = f"Request: {self._request.prompt}"
         if self._done:
             text += f"\nResponse: {self._response}\nCritique ({self._facet}): {self._critique}"
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return rendered(text, self.render_mode)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -297,9 +294,7 @@ class PersonaCriticEnv(gym.Env):
 
     def set_state(self, state: Mapping[str, Any]) -> list[dict[str, str]]:
         """Continues the episode captured by :meth:`get_state`; returns its observation."""
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = copy.deepcopy(dict(state["rng_state"]))
-        self.np_random = rng
+        self.np_random = generator_from(state["rng_state"])
         self._record = PersonaRecord.from_dict(state["record"])
         self._request = Request.from_dict(state["request"])
         self._facet = check_facet(state["facet"])
@@ -453,14 +448,3 @@ class PersonaCriticBatch(EnvBatch):
         obs, rewards, terminated, truncated, infos = zip(*results)
         return (list(obs), np.asarray(rewards, dtype=np.float64), np.asarray(terminated, dtype=bool),
                 np.asarray(truncated, dtype=bool), list(infos))
-
-    def get_states(self) -> list[EpisodeState]:
-        """One JSON-compatible state per episode (see :class:`EpisodeState`)."""
-        return [env.get_state() for env in self.envs]
-
-    def set_states(self, states: Sequence[Mapping[str, Any]]) -> list[list[dict[str, str]]]:
-        """Continues the episodes captured by :meth:`get_states`; returns their observations."""
-        self._check_states(states)
-        observations = [env.set_state(state) for env, state in zip(self.envs, states)]
-        self._done = [bool(state.get("done", False)) for state in states]
-        return observations

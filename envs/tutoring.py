@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.batching import EnvBatch, check_text_action
+from envs.batching import EnvBatch, check_text_action, generator_from, rendered
 from envs.data import load_tutoring_topics
 from envs.judges.base import LABEL_SCORE, JudgeDialogue, SatisfactionJudge, TurnJudgement
 from envs.students.base import (
@@ -324,11 +324,7 @@ class TutoringEnv(gym.Env):
 
     def render(self) -> str | None:
         """The transcript (``ansi``), or prints it (``human``)."""
-        text = self.transcript()
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return rendered(self.transcript(), self.render_mode)
 
     # -- helpers, also used by TutoringBatch ------------------------------------------------------
 
@@ -362,9 +358,7 @@ class TutoringEnv(gym.Env):
     def set_state(self, state: DialogueState) -> None:
         """Continues the episode captured by :meth:`get_state` (same future draws and replies)."""
         check_labels(state["student_type"], state["reaction"])
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = copy.deepcopy(state["rng_state"])
-        self.np_random = rng
+        self.np_random = generator_from(state["rng_state"])
         self._messages = [dict(m) for m in state["messages"]]
         self._topic, self._student_type, self._reaction = state["topic"], state["student_type"], state["reaction"]
         self._turn = int(state["turn"])
