@@ -23,6 +23,15 @@ def rendered(text: str | None, render_mode: str | None) -> str | None:
     return text
 
 
+def known_options(options: Mapping[str, Any] | None, known: Sequence[str]) -> dict[str, Any]:
+    """A reset's ``options`` as a new dict, refusing any key the env does not read (a typo fixes nothing)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; expected some of {tuple(known)}")
+    return options
+
+
 def generator_from(rng_state: Mapping[str, Any]) -> np.random.Generator:
     """A fresh ``np_random`` continuing from a saved ``bit_generator.state`` (the saved copy is untouched)."""
     rng = np.random.Generator(np.random.PCG64())

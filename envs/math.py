@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch, check_text_action, generator_from, rendered
+from envs.batching import EnvBatch, check_text_action, generator_from, known_options, rendered
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
@@ -308,10 +308,7 @@ class PersonaMathEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Draws a problem and a persona; returns the prompt."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(_OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; expected some of {_OPTION_KEYS}")
+        options = known_options(options, _OPTION_KEYS)
         rng = self.np_random
         # every draw happens every time, in a fixed order, so an override leaves the others unchanged
         problem_i = int(rng.integers(len(self.problems)))

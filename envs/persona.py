@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
-from envs.batching import EnvBatch, check_text_action, generator_from, rendered
+from envs.batching import EnvBatch, check_text_action, generator_from, known_options, rendered
 from envs.data.persona import (
     FACET_LABELS,
     FACETS,
@@ -321,10 +321,7 @@ class PersonaCriticEnv(gym.Env):
 
     def _start_episode(self, *, seed: int | None, options: dict[str, Any] | None) -> RubricQuery | None:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(_OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; expected some of {_OPTION_KEYS}")
+        options = known_options(options, _OPTION_KEYS)
         rng = self.np_random
         # every draw happens every time, in a fixed order, so an override leaves the others unchanged
         request_i = int(rng.integers(len(self.requests)))

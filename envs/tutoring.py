@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.batching import EnvBatch, check_text_action, generator_from, rendered
+from envs.batching import EnvBatch, check_text_action, generator_from, known_options, rendered
 from envs.data import load_tutoring_topics
 from envs.judges.base import LABEL_SCORE, JudgeDialogue, SatisfactionJudge, TurnJudgement
 from envs.students.base import (
@@ -369,10 +369,7 @@ class TutoringEnv(gym.Env):
 
     def _start_episode(self, *, seed: int | None, options: dict[str, Any] | None) -> StudentContext:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(_OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; expected some of {_OPTION_KEYS}")
+        options = known_options(options, _OPTION_KEYS)
         rng = self.np_random
         # Every draw happens every time, in a fixed order, so an override leaves the rest unchanged.
         if self.contexts:

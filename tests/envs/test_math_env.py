@@ -357,22 +357,6 @@ def test_reference_answer_and_solution_never_appear_in_observations(problems):
 # --- action validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [None, 42, ["#### 4"], b"#### 4"])
-def test_non_string_action_raises_clear_error(bad):
-    env = PersonaMathEnv()
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"non-empty str; got " + type(bad).__name__):
-        env.step(bad)
-
-
-@pytest.mark.parametrize("blank", ["", "   ", "\n\t"])
-def test_blank_action_raises_clear_error(blank):
-    env = PersonaMathEnv()
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match="non-empty answer"):
-        env.step(blank)
-
-
 def test_long_action_is_cut_surrogates_replaced_and_misuse_raises():
     env = PersonaMathEnv(max_action_chars=50)
     env.reset(seed=0)
