@@ -49,7 +49,7 @@ from algorithms.journal import Journal
 from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
 from algorithms.router import load_router, load_run
 from algorithms.router_data import matched_head, route
-from algorithms.runs import claim_run_dir, json_line, write_json
+from algorithms.runs import claim_run_dir, json_line, write_config, write_json
 from algorithms.win_rates import win_rate_markdown, win_rates
 from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
@@ -586,7 +586,7 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     judge = instantiate(cfg.pairwise_judge) if b.win_rates and cfg.get("pairwise_judge") is not None else None
     check_servers(*task.chat_plugins(), judge)  # a server that is down: one message, before any episode
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(cfg, out_dir / "config.yaml")
     ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
     contenders = build_contenders(cfg, ctx)
     options = task.eval_options(b.contexts, split=b.split)

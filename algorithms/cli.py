@@ -22,7 +22,7 @@ from agents.models import resolve_device
 from algorithms.components import agent_config, build_task
 from algorithms.evaluation import evaluate_policy
 from algorithms.trainer import Trainer, fit
-from configs import PLUGIN_KEYS, check_top_level
+from configs import check_top_level
 from configs.trust import load_saved_config
 from configs.validation import structured
 
@@ -64,7 +64,9 @@ def saved_run_config(cfg: DictConfig, folder: Path, reset: tuple[str, ...] = ())
     for override in HydraConfig.get().overrides.task:
         key = override.partition("=")[0].lstrip("+~")
         if key not in ("resume", "evaluate") and "." in key:
-            apply_override(run_cfg, key, OmegaConf.select(cfg, key))
+            # the saved file keeps the env's links to the plug-ins (``env.student: ${student}``), so
+            # ``student.noise=0.2`` reaches the student the env is built with
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
     return run_cfg
 
 
@@ -84,30 +86,6 @@ def resumable_config(cfg: DictConfig) -> tuple[DictConfig, Path, bool]:
         return cfg, Path(HydraConfig.get().runtime.output_dir), False
     folder = Path(cfg.resume)
     return saved_run_config(cfg, folder), folder, True
-
-
-def apply_override(run_cfg: DictConfig, key: str, value: Any) -> None:
-    """Sets ``key`` in a saved run config, including the env's copies of a top-level plug-in.
-
-    A run's ``config.yaml`` is saved resolved, so the plug-ins the env config took from the top
-    level (``env.student: ${student}``, ``env.style_judge: ${judge.style}``) are copies there.
-    Without this, ``evaluate=<run> student.quality_check=false`` would change the top-level node that
-    nothing reads and leave the task's student as it was: every env node equal to the plug-in node
-    ``key`` points into (``student``, ``judge.style``...) gets the same change.
-    """
-    parts = key.split(".")
-    copies = []
-    if parts[0] in PLUGIN_KEYS and isinstance(run_cfg.get("env"), DictConfig):
-        for depth in range(1, len(parts)):
-            node = OmegaConf.select(run_cfg, ".".join(parts[:depth]))
-            if not isinstance(node, DictConfig):
-                continue
-            rest = ".".join(parts[depth:])
-            copies += [f"env.{name}.{rest}" for name, child in run_cfg.env.items()
-                       if isinstance(child, DictConfig) and child == node]
-    OmegaConf.update(run_cfg, key, value, force_add=True)
-    for copy in copies:
-        OmegaConf.update(run_cfg, copy, value, force_add=True)
 
 
 def evaluate_run(trainer_cls: type[Trainer], cfg: DictConfig, folder: Path) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from algorithms.components import build_task
 from algorithms.journal import Journal
 from algorithms.losses import bt_mixture_loss, hedge_targets, soft_cross_entropy
 from algorithms.router import budget_indices, load_run
-from algorithms.runs import claim_run_dir, write_json
+from algorithms.runs import claim_run_dir, write_config, write_json
 from configs import check_top_level, register, store_settings
 from configs.validation import check_types, require, structured
 from envs.chat import check_servers
@@ -434,7 +434,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     check_servers(*task.chat_plugins())  # a server that is down: one message, before any loading
     policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(cfg, out_dir / "config.yaml")
     labels = [p.name for p in task.personas]
     rows = load_candidates(cfg.candidates)
     features = RouterFeatures(policy, tokenizer, show_progress=True)

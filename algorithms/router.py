@@ -89,7 +89,7 @@ from algorithms.router_data import (
     prefix_features,
     score_candidates,
 )
-from algorithms.runs import claim_run_dir, json_line, write_json
+from algorithms.runs import claim_run_dir, json_line, write_config, write_json
 from algorithms.seeds import seed_for
 from configs import check_top_level, register, store_settings
 from configs.trust import load_saved_config
@@ -504,7 +504,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     for persona in task.personas:
         matched_head(policy, persona.name)  # fail early on a policy whose heads are not the personas
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(cfg, out_dir / "config.yaml")
 
     def prefixes(split: str, episodes: int, seed: int) -> list[PrefixExample]:
         out = []

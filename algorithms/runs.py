@@ -55,6 +55,20 @@ def write_json(path: str | Path, value: Any) -> Path:
     return path
 
 
+def write_config(cfg: Any, path: str | Path) -> Path:
+    """Writes a run's ``config.yaml``: every setting, with the config's own links kept.
+
+    Links such as the env's ``student: ${student}`` stay links, so a plug-in lives in one place in
+    the file too, and ``resume=<run> student.noise=0.2`` changes the student the env is built with.
+    Every value the links point to is in the file; loading it (``configs.trust``) resolves them.
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=False))
+    return path
+
+
 def claim_run_dir(run_dir: str | Path, *, overwrite: bool, resume_hint: str) -> Path:
     """Makes ``run_dir`` ready for a new run, refusing to mix two runs in one folder.
 

@@ -68,6 +68,7 @@ from algorithms.runs import (
     peak_memory_mb,
     read_history,
     truncate_history,
+    write_config,
     write_json,
 )
 from configs.validation import check_types, require, require_choice, structured
@@ -577,7 +578,7 @@ def fit(trainer_cls: type[Trainer], cfg: DictConfig, run_dir: str | Path, *, res
         _resume_state(trainer, run_dir)
         print(f"[{trainer.name}] resumed {run_dir} at step {trainer.step}/{trainer.settings.steps}")
     else:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(cfg, run_dir / "config.yaml")
     s = trainer.settings
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=trainer.step + 1 if resume else None)
     history = (run_dir / "history.jsonl").open("a")

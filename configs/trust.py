@@ -115,8 +115,9 @@ def check_saved_config(cfg: DictConfig, source: str | Path, allowed: Iterable[st
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except Exception as err:  # noqa: BLE001 - any resolver failure means we cannot vet the file
-        raise UntrustedConfigError(f"{source} cannot be checked: an interpolation in it does not resolve ({err}). "
-                                   "A run writes its config.yaml fully resolved; this file was edited.") from None
+        raise UntrustedConfigError(
+            f"{source} cannot be checked: an interpolation in it does not resolve ({err}). A run's config.yaml "
+            "links only to its own settings; this file was edited.") from None
     for key, target in iter_targets(plain):
         if key.split(".")[0] == ALLOW_KEY or target in allowed:
             continue

@@ -183,19 +183,20 @@ def test_an_api_key_given_as_a_variable_name_is_refused_before_anything_is_writt
     assert not any(secret.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
 
 
-def test_an_override_on_a_saved_run_reaches_the_envs_copy_of_the_plug_in():
-    # config.yaml is saved resolved: env.student and env.style_judge are copies of the top-level nodes
+def test_a_saved_config_keeps_the_envs_links_so_an_override_reaches_the_plug_in_it_builds(tmp_path):
     from omegaconf import OmegaConf
 
-    from algorithms.cli import apply_override
+    from algorithms.components import build_task
+    from algorithms.runs import write_config
+    from configs.trust import load_saved_config
+    from tests.conftest import compose_config
 
-    student = {"_target_": "envs.students.scripted.ScriptedStudent", "noise": 0.1, "quality_check": True}
-    style = {"_target_": "envs.judges.heuristic.HeuristicStyleJudge", "quality_check": True}
-    run_cfg = OmegaConf.create({"env": {"student": dict(student), "style_judge": dict(style), "max_turns": 6},
-                                "student": dict(student), "judge": {"style": dict(style)}, "algorithm": {"lr": 1}})
-    apply_override(run_cfg, "student.quality_check", False)
-    apply_override(run_cfg, "judge.style.quality_check", False)
-    apply_override(run_cfg, "algorithm.lr", 2)
-    assert run_cfg.env.student.quality_check is False and run_cfg.student.quality_check is False
-    assert run_cfg.env.style_judge.quality_check is False and run_cfg.judge.style.quality_check is False
-    assert run_cfg.env.student.noise == 0.1 and run_cfg.algorithm.lr == 2
+    cfg = compose_config("opsd", "agent=tiny", "student.noise=0.1")
+    saved = OmegaConf.load(write_config(cfg, tmp_path / "config.yaml"))
+    assert saved.env._content["student"]._value() == "${student}"  # one student in the file, linked
+    run_cfg = load_saved_config(tmp_path / "config.yaml")
+    OmegaConf.update(run_cfg, "student.quality_check", False)  # what resume=/evaluate= do with an override
+    OmegaConf.update(run_cfg, "judge.style.quality_check", False)
+    task = build_task(run_cfg)
+    assert task.student.quality_check is False and task.student.noise == 0.1
+    assert task.style_judge.quality_check is False
