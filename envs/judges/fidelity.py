@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from envs.chat import ChatBacked
 from envs.judges.base import FallbackCounter
@@ -98,7 +99,7 @@ class PersonaAttribution:
             for persona in (item.persona, *item.candidates, None):
                 rows.append((_with_persona(item.messages, persona), item.answer))
         means: list[float] = []
-        for start in range(0, len(rows), self.batch_size):
+        for start in tqdm(range(0, len(rows), self.batch_size), desc="attribution", unit="batch", leave=False):
             chunk = rows[start:start + self.batch_size]
             prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p, _ in chunk], model.device)
             answers = tokenizer([a for _, a in chunk], return_tensors="pt", padding=True, padding_side="right",
