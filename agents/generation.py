@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from agents.draft_judge import DraftJudge
-from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights, padded_positions
+from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights, is_per_row, padded_positions
 from agents.sampling import sample_dropping_finished, tempered_logprobs
 
 Messages = list[dict[str, str]]
@@ -133,7 +133,7 @@ def _rows(weights: Weights, start: int, stop: int):
 
 def _head_rows(head: HeadRef, start: int, stop: int) -> HeadRef:
     """The rows ``start:stop`` of per-row head indices; a single head applies to every row."""
-    if torch.is_tensor(head) or isinstance(head, (list, tuple)):
+    if is_per_row(head):
         return torch.as_tensor(head, dtype=torch.long)[start:stop]
     return head
 
@@ -247,7 +247,7 @@ def generate(
         w = torch.as_tensor(weights) if not torch.is_tensor(weights) else weights
         if w.dim() == 2 and w.shape[0] != n:
             raise ValueError(f"Got {w.shape[0]} rows of head weights for {n} prompts.")
-    if (torch.is_tensor(head) or isinstance(head, (list, tuple))) and len(head) != n:
+    if is_per_row(head) and len(head) != n:
         raise ValueError(f"Got {len(head)} per-row heads for {n} prompts.")
     step = batch_size or n
     devices = [device] if device.type == "cuda" else []

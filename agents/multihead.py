@@ -41,6 +41,11 @@ HeadRef = int | str | Sequence[int] | torch.Tensor | None  # one head, or one he
 Weights = torch.Tensor | Sequence[float] | Sequence[Sequence[float]] | None
 
 
+def is_per_row(head: HeadRef) -> bool:
+    """Whether ``head`` gives one head index per row (a sequence or tensor) rather than one head for all."""
+    return torch.is_tensor(head) or isinstance(head, (list, tuple))
+
+
 @dataclass(frozen=True)
 class HeadSelection:
     """Which output projection a forward pass uses.
@@ -140,7 +145,7 @@ class MultiHeadLMHead(nn.Module):
             for row, single in zip(rows, one_hot):
                 if single:
                     d = int(row.argmax())
-                    projections.append((self.weights[d], None if self.biases is None else self.biases[d]))
+                    projections.append(self._projection(d))
                 else:
                     projections.append(self.mixed_weight(row))
             return "grouped", (projections, inverse)
@@ -211,8 +216,7 @@ class MultiHeadLMHead(nn.Module):
             w = weights[:, d]
             if not torch.any(w):
                 continue
-            bias = None if self.biases is None else self.biases[d]
-            term = nn.functional.linear(hidden, self.weights[d], bias) * w.view(-1, *[1] * (hidden.dim() - 1))
+            term = nn.functional.linear(hidden, *self._projection(d)) * w.view(-1, *[1] * (hidden.dim() - 1))
             out = term if out is None else out + term
         if out is None:  # all weights zero
             out = hidden.new_zeros(*hidden.shape[:-1], self.weights[0].shape[0])
@@ -305,7 +309,7 @@ class MultiHeadPolicy(nn.Module):
         """Validates a head / weights request and returns the matching :class:`HeadSelection`."""
         if head is not None and weights is not None:
             raise ValueError("Pass either head= or weights=, not both.")
-        if torch.is_tensor(head) or isinstance(head, (list, tuple)):
+        if is_per_row(head):
             heads = torch.as_tensor(head, dtype=torch.long).detach()
             if heads.dim() != 1 or not heads.numel():
                 raise ValueError("Per-row heads must be a non-empty 1-D sequence of indices, "

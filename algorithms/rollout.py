@@ -287,9 +287,6 @@ class RolloutWorker:
             raise ValueError("RolloutWorker: pass the tokenizer together with the policy")
         self.policy, self.tokenizer = policy, tokenizer
         self.version = -1 if not self.shared else 0
-        self.max_new_tokens = settings.max_new_tokens
-        self.temperature = settings.temperature
-        self.top_p = settings.top_p
         self._batches: dict[int, Any] = {}
 
     # ---- weights -----------------------------------------------------------------------
@@ -336,7 +333,8 @@ class RolloutWorker:
         selection = {"head": torch.tensor(request.heads)}  # each row samples from its own head
         chat_before = chat_counters(*self.task.chat_plugins())
         turn = take_turn(policy, self.tokenizer, self.task, batch, prompts, selection,
-                         max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                         max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature,
+                         top_p=self.settings.top_p,
                          seed=request.gen_seed)
         chat_after = chat_counters(*self.task.chat_plugins())
         gen, infos = turn.generation, turn.infos
