@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.batching import EnvBatch, check_text_action, generator_from, known_options, rendered
+from envs.data.drills import DEFAULT_DRILL_KINDS
 from envs.data.math import (
     DATA_DIR,
     DEFAULT_DIFFICULTY,
@@ -455,8 +456,8 @@ class PersonaMathBatch(EnvBatch):
 
     @classmethod
     def for_split(cls, num_envs: int, split: str = "train", *, task: str = "generated", num_problems: int | None = None,
-                  difficulty: int = DEFAULT_DIFFICULTY, seed: int = 0, gsm8k_max_steps: int | None = None,
-                  **env_kwargs: Any) -> PersonaMathBatch:
+                  difficulty: int | None = None, seed: int = 0, gsm8k_max_steps: int | None = None,
+                  drill_kinds: Sequence[str] = DEFAULT_DRILL_KINDS, **env_kwargs: Any) -> PersonaMathBatch:
         """A batch over one contract split's problems and personas.
 
         Problems come from ``envs.data.problems.problems_for_split`` (generated streams, or GSM8K train
@@ -465,7 +466,7 @@ class PersonaMathBatch(EnvBatch):
         is given in ``env_kwargs``.
         """
         problems = problems_for_split(split, task=task, num=num_problems, difficulty=difficulty, seed=seed,
-                                      gsm8k_max_steps=gsm8k_max_steps)
+                                      gsm8k_max_steps=gsm8k_max_steps, drill_kinds=drill_kinds)
         env_kwargs.setdefault("personas", personas_for_split(split))
         return cls(num_envs, problems=problems, **env_kwargs)
 

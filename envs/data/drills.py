@@ -27,6 +27,14 @@ from envs.data.splits import SPLITS, read_split
 
 DRILL_KINDS = ("add", "subtract", "multiply", "compare", "next")
 DRILL_LEVELS = {1: 9, 2: 20, 3: 99}  # largest operand per level
+# The drills the math env serves by default. The embedded model answers level 2's add, subtract,
+# multiply and compare drills right 31-62% of the time at temperature 0.5 (docs/rlvr.md), so GRPO's
+# groups disagree and carry a signal; it never gets "next" right (0%), and level 1 holds too few
+# distinct held-out drills per kind for an evaluation.
+DEFAULT_DRILL_LEVEL = 2
+MAX_DRILLS = 2000  # the most drills a stream serves when no number is asked for
+DRILL_PATIENCE = 2000  # ... and it ends once this many proposals in a row were repeats or another side's
+DEFAULT_DRILL_KINDS = ("add", "subtract", "multiply", "compare")
 _FACTORS = {1: 9, 2: 12, 3: 20}
 
 
@@ -55,12 +63,14 @@ def _draw(kind: str, level: int, rng: np.random.Generator) -> tuple[str, int, st
     raise ValueError(f"unknown drill kind {kind!r}; the kinds are {DRILL_KINDS}")
 
 
-def make_drills(num: int, level: int = 1, seed: int = 0, split: str = "train", *,
-                kinds: tuple[str, ...] = DRILL_KINDS, max_attempts: int | None = None) -> list[MathProblem]:
+def make_drills(num: int | None, level: int = DEFAULT_DRILL_LEVEL, seed: int = 0, split: str = "train", *,
+                kinds: tuple[str, ...] = DEFAULT_DRILL_KINDS, max_attempts: int | None = None) -> list[MathProblem]:
     """``num`` distinct drills of ``split``, the kinds cycling, deterministic in all arguments.
 
     Args:
-        num: Number of drills.
+        num: Number of drills. None: every distinct drill the stream finds, up to
+            :data:`MAX_DRILLS` (a level's space is small: level 2's multiplications run out after
+            about 60 per split side, and the kinds cycle, so the stream ends there).
         level: Operand size, a key of :data:`DRILL_LEVELS`.
         seed: Seed of the stream.
         split: One of the contract's splits (``router_*`` draw from the training side).
@@ -72,6 +82,10 @@ def make_drills(num: int, level: int = 1, seed: int = 0, split: str = "train", *
     """
     if level not in DRILL_LEVELS:
         raise ValueError(f"drill level must be one of {sorted(DRILL_LEVELS)}, got {level!r}")
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in DRILL_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"drill kinds must be a non-empty list of {DRILL_KINDS}, got {list(kinds)!r}")
     read_split(split, "envs.data.drills.make_drills")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, level, SPLITS.index(split), 0x6472696C6C])
 
@@ -82,4 +96,7 @@ def make_drills(num: int, level: int = 1, seed: int = 0, split: str = "train", *
             f"drill-L{level}-{kind}-{split}-s{seed}-{i}", question, str(answer), "drill", level,
             f"{work}\n#### {answer}", key)
 
+    if num is None:
+        return draw_distinct(MAX_DRILLS, split, max_attempts, f"level-{level} {split} drills", draw,
+                             patience=DRILL_PATIENCE)
     return draw_distinct(num, split, max_attempts, f"level-{level} {split} drills", draw)

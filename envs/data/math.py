@@ -305,29 +305,44 @@ def _side(key: str) -> str:
 
 
 def draw_distinct(num: int, split: str, max_attempts: int | None, what: str,
-                  draw: Callable[[int], tuple[str, str, MathProblem] | None]) -> list[MathProblem]:
+                  draw: Callable[[int], tuple[str, str, MathProblem] | None], *,
+                  patience: int | None = None) -> list[MathProblem]:
     """Calls ``draw(i)`` until ``num`` problems with distinct questions on ``split``'s side exist.
 
     ``draw(i)`` proposes the ``i``-th problem as ``(question, side key, problem)`` (None: no problem
     this time); a proposal whose question was seen, or whose key hashes to another side
     (:func:`_side`), is dropped. ``router_*`` splits draw from the training side.
 
+    Args:
+        num: Problems wanted.
+        split: The stream's split.
+        max_attempts: Proposals before giving up (default ``200 * num + 1000``).
+        what: Names the problems in the error message.
+        draw: The proposal function.
+        patience: With a number, ``num`` is an upper bound: drawing stops once this many proposals
+            in a row brought nothing new, and the problems found so far are returned (a small
+            problem space, e.g. one level's drills, is then served whole). None: ``num`` is required.
+
     Raises:
-        ValueError: After ``max_attempts`` proposals (default ``200 * num + 1000``) with too few kept.
+        ValueError: After ``max_attempts`` proposals with too few kept (``patience`` None), or with
+            none at all.
     """
     side = split if split in ("eval", "test") else "train"
     limit = max_attempts if max_attempts is not None else 200 * int(num) + 1000
     problems: list[MathProblem] = []
     seen: set[str] = set()
+    misses = 0
     for _ in range(limit):
-        if len(problems) >= num:
+        if len(problems) >= num or (patience is not None and misses >= patience):
             break
         proposal = draw(len(problems))
         if proposal is None or proposal[0] in seen or _side(proposal[1]) != side:
+            misses += 1
             continue
+        misses = 0
         seen.add(proposal[0])
         problems.append(proposal[2])
-    if len(problems) < num:
+    if len(problems) < num and (patience is None or not problems):
         raise ValueError(f"found only {len(problems)} distinct {what} in {limit} attempts; ask for fewer")
     return problems
 

@@ -98,16 +98,20 @@ class PersonaAttribution:
         for item in items:
             for persona in (item.persona, *item.candidates, None):
                 rows.append((_with_persona(item.messages, persona), item.answer))
-        means: list[float] = []
+        # Batches of similar length pad little: score the rows longest first, then put them back in order.
+        order = sorted(range(len(rows)), key=lambda i: -(sum(len(m["content"]) for m in rows[i][0]) + len(rows[i][1])))
+        means = [0.0] * len(rows)
         for start in tqdm(range(0, len(rows), self.batch_size), desc="attribution", unit="batch", leave=False):
-            chunk = rows[start:start + self.batch_size]
+            at = order[start:start + self.batch_size]
+            chunk = [rows[i] for i in at]
             prompt_ids, prompt_mask = encode_prompts(tokenizer, [p for p, _ in chunk], model.device)
             answers = tokenizer([a for _, a in chunk], return_tensors="pt", padding=True, padding_side="right",
                                 add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 logp = score(model, prompt_ids, prompt_mask, answers["input_ids"], answers["attention_mask"])
             counts = answers["attention_mask"].sum(1).clamp(min=1)
-            means += (logp.sum(1) / counts).tolist()
+            for i, value in zip(at, (logp.sum(1) / counts).tolist()):
+                means[i] = value
         out, at = [], 0
         for item in items:
             n = 2 + len(item.candidates)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from envs.checks.math import check_answers
-from envs.data.math import DEFAULT_DIFFICULTY
+from envs.data.drills import DEFAULT_DRILL_KINDS
 from envs.data.problems import problems_for_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
@@ -44,10 +44,12 @@ class MathTask:
     """The persona math environment seen by the trainers and the evaluation (the task contract).
 
     Args:
-        source: ``generated`` (arithmetic word problems), ``drill`` (one short arithmetic question
-            each, ``envs.data.drills``) or ``gsm8k``.
-        difficulty: Level of the generated problems (``envs.data.math.LEVELS``) or of the drills
-            (``envs.data.drills.DRILL_LEVELS``).
+        source: ``drill`` (one short arithmetic question each, ``envs.data.drills``: the default,
+            because the embedded model gets 31-62% of them right and so has a signal to learn from),
+            ``generated`` (arithmetic word problems) or ``gsm8k`` (for a larger model).
+        difficulty: Level of the drills (``envs.data.drills.DRILL_LEVELS``) or of the generated
+            problems (``envs.data.math.LEVELS``); null: the source's default level.
+        drill_kinds: The drill kinds served with ``source=drill`` (``envs.data.drills.DRILL_KINDS``).
         gsm8k_max_steps: With ``source=gsm8k``, keep problems with at most this many calculator steps.
         num_problems: Problems per split (null: the stream's default size).
         persona_none_prob: Share of the env's own draws without a persona (RLVR pins personas itself).
@@ -65,8 +67,9 @@ class MathTask:
     feedback_follows_head = False
     personas = [Persona("solver", "SOLVER", "Solve the problem and give the final number after ####.")]
 
-    def __init__(self, source: str = "generated", difficulty: int = DEFAULT_DIFFICULTY,
-                 gsm8k_max_steps: int | None = None, num_problems: int | None = None, persona_none_prob: float = 0.25,
+    def __init__(self, source: str = "drill", difficulty: int | None = None,
+                 drill_kinds: Sequence[str] = DEFAULT_DRILL_KINDS, gsm8k_max_steps: int | None = None,
+                 num_problems: int | None = None, persona_none_prob: float = 0.25,
                  eval_heldout_personas: int = 3, fidelity: Any = None, fidelity_judge: Any = None,
                  fidelity_candidates: int = 4, format_bonus: float = 0.0, pss_share: float = 1.0, seed: int = 0):
         if source not in ("generated", "drill", "gsm8k"):
@@ -74,7 +77,9 @@ class MathTask:
         if not 0 < pss_share <= 1:
             raise ValueError(f"env.pss_share must be in (0, 1] (1: right under every persona), got {pss_share!r}")
         self.pss_share = float(pss_share)
-        self.source, self.difficulty, self.gsm8k_max_steps = source, int(difficulty), gsm8k_max_steps
+        self.source, self.gsm8k_max_steps = source, gsm8k_max_steps
+        self.difficulty = None if difficulty is None else int(difficulty)
+        self.drill_kinds = tuple(drill_kinds)
         self.num_problems, self.persona_none_prob, self.seed = num_problems, float(persona_none_prob), int(seed)
         self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
         self.fidelity_candidates, self.format_bonus = int(fidelity_candidates), float(format_bonus)
@@ -96,7 +101,7 @@ class MathTask:
         extra = {"personas": personas} if personas is not None else {}
         return PersonaMathBatch.for_split(num, split, task=self.source, num_problems=self.num_problems,
                                           difficulty=self.difficulty, seed=self.seed,
-                                          gsm8k_max_steps=self.gsm8k_max_steps,
+                                          gsm8k_max_steps=self.gsm8k_max_steps, drill_kinds=self.drill_kinds,
                                           persona_none_prob=self.persona_none_prob, format_bonus=self.format_bonus,
                                           **extra)
 
@@ -118,7 +123,7 @@ class MathTask:
         personas = self.persona_pool(split)
         available = len(problems_for_split(split, task=self.source, num=self.num_problems,
                                            difficulty=self.difficulty, seed=self.seed,
-                                           gsm8k_max_steps=self.gsm8k_max_steps))
+                                           gsm8k_max_steps=self.gsm8k_max_steps, drill_kinds=self.drill_kinds))
         if not repeat:
             contexts = check_contexts(contexts, available, split, "question")
         return [{"problem": q % available, **self.persona_options(p)} for q in range(contexts) for p in personas]
