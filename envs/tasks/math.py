@@ -57,6 +57,9 @@ class MathTask:
         fidelity: Offline fidelity scorer (``score_batch(items) -> scores``), null to skip it.
         fidelity_judge: Optional chat-model fidelity judge (1-5 ratings), null to skip it.
         fidelity_candidates: Other personas each answer is told apart from (chance = 1 / (this + 2)).
+        fidelity_questions: Fidelity reads the answers to this many of the evaluated questions (the
+            first ones, under every persona; null: all). Scoring one answer takes ``fidelity_candidates
+            + 2`` passes of the base model, which on a CPU costs more than answering the questions.
         format_bonus: Reward added for writing the ``#### <number>`` form (0: the plain verifiable reward).
         pss_share: PSS counts a question as stable when it is answered right under at least this
             share of the evaluation personas (1: under every one).
@@ -71,7 +74,8 @@ class MathTask:
                  drill_kinds: Sequence[str] = DEFAULT_DRILL_KINDS, gsm8k_max_steps: int | None = None,
                  num_problems: int | None = None, persona_none_prob: float = 0.25,
                  eval_heldout_personas: int = 3, fidelity: Any = None, fidelity_judge: Any = None,
-                 fidelity_candidates: int = 4, format_bonus: float = 0.0, pss_share: float = 1.0, seed: int = 0):
+                 fidelity_candidates: int = 4, fidelity_questions: int | None = 16, format_bonus: float = 0.0,
+                 pss_share: float = 1.0, seed: int = 0):
         if source not in ("generated", "drill", "gsm8k"):
             raise ValueError(f"source must be 'generated', 'drill' or 'gsm8k', got {source!r}")
         if not 0 < pss_share <= 1:
@@ -83,6 +87,9 @@ class MathTask:
         self.num_problems, self.persona_none_prob, self.seed = num_problems, float(persona_none_prob), int(seed)
         self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
         self.fidelity_candidates, self.format_bonus = int(fidelity_candidates), float(format_bonus)
+        if fidelity_questions is not None and int(fidelity_questions) < 1:
+            raise ValueError(f"env.fidelity_questions must be >= 1 or null (all), got {fidelity_questions!r}")
+        self.fidelity_questions = None if fidelity_questions is None else int(fidelity_questions)
         pools = persona_pools()
         # Held-out splits: a few held-out PersonaGym personas and that split's role set.
         self._heldout_personas = {"eval": [*pools.held_out[:eval_heldout_personas], *pools.lottery],
@@ -167,6 +174,9 @@ class MathTask:
     def _fidelity(self, records: list[EpisodeRecord], seed: int) -> dict[str, Any]:
         items, pool = [], [p for p in self.prompts if p != NONE_ID]
         rng = np.random.default_rng(seed)
+        if self.fidelity_questions is not None:
+            read = set(sorted({r.options["problem"] for r in records})[:self.fidelity_questions])
+            records = [r for r in records if r.options["problem"] in read]
         for r in records:
             pid = r.label["persona"]
             others = [p for p in pool if p != pid]
@@ -179,6 +189,7 @@ class MathTask:
             out["attribution"] = float(np.mean([s.attributed for s in scores])) if scores else float("nan")
             out["margin"] = float(np.mean([s.margin for s in scores])) if scores else float("nan")
             out["chance"] = 1.0 / (self.fidelity_candidates + 2)
+            out["answers"] = len(scores)
         if self.fidelity_judge is not None:
             ratings = [s.rating for s in self.fidelity_judge.score_batch(items) if s.rating is not None]
             out["rating"] = float(np.mean(ratings)) if ratings else float("nan")
