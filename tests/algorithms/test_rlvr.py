@@ -123,6 +123,31 @@ def _record(problem, persona, correct, answer="so #### 4"):
                          actions=[answer])
 
 
+def test_fidelity_reads_only_the_first_questions_it_is_told_to():
+    from envs.judges.fidelity import FidelityScore
+    from envs.tasks.math import MathTask
+
+    class Recorder:
+        def __init__(self):
+            self.problems = []
+
+        def score_batch(self, items):
+            self.problems += [item.messages[0]["content"] for item in items]
+            return [FidelityScore() if item.persona_id == "none" else FidelityScore(attributed=True, margin=0.5)
+                    for item in items]  # as PersonaAttribution: a no-persona answer has nothing to attribute
+
+    scorer = Recorder()
+    task = MathTask(eval_heldout_personas=0, fidelity=scorer, fidelity_questions=2)
+    records = [_record(q, p, True) for q in (5, 1, 3) for p in ("none", "carpenter", "kindergartener")]
+    for r in records:
+        r.observations = [[{"role": "user", "content": f"Q{r.options['problem']}"}]]
+    fidelity = task.evaluate({"x": records}, heads=["x"], bootstrap=20).metrics["rows"]["x"]["fidelity"]
+    assert sorted(set(scorer.problems)) == ["Q1", "Q3"] and len(scorer.problems) == 6  # question 5 is left out
+    assert fidelity["answers"] == 4 and fidelity["attribution"] == 1.0
+    with pytest.raises(ValueError, match="fidelity_questions"):
+        MathTask(fidelity_questions=0)
+
+
 def test_pss_and_the_persona_lottery_on_known_records():
     from envs.tasks.math import MathTask
 
