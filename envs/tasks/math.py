@@ -35,7 +35,16 @@ from envs.judges.pairwise import PairwiseComparison, question_comparison
 from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_split
 from envs.math_reward import has_final_marker
 from envs.tasks.base import EpisodeRecord, EvalReport, Messages, Persona
-from envs.tasks.reporting import estimate, fmt, grouped_bars, markdown_table, pyplot, save_figure, unit_sums
+from envs.tasks.reporting import (
+    estimate,
+    fmt,
+    grouped_bars,
+    markdown_table,
+    pyplot,
+    ratio_estimate,
+    save_figure,
+    unit_sums,
+)
 
 EMPTY_ANSWER = "I do not know. #### 0"  # stands in for a sampled answer that is empty once decoded
 
@@ -185,11 +194,15 @@ class MathTask:
                                       tuple(self.prompts[others[i]] for i in chosen)))
         out: dict[str, Any] = {}
         if self.fidelity is not None:
-            scores = [s for s in self.fidelity.score_batch(items) if s.attributed is not None]
+            scored = [(r.options["problem"], sc) for r, sc in zip(records, self.fidelity.score_batch(items))
+                      if sc.attributed is not None]
+            scores = [sc for _, sc in scored]
             out["attribution"] = float(np.mean([s.attributed for s in scores])) if scores else float("nan")
             out["margin"] = float(np.mean([s.margin for s in scores])) if scores else float("nan")
             out["chance"] = 1.0 / (self.fidelity_candidates + 2)
             out["answers"] = len(scores)
+            # per question (its answers under every persona together), for intervals and seed pooling
+            out["units"] = unit_sums([q for q, _ in scored], [float(sc.attributed) for _, sc in scored])
         if self.fidelity_judge is not None:
             ratings = [s.rating for s in self.fidelity_judge.score_batch(items) if s.rating is not None]
             out["rating"] = float(np.mean(ratings)) if ratings else float("nan")
@@ -214,6 +227,14 @@ class MathTask:
         checks = check_answers([a for a, _ in answers], [ref for _, ref in answers])  # never the reward's parser
         units = {"accuracy": unit_sums(questions, correct.sum(1), [len(personas)] * len(questions)),
                  "pss": unit_sums(questions, stable.astype(float))}
+        fidelity = self._fidelity(records, seed)
+        if "units" in fidelity:  # attribution per question: an interval here, seed pooling in algorithms.compare
+            units["attribution"] = fidelity.pop("units")
+            pairs = np.array(list(units["attribution"].values())).reshape(-1, 2)
+            if len(pairs):
+                fidelity["attribution_interval"], _ = ratio_estimate(pairs[:, 0], pairs[:, 1], samples=samples,
+                                                                     confidence=confidence, rng=rng)
+                fidelity["attribution_interval"] = fidelity["attribution_interval"].as_dict()
         mean = estimate(correct.mean(), np.array([correct[idx].mean() for idx in reps]), len(questions),
                         confidence).as_dict()
         return {"units": units, "checks": checks, "accuracy": mean, "accuracy_by_persona": per_persona,
@@ -222,7 +243,7 @@ class MathTask:
                 "max": float(acc.max()), "best": personas[int(acc.argmax())], "worst": personas[int(acc.argmin())],
                 "pss": pss, "stability": float(1 - acc.std() / acc.mean()) if acc.mean() > 0 else float("nan"),
                 "format": float(np.mean([has_final_marker(r.actions[0]) for r in records])),
-                "fidelity": self._fidelity(records, seed)}
+                "fidelity": fidelity}
 
     def evaluate(self, rows: dict[str, list[EpisodeRecord]], *, heads: Sequence[str], base: str | None = None,
                  bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> EvalReport:
@@ -243,9 +264,18 @@ class MathTask:
             scalars.update({f"accuracy/{name}/{p}": v["value"] for p, v in r["accuracy_by_persona"].items()})
             scalars.update({f"lottery/{name}/{k}": r[k] for k in ("mean", "std", "min", "max", "stability")})
             scalars[f"pss/{name}"] = r["pss"]["value"]
-            scalars.update({f"fidelity/{name}/{k}": v for k, v in r["fidelity"].items() if k != "chance"})
+            scalars.update({f"fidelity/{name}/{k}": v for k, v in r["fidelity"].items()
+                            if k != "chance" and isinstance(v, (int, float))})
         return EvalReport(metrics, math_markdown({"": metrics}), scalars,
                           plot=lambda path: plot_accuracy({name: r for name, r in results.items()}, path))
+
+
+def _attribution(fidelity: dict[str, Any]) -> str:
+    """The attribution rate, with its interval over questions when the report has one."""
+    ci = fidelity.get("attribution_interval")
+    if not ci:
+        return fmt(fidelity.get("attribution"), 3)
+    return f"{fmt(fidelity.get('attribution'), 3)} [{fmt(ci['low'], 3)}, {fmt(ci['high'], 3)}]"
 
 
 def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
@@ -259,7 +289,7 @@ def math_markdown(reports: dict[str, dict[str, Any]]) -> str:
             summary.append([label, f"{fmt(acc['value'], 3)} [{fmt(acc['low'], 3)}, {fmt(acc['high'], 3)}]",
                             fmt(r["std"], 3), fmt(r["min"], 3), fmt(r["max"], 3),
                             f"{fmt(r['pss']['value'], 3)} [{fmt(r['pss']['low'], 3)}, {fmt(r['pss']['high'], 3)}]",
-                            fmt(r["stability"], 3), fmt(f.get("attribution"), 3), fmt(f.get("margin"), 3),
+                            fmt(r["stability"], 3), _attribution(f), fmt(f.get("margin"), 3),
                             fmt(f.get("rating"), 2), fmt(r["format"], 3),
                             fmt(r.get("checks", {}).get("first_cue_correct"), 3),
                             fmt(r.get("checks", {}).get("committed"), 3)])

@@ -144,6 +144,7 @@ def test_fidelity_reads_only_the_first_questions_it_is_told_to():
     fidelity = task.evaluate({"x": records}, heads=["x"], bootstrap=20).metrics["rows"]["x"]["fidelity"]
     assert sorted(set(scorer.problems)) == ["Q1", "Q3"] and len(scorer.problems) == 6  # question 5 is left out
     assert fidelity["answers"] == 4 and fidelity["attribution"] == 1.0
+    assert fidelity["attribution_interval"]["low"] == fidelity["attribution_interval"]["high"] == 1.0
     with pytest.raises(ValueError, match="fidelity_questions"):
         MathTask(fidelity_questions=0)
 
