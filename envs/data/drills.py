@@ -20,6 +20,8 @@ rule of ``envs.data.math``), and each stream keeps only its own side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from envs.data.math import MathProblem, draw_distinct
@@ -63,6 +65,14 @@ def _draw(kind: str, level: int, rng: np.random.Generator) -> tuple[str, int, st
     raise ValueError(f"unknown drill kind {kind!r}; the kinds are {DRILL_KINDS}")
 
 
+def checked_kinds(kinds: Sequence[str], key: str = "drill kinds") -> tuple[str, ...]:
+    """``kinds`` as a tuple, refused with a message naming ``key`` unless it is a non-empty list of drill kinds."""
+    kinds = tuple(kinds)
+    if not kinds or any(k not in DRILL_KINDS for k in kinds):
+        raise ValueError(f"{key} must be a non-empty list of {list(DRILL_KINDS)}, got {list(kinds)!r}")
+    return kinds
+
+
 def make_drills(num: int | None, level: int = DEFAULT_DRILL_LEVEL, seed: int = 0, split: str = "train", *,
                 kinds: tuple[str, ...] = DEFAULT_DRILL_KINDS, max_attempts: int | None = None) -> list[MathProblem]:
     """``num`` distinct drills of ``split``, the kinds cycling, deterministic in all arguments.
@@ -82,10 +92,7 @@ def make_drills(num: int | None, level: int = DEFAULT_DRILL_LEVEL, seed: int = 0
     """
     if level not in DRILL_LEVELS:
         raise ValueError(f"drill level must be one of {sorted(DRILL_LEVELS)}, got {level!r}")
-    kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in DRILL_KINDS]
-    if not kinds or unknown:
-        raise ValueError(f"drill kinds must be a non-empty list of {DRILL_KINDS}, got {list(kinds)!r}")
+    kinds = checked_kinds(kinds)
     read_split(split, "envs.data.drills.make_drills")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, level, SPLITS.index(split), 0x6472696C6C])
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from envs.checks.math import check_answers
-from envs.data.drills import DEFAULT_DRILL_KINDS
+from envs.data.drills import DEFAULT_DRILL_KINDS, checked_kinds
 from envs.data.problems import problems_for_split
 from envs.data.splits import check_contexts, read_split
 from envs.judges.fidelity import FidelityItem
@@ -36,6 +36,7 @@ from envs.math import NONE_ID, PersonaMathBatch, persona_pools, personas_for_spl
 from envs.math_reward import has_final_marker
 from envs.tasks.base import EpisodeRecord, EvalReport, Messages, Persona
 from envs.tasks.reporting import (
+    cell,
     estimate,
     fmt,
     grouped_bars,
@@ -92,7 +93,7 @@ class MathTask:
         self.pss_share = float(pss_share)
         self.source, self.gsm8k_max_steps = source, gsm8k_max_steps
         self.difficulty = None if difficulty is None else int(difficulty)
-        self.drill_kinds = tuple(drill_kinds)
+        self.drill_kinds = checked_kinds(drill_kinds, "env.drill_kinds")
         self.num_problems, self.persona_none_prob, self.seed = num_problems, float(persona_none_prob), int(seed)
         self.fidelity, self.fidelity_judge = fidelity, fidelity_judge
         self.fidelity_candidates, self.format_bonus = int(fidelity_candidates), float(format_bonus)
@@ -272,10 +273,9 @@ class MathTask:
 
 def _attribution(fidelity: dict[str, Any]) -> str:
     """The attribution rate, with its interval over questions when the report has one."""
-    ci = fidelity.get("attribution_interval")
-    if not ci:
-        return fmt(fidelity.get("attribution"), 3)
-    return f"{fmt(fidelity.get('attribution'), 3)} [{fmt(ci['low'], 3)}, {fmt(ci['high'], 3)}]"
+    if "attribution_interval" in fidelity:
+        return cell(fidelity["attribution_interval"])
+    return fmt(fidelity.get("attribution"), 3)
 
 
 def math_markdown(reports: dict[str, dict[str, Any]]) -> str:

@@ -50,6 +50,20 @@ def test_bad_drill_arguments_are_refused():
         make_drills(3, split="holdout")
     with pytest.raises(ValueError, match="ask for fewer"):
         make_drills(500, 1, split="eval")  # level 1 has too few distinct drills on the eval side
+    with pytest.raises(ValueError, match="drill kinds must be a non-empty list"):
+        make_drills(3, kinds=("add", "divide"))
+    with pytest.raises(ValueError, match="drill kinds"):
+        make_drills(3, kinds=())
+    from envs.tasks.math import MathTask
+
+    with pytest.raises(ValueError, match="env.drill_kinds must be a non-empty list.*divide"):
+        MathTask(drill_kinds=["divide"])  # refused when the task is built, before any model is loaded
+
+
+def test_a_default_drill_stream_serves_its_whole_side():
+    sizes = {split: len(problems_for_split(split, task="drill")) for split in ("train", "eval", "test")}
+    assert sizes == {"train": 258, "eval": 130, "test": 102}  # level 2, four kinds: the multiplications run out
+    assert len({p.question for p in problems_for_split("test", task="drill")}) == 102
 
 
 def test_the_math_env_serves_drills_and_passes_check_env():
