@@ -27,11 +27,12 @@ from agents.multihead import padded_positions
 
 
 def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, top_p: float,
-                eos_ids: Sequence[int]) -> LogitsProcessorList:
-    """The processors ``generate`` builds for these settings, in its order."""
+                eos_ids: Sequence[int], device: torch.device) -> LogitsProcessorList:
+    """The processors ``generate`` builds for these settings, in its order, with their tensors on ``device``."""
     processors = LogitsProcessorList()
     if min_new_tokens > 0:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, list(eos_ids)))
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, list(eos_ids),
+                                                            device=device))
     if temperature > 0 and temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
     if temperature > 0 and top_p < 1.0:
@@ -112,7 +113,7 @@ def sample_dropping_finished(
     device = input_ids.device
     eos = torch.as_tensor(list(eos_ids), device=device)
     processors = _processors(prompt_length, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
-                             eos_ids=eos_ids)
+                             eos_ids=eos_ids, device=device)
     sampling = temperature > 0
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, max_new_tokens), device=device)

@@ -168,3 +168,14 @@ def test_a_head_per_row_samples_what_one_hot_weights_sample_also_in_chunks(tiny_
     torch.testing.assert_close(by_index.logprobs, by_weights.logprobs, atol=0, rtol=0)
     with pytest.raises(ValueError, match="3 per-row heads for 6 prompts"):
         generate(policy, tok, MORE_PROMPTS, head=[0, 1, 2], **args)
+
+
+def test_sampling_processors_keep_their_tensors_on_the_models_device():
+    """On CUDA, a processor holding its end-of-sequence ids on the CPU fails inside ``torch.isin``
+    (seen on an H200); the meta device shows where the tensors live without a GPU."""
+    from agents.sampling import _processors
+
+    meta = torch.device("meta")
+    processors = _processors(5, min_new_tokens=3, temperature=1.0, top_p=1.0, eos_ids=[2, 7], device=meta)
+    scores = processors(torch.zeros((2, 6), dtype=torch.long, device=meta), torch.zeros((2, 11), device=meta))
+    assert scores.device == meta
