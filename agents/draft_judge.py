@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.multihead import padded_positions
+from agents.multihead import padded_positions, project
 from agents.sampling import drop_ended, tempered_logprobs
 
 
@@ -199,7 +199,7 @@ class DraftJudge:
         out = hidden.new_empty(hidden.shape[0], weight.shape[1])
         for d in which.unique().tolist():
             rows = (which == d).nonzero(as_tuple=True)[0]
-            out[rows] = nn.functional.linear(hidden[rows], weight[d], None if bias is None else bias[d])
+            out[rows] = project(hidden[rows], weight[d], None if bias is None else bias[d])
         return out.float()
 
     @staticmethod

@@ -176,3 +176,20 @@ def test_many_distinct_mixtures_mix_head_logits(tiny):
         with torch.set_grad_enabled(grad):
             torch.testing.assert_close(policy(ids, mask, weights=w).logits, expected, atol=1e-5, rtol=0)
     assert torch.equal(policy(ids, mask, weights=w).logits[2], per_head[0, 2])
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 64), (3, 64), (2, 40, 64)])
+def test_head_projection_equals_linear_with_its_gradients(shape):
+    """The decoding path (a few rows through a weight larger than the caches) and the plain path."""
+    from agents.multihead import SKINNY_MIN_WEIGHT, project
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(SKINNY_MIN_WEIGHT // 64, 64, generator=gen, requires_grad=True)
+    bias = torch.randn(weight.shape[0], generator=gen, requires_grad=True)
+    hidden = torch.randn(*shape, generator=gen, requires_grad=True)
+    ours, plain = project(hidden, weight, bias), torch.nn.functional.linear(hidden, weight, bias)
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(plain.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad((ours * grad).sum(), [hidden, weight, bias]),
+                    torch.autograd.grad((plain * grad).sum(), [hidden, weight, bias])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
