@@ -9,6 +9,12 @@ turns: B tutoring prompts with fixed completions, rows assigned to heads round-r
 the full update of ``algorithms.opsd.distill_step``: frozen-teacher forward, student forward and
 backward through each row's own head only, clipping and AdamW.
 
+With ``--peer`` (K=1 only), the same child also times TRL's own self-distillation step on the
+identical batch: ``trl.experimental.sdpo.SDPOTrainer.compute_loss`` (its student and teacher
+forwards and its top-k reverse KL, ``distillation_mode="topk_logits"``, ``distillation_alpha=1``)
+with the same model, teacher, top-k, micro-batches, precision, clipping and AdamW; the ratio ours /
+theirs is the peer ratio.
+
 Part 2: on identical logits, our top-k reverse KL (``algorithms.losses.topk_reverse_kl``) against
 TRL's ``generalized_jsd_loss`` with ``beta=1`` (reverse KL) applied to the same top-k support;
 values must agree to 1e-5.
@@ -22,8 +28,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 FILLER = ("Photosynthesis turns light into chemical energy: chlorophyll absorbs light, water is split, and the "
           "plant stores the energy as sugar. What do you think happens to the oxygen that is released?")
@@ -50,6 +59,46 @@ def make_batch(tokenizer, num_heads: int, rows: int, tokens: int, device):
                         torch.ones_like(completion), groups=groups)
 
 
+def trl_peer_step(policy, teacher, tokenizer, optimizer, batch, *, topk: int, micro_batch: int, max_grad_norm: float):
+    """A callable that runs one update of TRL's SDPO trainer loss on ``batch`` (single head, row order kept)."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+
+    args = SDPOConfig(output_dir=tempfile.mkdtemp(prefix="sdpo_peer_"), distillation_mode="topk_logits",
+                      distillation_topk=topk, distillation_alpha=1.0, distillation_weight=1.0,
+                      distillation_add_tail=False, teacher_model_kind="live", per_device_train_batch_size=micro_batch,
+                      num_generations=micro_batch, temperature=1.0, max_grad_norm=max_grad_norm, report_to=[],
+                      use_cpu=policy.device.type == "cpu", logging_steps=10**9, save_strategy="no")
+    trainer = SDPOTrainer(model=policy.model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+                          args=args, train_dataset=Dataset.from_list([{"prompt": "unused"}] * micro_batch),
+                          processing_class=tokenizer, optimizers=(optimizer, None))
+    trainer.teacher_model = teacher  # the same frozen teacher our step uses
+    trainer.current_gradient_accumulation_steps = 1  # set by its train loop, which this step stands in for
+    chunks = []
+    for start in range(0, batch.prompt_ids.shape[0], micro_batch):
+        rows = slice(start, start + micro_batch)
+        chunks.append({"prompt_ids": batch.prompt_ids[rows], "prompt_mask": batch.prompt_mask[rows],
+                       "completion_ids": batch.completion_ids[rows], "completion_mask": batch.completion_mask[rows],
+                       "teacher_input_ids": torch.cat([batch.teacher_ids[rows], batch.completion_ids[rows]], 1),
+                       "teacher_attention_mask": torch.cat([batch.teacher_mask[rows], batch.completion_mask[rows]], 1)})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> None:
+        policy.train()
+        optimizer.zero_grad(set_to_none=True)
+        with policy.use(head=0):
+            for inputs in chunks:
+                with trainer.compute_loss_context_manager():
+                    loss = trainer.compute_loss(policy.model, inputs) / len(chunks)
+                trainer.accelerator.backward(loss)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+
+    return step
+
+
 def step_worker(args) -> dict:
     """Runs in a child process: times ``args.repeats`` learner steps for ``args.heads`` heads."""
     from agents import MultiHeadPolicy, load_backbone
@@ -69,15 +118,31 @@ def step_worker(args) -> dict:
         module.requires_grad_(True)
     optimizer = make_optimizer(policy.param_groups(1e-5, head_lr_mult=2.0))
     batch = make_batch(backbone.tokenizer, args.heads, args.rows, args.tokens, device)
-    times = []
-    for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted
-        start = time.perf_counter()
+    def ours() -> None:
         distill_step(policy, teacher, optimizer, batch, topk=256, micro_batch=args.micro_batch, max_grad_norm=1.0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"heads": args.heads, "step_s": round(statistics.median(times[1:]), 3),
-            "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device)}
+
+    def timed(step) -> float:
+        times = []
+        for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+
+    row = {"heads": args.heads, "step_s": round(timed(ours), 3),
+           "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device)}
+    if args.peer and args.heads == 1:
+        theirs = trl_peer_step(policy, teacher, backbone.tokenizer, optimizer, batch, topk=256,
+                               micro_batch=args.micro_batch, max_grad_norm=1.0)
+        ours_again, trl_s = [], []
+        for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits both alike
+            trl_s.append(timed(theirs))
+            ours_again.append(timed(ours))
+        row["trl_sdpo_step_s"] = round(statistics.median(trl_s), 3)
+        row["peer_ratio"] = round(statistics.median(ours_again) / statistics.median(trl_s), 3)
+    return row
 
 
 def loss_comparison(vocab: int, rows: int, tokens: int, k: int, repeats: int = 5) -> dict:
@@ -124,6 +189,7 @@ def main() -> None:
     parser.add_argument("--last-n-layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--peer", action="store_true", help="also time TRL's SDPO step at K=1 (the peer ratio)")
     parser.add_argument("--heads", type=int, default=None, help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     args = parser.parse_args()
@@ -140,6 +206,8 @@ def main() -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"K={k}: step {row['step_s']:.2f} s, peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
+        if "peer_ratio" in row:
+            print(f"K={k}: TRL SDPO step {row['trl_sdpo_step_s']:.2f} s; ours / TRL = {row['peer_ratio']}", flush=True)
     base = rows[0]["step_s"]
     ratios = {f"K={r['heads']}": round(r["step_s"] / base, 3) for r in rows}
     print("step time relative to K=1:", ratios)
