@@ -112,6 +112,11 @@ def _key(prompt: str | Messages) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _length(prompt: str | Messages) -> int:
+    """A prompt's length in characters (its messages' contents): sorts prompts by their token counts."""
+    return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+
+
 class RouterFeatures:
     """Computes and caches the frozen backbone's representation of prompts, the router's input.
 
@@ -210,6 +215,9 @@ class RouterFeatures:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memory))
         if missing:
             by_key = {k: p for k, p in zip(keys, prompts)}
+            # Longest first, so a batch holds prompts of like length: its padding (compute spent on
+            # nothing) stays small, and a slow batch shows at once rather than at the end.
+            missing.sort(key=lambda k: _length(by_key[k]), reverse=True)
             todo = [by_key[k] for k in missing]
             starts = range(0, len(todo), self.batch_size)
             for start in tqdm(starts, desc="router features", disable=not self.show_progress):

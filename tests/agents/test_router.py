@@ -99,3 +99,17 @@ def test_a_router_is_served_the_features_it_was_trained_on(tiny_policy, tmp_path
     assert served.weights.shape == (1, 3)
     with pytest.raises(ValueError, match="trained on 'last_message' features"):
         route(loaded, RouterFeatures(policy, tok), TutoringTask, [observation])
+
+
+@pytest.mark.parametrize("pooling", ["last_token", "last_message"])
+def test_features_are_batched_by_length_and_returned_in_the_callers_order(tiny_policy, pooling):
+    policy, tok = tiny_policy
+    prompts = [[{"role": "user", "content": "atoms " * n}] for n in (1, 9, 3, 12, 2, 7)]
+    batched = RouterFeatures(policy, tok, pooling=pooling, batch_size=2)
+    seen = []
+    compute = batched._compute
+    batched._compute = lambda chunk: seen.append([len(p[0]["content"]) for p in chunk]) or compute(chunk)
+    feats = batched(prompts)
+    assert seen == [[72, 54], [42, 18], [12, 6]]  # longest first: like lengths share a batch
+    one_by_one = RouterFeatures(policy, tok, pooling=pooling, batch_size=1)
+    torch.testing.assert_close(feats, torch.cat([one_by_one([p]) for p in prompts]), atol=1e-5, rtol=0)
