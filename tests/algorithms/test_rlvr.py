@@ -231,3 +231,28 @@ def test_the_quick_presets_keep_the_full_runs_persona_settings_and_shrink_the_re
         assert quick[name].persona_mixing == full[name].persona_mixing
         assert quick[name].steps < full[name].steps and quick[name].eval.contexts < full[name].eval.contexts
     assert full["permix"].persona_none_prob < 1 == full["rlvr"].persona_none_prob
+
+
+def test_evaluation_samples_in_batches_of_eval_batch_size(tiny, monkeypatch):
+    """``algorithm.eval.batch_size`` bounds each generate call; greedy answers do not depend on it."""
+    import agents.generation
+    from agents import MultiHeadPolicy
+    from algorithms.evaluation import play_rows
+    from algorithms.trainer import EvalSettings
+    from envs.tasks.math import MathTask
+
+    task = MathTask(eval_heldout_personas=0)
+    policy = MultiHeadPolicy(tiny.model, num_heads=1)
+    sizes = []
+    chunk = agents.generation._generate_chunk
+    monkeypatch.setattr(agents.generation, "_generate_chunk",
+                        lambda policy, tok, ids, *a, **k: sizes.append(ids.shape[0]) or chunk(policy, tok, ids, *a, **k))
+    rows = {}
+    for batch_size in (None, 3):
+        settings = EvalSettings(contexts=1, turns=1, max_new_tokens=4, temperature=0, baselines=False,
+                                batch_size=batch_size)
+        (rows[batch_size],) = play_rows(policy, tiny.tokenizer, task, settings, head_for_persona=[0]).values()
+    assert sizes == [7, 3, 3, 1]
+    assert [r.actions for r in rows[None]] == [r.actions for r in rows[3]]
+    with pytest.raises(ValueError, match="algorithm.eval.batch_size"):
+        EvalSettings(batch_size=0)
