@@ -66,6 +66,8 @@ def trl_peer_step(policy, teacher, tokenizer, optimizer, batch, *, topk: int, mi
     from datasets import Dataset
     from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
+    from algorithms.trainer import accumulated_step
+
     args = SDPOConfig(output_dir=tempfile.mkdtemp(prefix="sdpo_peer_"), distillation_mode="topk_logits",
                       distillation_topk=topk, distillation_alpha=1.0, distillation_weight=1.0,
                       distillation_add_tail=False, teacher_model_kind="live", per_device_train_batch_size=micro_batch,
@@ -76,25 +78,21 @@ def trl_peer_step(policy, teacher, tokenizer, optimizer, batch, *, topk: int, mi
                           processing_class=tokenizer, optimizers=(optimizer, None))
     trainer.teacher_model = teacher  # the same frozen teacher our step uses
     trainer.current_gradient_accumulation_steps = 1  # set by its train loop, which this step stands in for
-    chunks = []
-    for start in range(0, batch.prompt_ids.shape[0], micro_batch):
-        rows = slice(start, start + micro_batch)
-        chunks.append({"prompt_ids": batch.prompt_ids[rows], "prompt_mask": batch.prompt_mask[rows],
-                       "completion_ids": batch.completion_ids[rows], "completion_mask": batch.completion_mask[rows],
-                       "teacher_input_ids": torch.cat([batch.teacher_ids[rows], batch.completion_ids[rows]], 1),
-                       "teacher_attention_mask": torch.cat([batch.teacher_mask[rows], batch.completion_mask[rows]], 1)})
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    rows = batch.prompt_ids.shape[0]
+    teacher_ids = torch.cat([batch.teacher_ids, batch.completion_ids], 1)
+    teacher_mask = torch.cat([batch.teacher_mask, batch.completion_mask], 1)
 
-    def step() -> None:
+    def chunk_loss(part: torch.Tensor) -> torch.Tensor:  # TRL's loss on these rows, scaled for its share
+        inputs = {"prompt_ids": batch.prompt_ids[part], "prompt_mask": batch.prompt_mask[part],
+                  "completion_ids": batch.completion_ids[part], "completion_mask": batch.completion_mask[part],
+                  "teacher_input_ids": teacher_ids[part], "teacher_attention_mask": teacher_mask[part]}
+        with trainer.compute_loss_context_manager():
+            return trainer.compute_loss(policy.model, inputs) * len(part) / rows
+
+    def step() -> None:  # the same accumulation, clipping and optimiser step as ours
         policy.train()
-        optimizer.zero_grad(set_to_none=True)
         with policy.use(head=0):
-            for inputs in chunks:
-                with trainer.compute_loss_context_manager():
-                    loss = trainer.compute_loss(policy.model, inputs) / len(chunks)
-                trainer.accelerator.backward(loss)
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
+            accumulated_step(optimizer, rows, micro_batch, chunk_loss, max_grad_norm)
 
     return step
 
