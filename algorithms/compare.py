@@ -10,7 +10,10 @@ report lists under ``units`` (satisfaction per student type, Q_own, accuracy...)
 gives the mean over a configuration's seeds with a bootstrap interval that resamples seeds and,
 within each seed, the report's independent units (topics, requests, questions), so the interval
 carries the seed-to-seed spread as well as the sampling of units. With several configurations,
-the differences against the first one follow (unpaired: seeds and units are drawn apart).
+the differences against the first one follow (unpaired: seeds and units are drawn apart), after a
+line naming the config keys in which the configurations differ. When the configurations include
+exactly one that keeps the feedback from the teacher (``env.teacher_feedback=false``) and others
+that show it, the **feedback gain** of each (with minus without, every figure and row) follows.
 
 Then the task of the first run (its ``config.yaml``) decides the per-run tables: for the persona
 critic, the paper's Table 2 (Q_own, Delta_base, Delta_diag), every run's own-facet diagonal and the
@@ -37,6 +40,7 @@ from envs.tasks.reporting import Estimate, estimate, fmt, markdown_table
 
 # Keys that say how a run was started, not what it is: two seeds of one configuration differ only here.
 _RUN_ONLY = ("seed", "resume", "evaluate", "overwrite", ALLOW_KEY)
+FEEDBACK_KEY = "env.teacher_feedback"
 
 
 @dataclass
@@ -56,14 +60,51 @@ class Configuration:
     reports: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _identity(cfg: Any) -> str:
-    """The config as a string with the per-invocation keys left out (equal for seeds of one configuration)."""
+def _plain(cfg: Any) -> dict[str, Any]:
+    """The config as plain containers with the per-invocation keys left out."""
     plain = OmegaConf.to_container(cfg, resolve=False)
     for key in _RUN_ONLY:
         plain.pop(key, None)
     if isinstance(plain.get("algorithm"), dict):
         plain["algorithm"].pop("stop_after", None)
-    return json.dumps(plain, sort_keys=True, default=str)
+    return plain
+
+
+def _identity(cfg: Any) -> str:
+    """The config as a string with the per-invocation keys left out (equal for seeds of one configuration)."""
+    return json.dumps(_plain(cfg), sort_keys=True, default=str)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value of nested dicts (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def differing_keys(configs: list[Configuration]) -> dict[str, list[Any]]:
+    """The dotted config keys whose values differ between configurations, with each one's value (None: absent)."""
+    flats = [_flat(_plain(c.configs[0])) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1}
+
+
+def feedback_gain(configs: list[Configuration], *, samples: int, confidence: float = 0.95) -> dict[str, Any] | None:
+    """Each feedback configuration minus the one configuration whose teacher never sees the feedback.
+
+    Returns:
+        :func:`pooled_figures`'s ``differences`` against the configuration with
+        ``env.teacher_feedback=false`` (None unless there is exactly one such and at least one other).
+    """
+    shown = [bool(OmegaConf.select(c.configs[0], FEEDBACK_KEY, default=False)) for c in configs]
+    without = [c for c, s in zip(configs, shown) if not s]
+    if len(without) != 1 or all(not s for s in shown):
+        return None
+    return pooled_figures(without + [c for c, s in zip(configs, shown) if s], samples=samples,
+                          confidence=confidence)
 
 
 def configurations(paths: list[Path], labels: list[str] | None = None,
@@ -177,10 +218,15 @@ def pooled_markdown(pooled: dict[str, Any], unit: str) -> str:
         lines += [f"**{figure}**", ""] + markdown_table(["Row"] + labels, table) + [""]
     if pooled["differences"]:
         lines += [f"Differences against {pooled['baseline']} (same figure and row):", ""]
-        table = [[figure, row, label, _interval(d)] for figure, rows in pooled["differences"].items()
-                 for row, by_label in rows.items() for label, d in by_label.items()]
-        lines += markdown_table(["Figure", "Row", "Configuration", f"minus {pooled['baseline']}"], table) + [""]
+        lines += differences_table(pooled) + [""]
     return "\n".join(lines)
+
+
+def differences_table(pooled: dict[str, Any]) -> list[str]:
+    """``pooled["differences"]`` as markdown rows: figure, row, configuration, difference with its interval."""
+    table = [[figure, row, label, _interval(d)] for figure, rows in pooled["differences"].items()
+             for row, by_label in rows.items() for label, d in by_label.items()]
+    return markdown_table(["Figure", "Row", "Configuration", f"minus {pooled['baseline']}"], table)
 
 
 def _tutoring(reports: dict[str, dict[str, Any]]) -> str:
@@ -224,8 +270,18 @@ def compare(paths: list[Path], labels: list[str] | None = None, plot: Path | Non
             per_run[config.label if len(config.runs) == 1 else f"{config.label}/{run.name}"] = report
     unit = next((r.get("unit") for r in per_run.values() if r.get("unit")), "unit")
     markdown = f"Split: {split}.\n\n"
+    if len(configs) > 1:
+        keys = differing_keys(configs)
+        markdown += ("The configurations differ in: " + "; ".join(
+            f"`{k}` ({', '.join(json.dumps(v, default=str) for v in values)})" for k, values in keys.items())
+            if keys else "The configurations have identical configs.") + "\n\n"
     if any(r.get("units") for r in per_run.values()):
         markdown += pooled_markdown(pooled_figures(configs, samples=samples), unit) + "\n"
+        gain = feedback_gain(configs, samples=samples)
+        if gain is not None and gain["differences"]:
+            markdown += "\n".join([f"**Feedback gain**: each configuration whose teacher sees the feedback minus "
+                                    f"{gain['baseline']}, whose teacher does not (`{FEEDBACK_KEY}=false`):", "",
+                                    *differences_table(gain), ""]) + "\n"
     target = str(configs[0].configs[0].env.get("_target_", ""))
     if target.endswith("PersonaTask"):
         return markdown + compare_persona(per_run)

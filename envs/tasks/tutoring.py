@@ -54,11 +54,10 @@ CHECK_COLUMNS = ("real_question_share", "lesson_question_share", "meta_talk_shar
 QUALITY_COLUMNS = ("degenerate_share", "distinct_1", "distinct_2", "mean_words", "cut_at_limit_share",
                    "topic_overlap")
 
-PRIVILEGED_BLOCK = (
-    "(Hindsight notes for the teacher's next turn, never shown to the student. Use the {label} style. "
-    "{description}{reaction})"
-)
+HINDSIGHT_OPENING = "(Hindsight notes for the teacher's next turn, never shown to the student."
+STYLE_CUE = " Use the {label} style. {description}"
 REACTION = " The student's actual reaction to that turn was: \"{feedback}\""
+FEEDBACK_POSITIONS = ("after_style", "before_style")
 
 
 def count_questions(text: str) -> int:
@@ -119,6 +118,8 @@ class TutoringTask:
             the embedded 135M model the reply in the block cancels the style cue (with it, the
             heads ask 0.09 vs 0.15 questions per turn after the default run; without it, 0.05 vs
             0.52), so the default distils the style cue alone.
+        feedback_position: Where the reaction sits in the block: ``after_style`` (last, right
+            before the turn, as in the paper) or ``before_style`` (so the style cue stays last).
         env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
             ``topics`` here replaces the shipped list before the split.
     """
@@ -136,6 +137,7 @@ class TutoringTask:
         router_val_every: int = 5,
         trim_cut_turns: bool = True,
         teacher_feedback: bool = False,
+        feedback_position: str = "after_style",
         env_kwargs: dict[str, Any] | None = None,
     ):
         self.personas = personas_from(personas)
@@ -145,6 +147,10 @@ class TutoringTask:
         self.max_turns = int(max_turns)
         self.trim_cut_turns = bool(trim_cut_turns)
         self.teacher_feedback = bool(teacher_feedback)
+        if feedback_position not in FEEDBACK_POSITIONS:
+            raise ValueError(f"env.feedback_position={feedback_position!r} is not one of {FEEDBACK_POSITIONS}: "
+                             "where the student's reaction sits in the teacher's block, after or before the style cue.")
+        self.feedback_position = feedback_position
         env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
         topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
         self._topics = topic_splits(list(topics), heldout_every, router_val_every)
@@ -204,7 +210,9 @@ class TutoringTask:
         """
         reaction = REACTION.format(feedback=feedback) if self.teacher_feedback and feedback is not None else ""
         description = persona.description.replace("{topic}", observation_topic(observation))
-        block = PRIVILEGED_BLOCK.format(label=persona.label, description=description, reaction=reaction)
+        style = STYLE_CUE.format(label=persona.label, description=description)
+        body = style + reaction if self.feedback_position == "after_style" else reaction + style
+        block = f"{HINDSIGHT_OPENING}{body})"
         return self.policy_messages(observation) + [{"role": "system", "content": block}]
 
     def actions(self, texts: Sequence[str]) -> list[str]:

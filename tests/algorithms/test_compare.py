@@ -49,5 +49,10 @@ def test_a_multirun_folder_is_grouped_into_configurations_by_everything_but_the_
     markdown = compare([sweep], split="test", samples=500)
     assert "**satisfaction/matched**" in markdown and "(n=3:" in markdown and "Differences against" in markdown
     assert with_feedback.label in markdown
+    assert "differ in: `env.teacher_feedback` (" in markdown
+    gain = markdown.split("**Feedback gain**")[1]
+    value = float(gain.split(with_feedback.label + " | ")[1].split(" ")[0])
+    assert value == pytest.approx(0.4, abs=0.15)  # with (0.7) minus without (0.3), whichever came first
+    assert "**Feedback gain**" not in compare([sweep / "a_seed=0", sweep / "a_seed=1"], split="test", samples=50)
     with pytest.raises(FileNotFoundError, match="has no eval.json"):
         compare([sweep], split="eval")

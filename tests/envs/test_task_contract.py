@@ -114,6 +114,23 @@ def test_the_default_teacher_prompt_leaves_the_reply_out_and_the_papers_adds_it(
     assert paper.teacher_messages(obs, persona, None)[-1]["content"] == block  # feedback=None: without it
 
 
+def test_the_reaction_can_sit_before_the_style_cue_so_the_cue_stays_last():
+    obs = [{"role": "system", "content": "x"}, {"role": "teacher", "content": "Hi."},
+           {"role": "student", "content": "Hello."}]
+    after = build_task(compose_config("opsd", "env.teacher_feedback=true"))
+    before = build_task(compose_config("opsd", "env.teacher_feedback=true", "env.feedback_position=before_style"))
+    persona = after.personas[0]
+    late = after.teacher_messages(obs, persona, "Too long!")[-1]["content"]
+    early = before.teacher_messages(obs, persona, "Too long!")[-1]["content"]
+    assert sorted(late) == sorted(early) and late != early  # the same words, moved
+    assert early.index("Too long!") < early.index(persona.label) and late.index("Too long!") > late.index(persona.label)
+    assert early.endswith(persona.description.replace("{topic}", "") + ")")  # no topic in this observation
+    # without feedback both orders give the same prompt
+    assert before.teacher_messages(obs, persona, None) == after.teacher_messages(obs, persona, None)
+    with pytest.raises(Exception, match="env.feedback_position='middle' is not one of"):
+        build_task(compose_config("opsd", "env.feedback_position=middle"))
+
+
 def test_a_topic_placeholder_in_a_tutoring_persona_becomes_the_episodes_topic():
     task = build_task(compose_config("opsd", "env.personas.1.description='Ask a question about {topic}.'"))
     batch = task.make_batch(2)
