@@ -6,6 +6,7 @@ Usage:
     python benchmarks/feedback_signal.py --env tutoring --run runs/opsd/<run>   # also every head of a run
     python benchmarks/feedback_signal.py --env tutoring --variant quoted env.feedback_template=quoted
     python benchmarks/feedback_signal.py --env persona --model tiny-random --num 4   # seconds: a smoke run
+    python benchmarks/feedback_signal.py --env persona --teacher-samples --num 20  # also turns the teacher would write
 
 OPSD can only teach what the privileged teacher does with the feedback. For every turn (tutoring)
 or response (persona) sampled on the ``eval`` split, the env gives its feedback (the student's
@@ -95,10 +96,35 @@ def feedback_deltas(model, tokenizer, with_prompts: list, without_prompts: list,
     return out
 
 
+class TeacherPrompts:
+    """The task, except that turns are written under the teacher's prompt for ``persona`` without the feedback.
+
+    Sampling the base model this way gives the turns the privileged teacher itself would write (on
+    the persona critic: responses that draw on the focal facet, which the plain policy seldom does).
+    """
+
+    def __init__(self, task, persona):
+        self._task, self._persona = task, persona
+
+    def __getattr__(self, name: str):
+        return getattr(self._task, name)
+
+    def policy_messages(self, observation):
+        """The teacher's prompt of this persona, without the feedback."""
+        return self._task.teacher_messages(observation, self._persona, None)
+
+
 def sample_turns(task, model, tokenizer, *, contexts: int | None, turns: int, max_new_tokens: int, temperature: float,
-                 seed: int, selector: dict, driver: str) -> list[dict[str, Any]]:
-    """Plays ``eval`` episodes and returns every turn with its observation, feedback and rating."""
+                 seed: int, selector: dict, driver: str, persona: str | None = None) -> list[dict[str, Any]]:
+    """Plays ``eval`` episodes and returns every turn with its observation, feedback and rating.
+
+    With ``persona`` on a task whose feedback follows the head (the persona critic), every
+    episode's focal facet is that persona, as when its head is trained: the feedback and the
+    rating are about it.
+    """
     options = task.eval_options(contexts, split="eval")
+    if persona is not None and task.feedback_follows_head:
+        options = [{**o, **task.persona_options(persona)} for o in options]
     records = play_episodes(model, tokenizer, task, selector, options, driver=driver, turns=turns,
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, split="eval")
     return [{"episode": f"{driver}/{e}", "observation": obs, "turn": action, "feedback": fb, "reward": reward,
@@ -129,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="feedback-contrast weights to measure besides the plain teacher")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
                         help="another teacher: a name and env overrides (e.g. env.feedback_template=quoted)")
+    parser.add_argument("--teacher-samples", action="store_true",
+                        help="also sample the base model under each persona's teacher prompt (without the feedback)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -151,8 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         policy, ptok, _ = load_run(args.run, "cpu")
         for h, name in enumerate(policy.head_names):
             persona = next((j for j, p in enumerate(task.personas) if p.name == name), 0)
-            sources[f"head_{name}"] = (sample_turns(task, policy, ptok, selector={"head": h}, driver=name, **common),
-                                       [persona])
+            sources[f"head_{name}"] = (sample_turns(task, policy, ptok, selector={"head": h}, driver=name,
+                                                    persona=name, **common), [persona])
+    if args.teacher_samples:  # the base model under each persona's teacher prompt, without the feedback
+        for j, persona in enumerate(task.personas):
+            sources[f"teacher_{persona.name}"] = (sample_turns(
+                TeacherPrompts(task, persona), model, tokenizer, selector={}, driver=f"teacher-{persona.name}",
+                persona=persona.name, **common), [j])
     weights = [0.0, *[w for w in args.contrast if w > 0]]
     variants = [("plain", [])] + [(v[0], v[1:]) for v in args.variant]
     rows, per_turn = [], []

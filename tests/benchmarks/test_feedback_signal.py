@@ -44,3 +44,19 @@ def test_a_tiny_random_run_writes_an_auc_for_each_env(env, tmp_path, monkeypatch
     assert rated, "the smoke run needs good and bad turns to compute an AUC"
     assert all(0 <= r["auc"] <= 1 for r in rated)
     assert all(isinstance(t["delta"], float) for t in saved["turns"])
+
+
+def test_teacher_samples_are_written_under_the_teacher_prompt_about_their_own_facet():
+    from agents import load_backbone
+
+    _, task = fs.compose_env("persona", "tiny-random", [])
+    backbone = load_backbone("tiny-random")
+    backbone.tokenizer.padding_side = "left"
+    persona = task.personas[2]
+    teacher = fs.TeacherPrompts(task, persona)
+    turns = fs.sample_turns(teacher, backbone.model.eval(), backbone.tokenizer, contexts=5, turns=1, max_new_tokens=4,
+                            temperature=1.0, seed=0, selector={}, driver="t", persona=persona.name)
+    assert len(turns) == 5 and {t["label"] for t in turns} == {persona.name}  # every episode's focal facet is its own
+    obs = turns[0]["observation"]
+    assert teacher.policy_messages(obs) == task.teacher_messages(obs, persona, None) != task.policy_messages(obs)
+    assert teacher.personas is task.personas  # everything else is the task's own
