@@ -19,7 +19,9 @@ with and without the feedback (``env.teacher_feedback=true|false``), and
 If the teacher reads the feedback, delta is higher for turns the env rated good than for turns it
 rated bad: the AUC of delta (good vs bad; neutral and zero-rated turns left out) measures it, with
 a bootstrap interval over episodes. An AUC near 0.5 means no trainer can learn from that feedback
-through this teacher. ``--contrast`` adds the feedback-contrastive teacher
+through this teacher; one well below 0.5 means the teacher moves towards the turns the env rated
+bad. ``--labels nonnegative`` counts every unpenalised turn as good (the persona judge rates most
+responses 0). With several sources, a row ``all`` pools them. ``--contrast`` adds the feedback-contrastive teacher
 ``(1 + w) log q(. | feedback) - w log q(. | no feedback)`` (renormalised over the vocabulary),
 whose delta is taken the same way. ``--variant NAME OVERRIDES...`` adds a teacher built with other
 env settings (where the feedback sits, its wording); every variant is measured on the same turns.
@@ -44,6 +46,11 @@ from agents.generation import completion_logits, encode_prompts
 from algorithms.components import build_task
 from algorithms.episodes import play_episodes
 from algorithms.losses import contrastive_teacher_logits
+
+LABELS = {  # reward -> +1 good, -1 bad, 0 left out
+    "sign": np.sign,
+    "nonnegative": lambda r: np.where(np.asarray(r) >= 0, 1, -1),
+}
 
 
 def auc(good: np.ndarray, bad: np.ndarray) -> float:
@@ -157,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="another teacher: a name and env overrides (e.g. env.feedback_template=quoted)")
     parser.add_argument("--teacher-samples", action="store_true",
                         help="also sample the base model under each persona's teacher prompt (without the feedback)")
+    parser.add_argument("--labels", nargs="+", choices=sorted(LABELS), default=["sign"],
+                        help="which turns count as good and bad: sign (reward > 0 vs < 0, zero left out) or "
+                             "nonnegative (>= 0 vs < 0: unpenalised vs penalised)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -192,30 +202,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, overrides in variants:
         _, with_fb = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=true"])
         _, without = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=false"])
+        scored = {}  # source -> (items, deltas)
         for source, (turns, blocks) in sources.items():
             names = [p.name for p in task.personas]
             items = [(t, task.personas[b]) for t in turns
                      for b in (blocks if blocks is not None else [names.index(t["label"])])]
-            deltas = feedback_deltas(
+            scored[source] = items, feedback_deltas(
                 model, tokenizer, [with_fb.teacher_messages(t["observation"], p, t["feedback"]) for t, p in items],
                 [without.teacher_messages(t["observation"], p, t["feedback"]) for t, p in items],
                 [t["turn"] for t, _ in items], weights, batch_size=args.batch_size)
-            labels = np.sign([t["reward"] for t, _ in items])
-            episodes = np.array([t["episode"] for t, _ in items])
-            for k, w in enumerate(weights):
-                stat = auc_interval(deltas[k], labels, episodes, samples=args.bootstrap, seed=args.seed)
-                rows.append({"variant": name, "source": source, "contrast": w, **stat,
-                             "delta_good": float(deltas[k][labels > 0].mean()) if stat["good"] else float("nan"),
-                             "delta_bad": float(deltas[k][labels < 0].mean()) if stat["bad"] else float("nan")})
-                print(json.dumps(rows[-1]), flush=True)
             per_turn += [{"variant": name, "source": source, "persona": p.name, "turn": t["turn"],
-                          "feedback": t["feedback"], "reward": t["reward"], "delta": float(deltas[0][i])}
+                          "feedback": t["feedback"], "reward": t["reward"], "delta": float(scored[source][1][0][i]),
+                          "deltas": {f"{w:g}": float(scored[source][1][k][i]) for k, w in enumerate(weights)}}
                          for i, (t, p) in enumerate(items)]
+        if len(scored) > 1:  # every source together
+            scored["all"] = ([i for items, _ in scored.values() for i in items],
+                             np.concatenate([d for _, d in scored.values()], axis=1))
+        for source, (items, deltas) in scored.items():
+            rewards = np.array([t["reward"] for t, _ in items], dtype=float)
+            episodes = np.array([t["episode"] for t, _ in items])
+            for rule in args.labels:
+                labels = LABELS[rule](rewards)
+                for k, w in enumerate(weights):
+                    stat = auc_interval(deltas[k], labels, episodes, samples=args.bootstrap, seed=args.seed)
+                    rows.append({"variant": name, "source": source, "labels": rule, "contrast": w, **stat,
+                                 "delta_good": float(deltas[k][labels > 0].mean()) if stat["good"] else float("nan"),
+                                 "delta_bad": float(deltas[k][labels < 0].mean()) if stat["bad"] else float("nan")})
+                    print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.env}: AUC of the teacher's feedback shift, good vs bad turns (95% bootstrap over episodes)\n")
-    print("| variant | turns from | contrast w | AUC | good / bad | delta good | delta bad |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | turns from | good / bad by | contrast w | AUC | good / bad | delta good | delta bad |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['variant']} | {r['source']} | {r['contrast']:g} | {r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+        print(f"| {r['variant']} | {r['source']} | {r['labels']} | {r['contrast']:g} | "
+              f"{r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
               f" | {r['good']} / {r['bad']} | {r['delta_good']:.3f} | {r['delta_bad']:.3f} |")
     result = {"env": args.env, "model": args.model, "run": args.run, "rows": rows, "turns": per_turn,
               "seconds": round(time.perf_counter() - started, 1)}

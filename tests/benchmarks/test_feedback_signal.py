@@ -20,6 +20,9 @@ def test_auc_on_known_cases():
     labels = np.array([1, 1, -1, -1, 0, -1])  # the neutral turn is left out
     stat = fs.auc_interval(deltas, labels, np.array(["a", "a", "b", "b", "c", "c"]), samples=200)
     assert stat["auc"] == 1.0 and stat["good"] == 2 and stat["bad"] == 3 and 0 <= stat["low"] <= stat["high"] <= 1
+    rewards = np.array([0.5, 0.0, -0.25])
+    assert fs.LABELS["sign"](rewards).tolist() == [1, 0, -1]  # a zero-rated turn is left out
+    assert fs.LABELS["nonnegative"](rewards).tolist() == [1, 1, -1]  # unpenalised vs penalised
 
 
 @pytest.mark.parametrize("env", ["tutoring", "persona"])
