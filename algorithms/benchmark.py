@@ -47,6 +47,7 @@ from algorithms.components import agent_config, build_task
 from algorithms.episodes import Selection, Selector, play_episodes
 from algorithms.journal import Journal
 from algorithms.losses import hedge_step, reaction_head_losses, weight_entropy
+from algorithms.ray_pool import Job, run_jobs
 from algorithms.router import load_router, load_run
 from algorithms.router_data import matched_head, route
 from algorithms.runs import claim_run_dir, json_line, write_config, write_json
@@ -521,26 +522,51 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             for k in keys}
 
 
-def play_row(c: Contender, policy, tokenizer, task: Task, options: list[dict[str, Any]], b: BenchmarkConfig,
-             journal: Journal) -> tuple[list[EpisodeRecord], dict[str, Any] | None]:
-    """One row's episodes, played in units kept in the journal; returns the records and the row's statistics."""
-    turns = min(b.turns, task.max_turns)  # what play_episodes plays
-    size = len(options) if c.statistics is not None else b.unit_episodes  # statistics: one unit per row
-    records: list[EpisodeRecord] = []
-    stats = None
-    for start in range(0, len(options), size):
-        def play(start=start) -> dict[str, Any]:
-            played = play_episodes(c.model or policy, c.tokenizer or tokenizer, task, c.selector,
-                                   options[start:start + size], driver=c.name, turns=turns,
-                                   max_new_tokens=b.max_new_tokens, temperature=b.temperature, seed=b.seed + start,
-                                   split=b.split)
-            return {"records": [r.to_json() for r in played],
-                    "statistics": c.statistics() if c.statistics is not None else None}
+@dataclass
+class RowWorker:
+    """What playing the benchmark's rows needs: the frozen policy, the task, the episodes and every row by name."""
 
-        unit = journal.unit(f"row/{c.name}/{start}", play)
-        records += [EpisodeRecord.from_json(r) for r in unit["records"]]
-        stats = unit["statistics"]
-    return records, stats
+    policy: Any
+    tokenizer: Any
+    task: Task
+    options: list[dict[str, Any]]
+    settings: BenchmarkConfig
+    contenders: dict[str, Contender]
+
+
+def row_jobs(c: Contender, episodes: int, b: BenchmarkConfig) -> list[Job]:
+    """Row ``c``'s episodes in units of ``b.unit_episodes`` (a row with statistics is one unit: its state spans it)."""
+    size = episodes if c.statistics is not None else b.unit_episodes
+    return [Job(f"row/{c.name}/{start}", row_unit, dict(name=c.name, start=start, stop=min(start + size, episodes)))
+            for start in range(0, episodes, size)]
+
+
+def row_unit(worker: RowWorker, *, name: str, start: int, stop: int) -> dict[str, Any]:
+    """Episodes ``start`` to ``stop`` of row ``name``, as journal data (records and the row's statistics)."""
+    c, b, task = worker.contenders[name], worker.settings, worker.task
+    played = play_episodes(c.model or worker.policy, c.tokenizer or worker.tokenizer, task, c.selector,
+                           worker.options[start:stop], driver=c.name, turns=min(b.turns, task.max_turns),
+                           max_new_tokens=b.max_new_tokens, temperature=b.temperature, seed=b.seed + start,
+                           split=b.split)
+    return {"records": [r.to_json() for r in played],
+            "statistics": c.statistics() if c.statistics is not None else None}
+
+
+def row_worker(cfg: dict[str, Any]) -> RowWorker:
+    """What a Ray worker of the benchmark holds: everything :func:`run_benchmark` builds, from the same config."""
+    cfg = OmegaConf.create(cfg)
+    b = structured(BenchmarkConfig, cfg.benchmark, "benchmark")
+    device = resolve_device(cfg.device)
+    policy, tokenizer, run_cfg = load_run(cfg.policy, device, current=cfg)
+    return build_rows(cfg, b, device, policy, tokenizer, build_task(with_run_agent(cfg, run_cfg)), run_cfg)
+
+
+def build_rows(cfg: DictConfig, b: BenchmarkConfig, device: torch.device, policy: Any, tokenizer: Any, task: Task,
+               run_cfg: DictConfig | None) -> RowWorker:
+    """Every row of ``benchmark.entries`` (:func:`build_contenders`) with the episodes they play."""
+    contenders = build_contenders(cfg, BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b))
+    return RowWorker(policy, tokenizer, task, task.eval_options(b.contexts, split=b.split), b,
+                     {c.name: c for c in contenders})
 
 
 def with_run_agent(cfg: DictConfig, run_cfg: DictConfig | None) -> DictConfig:
@@ -587,16 +613,22 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     check_servers(*task.chat_plugins(), judge)  # a server that is down: one message, before any episode
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
     write_config(cfg, out_dir / "config.yaml")
-    ctx = BenchmarkContext(policy, tokenizer, task, run_cfg, cfg.get("router"), device, b)
-    contenders = build_contenders(cfg, ctx)
-    options = task.eval_options(b.contexts, split=b.split)
+    worker = build_rows(cfg, b, device, policy, tokenizer, task, run_cfg)
+    contenders, options = list(worker.contenders.values()), worker.options
     rows: dict[str, list[EpisodeRecord]] = {}
     routers: dict[str, dict[str, Any]] = {}
     row_stats: dict[str, dict[str, Any]] = {}
     turns = min(b.turns, task.max_turns)
+    print(f"[benchmark] {len(contenders)} rows of {len(options)} episodes, {turns} turns: "
+          + ", ".join(c.label for c in contenders))
+    jobs = {c.name: row_jobs(c, len(options), b) for c in contenders}
+    # with ray.enabled every row's units run at once on Ray workers that each build the rows (row_worker)
+    units = iter(run_jobs([j for c in contenders for j in jobs[c.name]], journal, state=worker, cfg=cfg,
+                          build=row_worker))
     for c in contenders:
-        print(f"[benchmark] {c.label}: {len(options)} episodes, {turns} turns")
-        records, stats = play_row(c, policy, tokenizer, task, options, b, journal)
+        played = [next(units) for _ in jobs[c.name]]
+        records = [EpisodeRecord.from_json(r) for unit in played for r in unit["records"]]
+        stats = played[-1]["statistics"]
         rows[c.label] = records
         if c.mixes:
             routers[c.label] = router_statistics(records, policy.head_names)
@@ -632,7 +664,8 @@ def run_benchmark(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
 
 
 # the top-level keys this entry point reads (any other is refused by name)
-TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "resume", "overwrite")
+TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "router", "benchmark", "pairwise_judge", "ray", "resume",
+                  "overwrite")
 
 
 store_settings("benchmark_settings", "default", BenchmarkConfig)

@@ -38,6 +38,7 @@ from agents.generation import GenerationOutput
 from agents.models import AgentConfig, resolve_device
 from algorithms.components import LoRASettings, apply_lora, build_policy, task_from_node
 from algorithms.episodes import take_turn
+from algorithms.ray_pool import Call, RayActorPool
 from configs import store_settings
 from configs.validation import check_types, require, structured
 from envs.chat import chat_counters
@@ -412,10 +413,6 @@ class LocalRolloutPool:
         pass
 
 
-class RolloutWorkerError(RuntimeError):
-    """A rollout worker kept dying, or raised an error that running it again would not fix."""
-
-
 class RayRolloutWorker(RolloutWorker):
     """The worker as Ray runs it: pulls a published weight version before collecting with it."""
 
@@ -444,15 +441,7 @@ class RayRolloutWorker(RolloutWorker):
         return self.collect(request)
 
 
-@dataclass
-class _Flight:
-    request: RolloutRequest
-    worker: int
-    weights: Any  # ObjectRef, kept alive until the request is collected
-    ref: Any = None
-
-
-class RayRolloutPool:
+class RayRolloutPool(RayActorPool):
     """Rollout workers as Ray actors (``ray.enabled=true``).
 
     Args:
@@ -465,62 +454,10 @@ class RayRolloutPool:
     """
 
     def __init__(self, config: RayConfig, worker: WorkerSettings):
-        import ray
-
-        self.ray = ray
-        rc = self.config = config
-        self.num_workers = rc.num_workers
-        self.max_failures = rc.max_failures
-        runtime_env = dict(rc.runtime_env)
-        env_vars = dict(runtime_env.get("env_vars") or {})
-        if os.environ.get("PLURALGYM_CACHE"):  # workers must find the same converted-model cache
-            env_vars.setdefault("PLURALGYM_CACHE", os.environ["PLURALGYM_CACHE"])
-        if env_vars:
-            runtime_env["env_vars"] = env_vars
-        self.started_cluster = False
-        if not ray.is_initialized():
-            try:
-                ray.init(address=rc.address, runtime_env=runtime_env or None, include_dashboard=False,
-                         log_to_driver=rc.log_to_driver)
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                where = "a local Ray cluster" if rc.address is None else f"the Ray cluster at {rc.address!r}"
-                raise RolloutWorkerError(f"Could not start or join {where}: {err}. Start one with `ray start "
-                                         "--head`, or set ray.address=null to start a local one.") from err
-            self.started_cluster = True
-        self.workers: list[Any] = []
         self.weights_ref = None
         self.version = -1
-        self.failures = [0] * self.num_workers
-        try:
-            self._start_workers(worker)
-        except BaseException:
-            self.close()
-            raise
-
-    def _start_workers(self, worker: WorkerSettings) -> None:
-        ray, rc = self.ray, self.config
-        cpus, gpus = float(rc.num_cpus_per_worker), float(rc.num_gpus_per_worker)
-        have = ray.cluster_resources()
-        need = {"CPU": cpus * self.num_workers, "GPU": gpus * self.num_workers}
-        short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
-        if short and self.started_cluster:
-            lacking = ", ".join(f"{k}: {v:g} needed, {h:g} in the cluster" for k, (v, h) in short.items())
-            raise RolloutWorkerError(f"{self.num_workers} rollout workers do not fit this machine ({lacking}). Lower "
-                                     "ray.num_workers, ray.num_cpus_per_worker or ray.num_gpus_per_worker.")
-        settings = replace(worker, device="cuda" if gpus > 0 else "cpu")
-        actor = ray.remote(RayRolloutWorker).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_failures, max_task_retries=0)
-        self.workers = [actor.remote(settings, name=f"rollout-{j}", torch_threads=max(1, int(cpus)))
-                        for j in range(self.num_workers)]
-        try:
-            ray.get([w.ready.remote() for w in self.workers], timeout=rc.startup_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise RolloutWorkerError(
-                f"The rollout workers did not start within {rc.startup_timeout_s} s; the cluster may lack the "
-                f"resources they ask for ({need}, available {have}). Raise ray.startup_timeout_s or ask for less."
-            ) from None
-        except ray.exceptions.RayError as err:
-            raise RolloutWorkerError(f"A rollout worker failed while starting: {err}") from err
+        settings = replace(worker, device="cuda" if config.num_gpus_per_worker > 0 else "cpu")
+        super().__init__(config, RayRolloutWorker, (settings,), kind="rollout")
 
     # ---- weights ------------------------------------------------------------------------
 
@@ -531,23 +468,23 @@ class RayRolloutPool:
 
     # ---- requests -----------------------------------------------------------------------
 
-    def _send(self, flight: _Flight) -> None:
-        worker = self.workers[flight.worker]
-        flight.ref = worker.collect_version.remote(flight.request.version, [flight.weights], flight.request)
-
     def submit(self, requests: Sequence[RolloutRequest]) -> Submission:
-        """Sends each request to a worker (request ``i`` to worker ``i mod num_workers``)."""
+        """Sends each request to a worker (request ``i`` to worker ``i mod num_workers``).
+
+        The call holds the weights' reference until its request is collected, so a re-sent
+        request finds the same version.
+        """
         if self.weights_ref is None:
             raise RuntimeError("publish() the weights before submitting requests")
-        flights = []
+        calls = []
         for i, request in enumerate(requests):
             if request.version != self.version:
                 raise ValueError(f"request for step {request.step} names weights version {request.version}, "
                                  f"but the published version is {self.version}")
-            flight = _Flight(request, i % self.num_workers, self.weights_ref)
-            self._send(flight)
-            flights.append(flight)
-        return Submission(list(requests), handles=flights)
+            calls.append(self.send(Call(i % self.num_workers, "collect_version",
+                                        (request.version, [self.weights_ref], request),
+                                        f"collecting step {request.step}, shard {request.shard}")))
+        return Submission(list(requests), handles=calls)
 
     def wait(self, submission: Submission) -> Collected:
         """Blocks until every request of ``submission`` has a result, re-running any a dead worker lost.
@@ -556,68 +493,9 @@ class RayRolloutPool:
             RolloutWorkerError: when one worker died ``ray.max_failures`` times in a row, or raised
                 an error of its own (a bug or a bad config, which a re-run would repeat).
         """
-        ray = self.ray
-        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
-                ray.exceptions.NodeDiedError)
         start = time.perf_counter()
-        pending = {id(f): f for f in submission.handles}
         results, retries = [], 0
-        while pending:
-            ready, _ = ray.wait([f.ref for f in pending.values()], num_returns=1)
-            flight = next(f for f in pending.values() if f.ref == ready[0])
-            name = f"rollout-{flight.worker}"
-            try:
-                result = ray.get(flight.ref)
-            except lost as err:
-                self.failures[flight.worker] += 1
-                if self.failures[flight.worker] > self.max_failures:
-                    raise RolloutWorkerError(
-                        f"Rollout worker {name} died {self.failures[flight.worker]} times in a row (last while "
-                        f"collecting step {flight.request.step}, shard {flight.request.shard}): "
-                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Its logs are "
-                        "under the Ray session folder (/tmp/ray/session_latest/logs by default)."
-                    ) from err
-                retries += 1
-                self._await_restart(flight.worker)
-                self._send(flight)  # the same request: the same episodes, seeds and weights
-                continue
-            except ray.exceptions.RayTaskError as err:
-                raise RolloutWorkerError(f"Rollout worker {name} failed on step {flight.request.step}: "
-                                         f"{err}") from err
-            self.failures[flight.worker] = 0
+        for _, result, retries in self.gather(submission.handles):
             results.append(result)
-            del pending[id(flight)]
         return Collected(sorted(results, key=lambda r: r.shard), wait_s=time.perf_counter() - start,
                          retries=retries)
-
-    def _await_restart(self, index: int) -> None:
-        """Waits until Ray has restarted worker ``index`` (calls made while it restarts fail at once)."""
-        ray, name = self.ray, f"rollout-{index}"
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while True:
-            try:
-                ray.get(self.workers[index].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                return
-            except ray.exceptions.ActorUnavailableError:  # still restarting
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            except ray.exceptions.GetTimeoutError:
-                break
-            except ray.exceptions.RayActorError as err:
-                raise RolloutWorkerError(f"Rollout worker {name} died and Ray could not restart it: {err}") from err
-        raise RolloutWorkerError(f"Rollout worker {name} did not come back within ray.startup_timeout_s="
-                                 f"{self.config.startup_timeout_s} s after dying.")
-
-    def close(self) -> None:
-        """Stops the workers, and the local cluster if this pool started it."""
-        ray = self.ray
-        for worker in self.workers:
-            try:
-                ray.kill(worker)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self.workers = []
-        if self.started_cluster and ray.is_initialized():
-            ray.shutdown()
-            self.started_cluster = False

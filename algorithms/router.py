@@ -79,14 +79,16 @@ from algorithms.losses import (
     soft_cross_entropy,
     weight_entropy,
 )
+from algorithms.ray_pool import Job, run_jobs
 from algorithms.router_data import (
     CANDIDATE_FIELDS,
     PrefixExample,
+    PrefixWorker,
     collect_openings,
-    collect_prefixes,
     load_prefixes,
     matched_head,
     prefix_features,
+    prefix_unit,
     score_candidates,
 )
 from algorithms.runs import claim_run_dir, json_line, write_config, write_json
@@ -458,6 +460,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", current: Dict
     return policy.eval(), tokenizer, run_cfg
 
 
+def prefix_worker(cfg: dict[str, Any]) -> PrefixWorker:
+    """What a Ray worker of the router holds: the frozen policy of ``cfg["policy"]``, the task, the data settings."""
+    cfg = OmegaConf.create(cfg)
+    policy, tokenizer, _ = load_run(cfg.policy, resolve_device(cfg.device), current=cfg)
+    return PrefixWorker(policy, tokenizer, build_task(cfg), router_config(cfg)[1])
+
+
 def load_router(path: str | Path, device: str | torch.device = "cpu") -> Router:
     """Loads a router from a router run folder (its ``router/``) or a saved router folder."""
     path = Path(path)
@@ -506,23 +515,25 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     journal = Journal(out_dir, run_identity(cfg), on_record=on_record)
     write_config(cfg, out_dir / "config.yaml")
 
-    def prefixes(split: str, episodes: int, seed: int) -> list[PrefixExample]:
-        out = []
-        for start in range(0, episodes, data.unit_episodes):
-            stop = min(start + data.unit_episodes, episodes)
-            rows = journal.unit(f"prefixes/{split}/{start}", lambda start=start, stop=stop: [
-                e.to_record() for e in collect_prefixes(policy, tokenizer, task, data, split=split,
-                                                        episodes=episodes, seed=seed, start=start, stop=stop)])
-            out += [PrefixExample.from_record(r) for r in rows]
-        return out
+    local = PrefixWorker(policy, tokenizer, task, data)
+
+    def prefix_jobs(split: str, episodes: int, seed: int) -> list[Job]:
+        return [Job(f"prefixes/{split}/{start}", prefix_unit,
+                    dict(split=split, episodes=episodes, seed=seed, start=start,
+                         stop=min(start + data.unit_episodes, episodes)))
+                for start in range(0, episodes, data.unit_episodes)]
 
     stamp = time.perf_counter()
     reused = cfg.get("prefixes")  # an earlier run's prefixes (and candidates): no episodes are played
     if reused:  # the played episodes' prefixes; the openings are made afresh below
         train_ex, val_ex = load_prefixes(reused, policy=cfg.policy, needs_candidates=rc.needs_candidates)
     else:
-        train_ex = prefixes("router_train", data.episodes, seed_for(cfg.seed, "router/train"))
-        val_ex = prefixes("router_val", data.val_episodes, seed_for(cfg.seed, "router/val"))
+        train_jobs = prefix_jobs("router_train", data.episodes, seed_for(cfg.seed, "router/train"))
+        val_jobs = prefix_jobs("router_val", data.val_episodes, seed_for(cfg.seed, "router/val"))
+        # with ray.enabled the episodes run on Ray workers that each load the policy (prefix_worker)
+        units = run_jobs(train_jobs + val_jobs, journal, state=local, cfg=cfg, build=prefix_worker)
+        train_ex = [PrefixExample.from_record(r) for unit in units[:len(train_jobs)] for r in unit]
+        val_ex = [PrefixExample.from_record(r) for unit in units[len(train_jobs):] for r in unit]
     train_open, val_open = data.opening_counts(rc.needs_candidates)
     for split, examples, count in (("router_train", train_ex, train_open), ("router_val", val_ex, val_open)):
         rows = journal.unit(f"openings/{split}", lambda split=split, count=count: [
@@ -602,7 +613,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
 
 
 # the top-level keys this entry point reads (any other is refused by name)
-TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "prefixes", "router", "data", "resume", "overwrite")
+TOP_LEVEL_KEYS = ("seed", "device", "env", "policy", "prefixes", "router", "data", "ray", "resume", "overwrite")
 
 
 store_settings("router_settings", "default", RouterConfig)

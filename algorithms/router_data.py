@@ -172,6 +172,22 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
             for t in range(len(records[0].observations)) for i, r in enumerate(records)]
 
 
+@dataclass
+class PrefixWorker:
+    """What playing the router's episodes needs: the frozen policy, its tokenizer, the task, the data settings."""
+
+    policy: MultiHeadPolicy
+    tokenizer: Any
+    task: Task
+    data: Any
+
+
+def prefix_unit(worker: PrefixWorker, **kwargs: Any) -> list[dict[str, Any]]:
+    """One unit of the router's episodes (:func:`collect_prefixes` with ``kwargs``), as journal records."""
+    return [e.to_record() for e in collect_prefixes(worker.policy, worker.tokenizer, worker.task, worker.data,
+                                                    **kwargs)]
+
+
 def collect_openings(task: Task, *, split: str, episodes: int, seed: int) -> list[PrefixExample]:
     """The first observation of ``episodes`` freshly reset episodes of ``split``, as labelled prefixes.
 

@@ -23,6 +23,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
+# Every Ray cluster of the tests is local and short-lived: token authentication off for all of them, so a
+# process that joined one cluster (Ray keeps its auth mode per process) can still start the next.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 CONFIGS = Path(configs.__file__).resolve().parent
 TESTS = Path(__file__).resolve().parent
 

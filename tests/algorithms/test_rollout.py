@@ -11,10 +11,10 @@ from omegaconf import open_dict
 
 import algorithms.opsd as opsd
 from algorithms.checkpoint import load_checkpoint
+from algorithms.ray_pool import RolloutWorkerError
 from algorithms.rollout import (
     RolloutRequest,
     RolloutWorker,
-    RolloutWorkerError,
     merge_results,
     publishable_weights,
     ray_config,
