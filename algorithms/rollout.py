@@ -31,75 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from agents import MultiHeadPolicy
 from agents.generation import GenerationOutput
 from agents.models import AgentConfig, resolve_device
 from algorithms.components import LoRASettings, apply_lora, build_policy, task_from_node
 from algorithms.episodes import take_turn
-from algorithms.ray_pool import Call, RayActorPool
-from configs import store_settings
-from configs.validation import check_types, require, structured
+from algorithms.ray_pool import Call, RayActorPool, RayConfig
 from envs.chat import chat_counters
 
 Messages = list[dict[str, str]]
-
-
-@dataclass
-class RayConfig:
-    """Where rollouts run: the ``ray`` config group (``ray=default``; these defaults are its only source).
-
-    Attributes:
-        enabled: Run rollouts in Ray actors (false: in the learner's process).
-        address: null starts a local Ray cluster sized to the machine; ``auto`` or a URL joins one.
-        num_workers: Rollout actors.
-        num_cpus_per_worker: CPUs each actor reserves (also its torch thread count).
-        num_gpus_per_worker: GPUs each actor reserves (> 0 puts its policy copy on CUDA).
-        num_shards: Requests per step (null: one per worker; one in-process). Sampling seeds depend
-            on the shard, so equal shards give equal episodes whatever runs them.
-        max_staleness: 0: workers wait for the newest weights (on-policy); 1: they collect the next
-            step while the learner updates, with weights one update old.
-        max_failures: Consecutive deaths of one worker before the run stops with an error (Ray
-            restarts a dead actor up to this many times).
-        startup_timeout_s: How long to wait for the actors to start.
-        log_to_driver: Show the workers' output in this process.
-        runtime_env: Ray runtime environment for the workers (``env_vars``, ``working_dir``, ``pip``...),
-            e.g. ``{working_dir: ., env_vars: {HF_HOME: /data/hf}}`` for a cluster.
-    """
-
-    enabled: bool = False
-    address: str | None = None
-    num_workers: int = 2
-    num_cpus_per_worker: float = 1.0
-    num_gpus_per_worker: float = 0.0
-    num_shards: int | None = None
-    max_staleness: int = 0
-    max_failures: int = 3
-    startup_timeout_s: float = 300.0
-    log_to_driver: bool = True
-    runtime_env: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        check_types(self, "ray")
-        require(self.max_staleness in (0, 1), "ray.max_staleness", self.max_staleness,
-                "must be 0 or 1 (each step continues the episodes of the one before, so at most one step can be "
-                "collected ahead)")
-        require(self.num_workers >= 1, "ray.num_workers", self.num_workers, "must be an integer >= 1")
-        require(self.num_shards is None or self.num_shards >= 1, "ray.num_shards", self.num_shards,
-                "must be null or an integer >= 1")
-        require(self.max_failures >= 0, "ray.max_failures", self.max_failures, "must be an integer >= 0")
-        require(self.num_cpus_per_worker >= 0, "ray.num_cpus_per_worker", self.num_cpus_per_worker, "must be >= 0")
-        require(self.num_gpus_per_worker >= 0, "ray.num_gpus_per_worker", self.num_gpus_per_worker, "must be >= 0")
-        require(self.startup_timeout_s > 0, "ray.startup_timeout_s", self.startup_timeout_s, "must be > 0")
-
-
-def ray_config(cfg: DictConfig) -> RayConfig:
-    """The ``ray`` node as a checked :class:`RayConfig` (a config saved without one gets the defaults)."""
-    return structured(RayConfig, cfg.get("ray"), "ray")
-
-
-store_settings("ray", "default", RayConfig)
 
 
 @dataclass

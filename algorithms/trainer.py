@@ -51,6 +51,7 @@ from algorithms.components import (
     trainable_state,
 )
 from algorithms.evaluation import evaluate_policy, play_rows
+from algorithms.ray_pool import ray_config
 from algorithms.rollout import (
     LocalRolloutPool,
     RayRolloutPool,
@@ -60,7 +61,6 @@ from algorithms.rollout import (
     Submission,
     WorkerSettings,
     merge_results,
-    ray_config,
 )
 from algorithms.runs import (
     claim_run_dir,

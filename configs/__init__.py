@@ -3,7 +3,7 @@
 Where each default lives, once:
 
 - trainer settings: the config dataclasses next to the code that uses them (``OPSDConfig`` in
-  ``algorithms/opsd.py``, ``RayConfig`` in ``algorithms/rollout.py``, ...). Each module registers
+  ``algorithms/opsd.py``, ``RayConfig`` in ``algorithms/ray_pool.py``, ...). Each module registers
   its own with :func:`store_settings` when it is imported, so this package imports no trainer;
   Hydra checks types when it composes, and their ``__post_init__`` checks ranges before anything
   is loaded. ``AgentConfig`` (``agents/models.py``, a floor below) is registered by :func:`register`.

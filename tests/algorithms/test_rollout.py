@@ -11,13 +11,12 @@ from omegaconf import open_dict
 
 import algorithms.opsd as opsd
 from algorithms.checkpoint import load_checkpoint
-from algorithms.ray_pool import RolloutWorkerError
+from algorithms.ray_pool import RolloutWorkerError, ray_config
 from algorithms.rollout import (
     RolloutRequest,
     RolloutWorker,
     merge_results,
     publishable_weights,
-    ray_config,
 )
 from algorithms.trainer import CHECKPOINT
 from configs.validation import ConfigError
