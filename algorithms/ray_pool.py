@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -219,6 +220,7 @@ class RayActorPool:
                         "(/tmp/ray/session_latest/logs by default)."
                     ) from err
                 retries += 1
+                print(f"[ray] {name} died while {call.what}; sending it again once Ray has restarted it", flush=True)
                 self._await_restart(call.worker)
                 self.send(call)  # the same call: the same episodes, seeds and weights
                 continue
@@ -322,13 +324,17 @@ def job_pool(cfg: Any, build: Callable[[dict[str, Any]], Any]) -> JobPool | None
     """A :class:`JobPool` of workers that each hold ``build(cfg)`` when ``cfg.ray.enabled``, else None.
 
     The workers get ``cfg`` as plain data with ``device`` set to where they run (``cuda`` when
-    ``ray.num_gpus_per_worker`` > 0, else ``cpu``).
+    ``ray.num_gpus_per_worker`` > 0, else ``cpu``) and the run folders ``policy=``, ``router=``
+    and ``prefixes=`` made absolute.
     """
     rc = ray_config(cfg)
     if not rc.enabled:
         return None
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["device"] = "cuda" if rc.num_gpus_per_worker > 0 else "cpu"
+    for key in ("policy", "router", "prefixes"):  # run folders named relative to here: workers may start elsewhere
+        if isinstance(plain.get(key), str) and plain[key]:
+            plain[key] = str(Path(plain[key]).resolve())
     return JobPool(rc, build, plain)
 
 
