@@ -92,19 +92,15 @@ def differing_keys(configs: list[Configuration]) -> dict[str, list[Any]]:
     return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1}
 
 
-def feedback_gain(configs: list[Configuration], *, samples: int, confidence: float = 0.95) -> dict[str, Any] | None:
-    """Each feedback configuration minus the one configuration whose teacher never sees the feedback.
+def feedback_baseline(configs: list[Configuration]) -> str | None:
+    """The label of the one configuration whose teacher never sees the feedback (``env.teacher_feedback=false``).
 
-    Returns:
-        :func:`pooled_figures`'s ``differences`` against the configuration with
-        ``env.teacher_feedback=false`` (None unless there is exactly one such and at least one other).
+    None unless exactly one configuration keeps the feedback away and at least one other shows it:
+    then the others' differences against it are the feedback gain.
     """
     shown = [bool(OmegaConf.select(c.configs[0], FEEDBACK_KEY, default=False)) for c in configs]
-    without = [c for c, s in zip(configs, shown) if not s]
-    if len(without) != 1 or all(not s for s in shown):
-        return None
-    return pooled_figures(without + [c for c, s in zip(configs, shown) if s], samples=samples,
-                          confidence=confidence)
+    without = [c.label for c, s in zip(configs, shown) if not s]
+    return without[0] if len(without) == 1 and any(shown) else None
 
 
 def configurations(paths: list[Path], labels: list[str] | None = None,
@@ -167,12 +163,21 @@ def seed_pooled(per_seed: list[dict[str, list[float]]], *, samples: int, confide
 
 
 def pooled_figures(configs: list[Configuration], *, samples: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, gain_from: str | None = None) -> dict[str, Any]:
     """Every figure of every row of every configuration, pooled over its seeds, and the differences.
+
+    Args:
+        configs: The configurations (the first is the baseline of ``differences``).
+        samples: Bootstrap replicates.
+        confidence: Level of the intervals.
+        seed: Seeds the bootstrap.
+        gain_from: Also give every other configuration minus this one, from the same replicates
+            (the feedback gain, :func:`feedback_baseline`).
 
     Returns:
         ``{"figures": {figure: {row: {label: {"value", "low", "high", "n", "seeds": [...]}}}},
-        "differences": {figure: {row: {label: estimate of (label - first label)}}}}``.
+        "differences": {figure: {row: {label: estimate of (label - first label)}}}, "baseline": first
+        label, "confidence"}``, plus ``"gain"`` (the same shape as ``differences``) with ``gain_from``.
     """
     rng = np.random.default_rng(seed)
     figures: dict[str, dict[str, dict[str, Any]]] = {}
@@ -187,15 +192,22 @@ def pooled_figures(configs: list[Configuration], *, samples: int = 2000, confide
                 seeds = [sum(v[0] for v in u.values()) / max(sum(v[1] for v in u.values()), 1e-12) for u in per_seed]
                 figures.setdefault(figure, {}).setdefault(row, {})[config.label] = {**est.as_dict(), "seeds": seeds}
                 replicates[(figure, row, config.label)] = reps
-    differences: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def against(base: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+        differences: dict[str, dict[str, dict[str, Any]]] = {}
+        for (figure, row, label), reps in replicates.items():
+            if label == base or (figure, row, base) not in replicates:
+                continue
+            value = figures[figure][row][label]["value"] - figures[figure][row][base]["value"]
+            diff = estimate(value, reps - replicates[(figure, row, base)], 0, confidence).as_dict()
+            differences.setdefault(figure, {}).setdefault(row, {})[label] = diff
+        return differences
+
     first = configs[0].label if configs else None
-    for (figure, row, label), reps in replicates.items():
-        if label == first or (figure, row, first) not in replicates:
-            continue
-        value = figures[figure][row][label]["value"] - figures[figure][row][first]["value"]
-        diff = estimate(value, reps - replicates[(figure, row, first)], 0, confidence).as_dict()
-        differences.setdefault(figure, {}).setdefault(row, {})[label] = diff
-    return {"figures": figures, "differences": differences, "confidence": confidence, "baseline": first}
+    pooled = {"figures": figures, "differences": against(first), "confidence": confidence, "baseline": first}
+    if gain_from is not None:
+        pooled["gain"], pooled["gain_from"] = against(gain_from), gain_from
+    return pooled
 
 
 def _interval(e: dict[str, Any], digits: int = 3) -> str:
@@ -218,15 +230,19 @@ def pooled_markdown(pooled: dict[str, Any], unit: str) -> str:
         lines += [f"**{figure}**", ""] + markdown_table(["Row"] + labels, table) + [""]
     if pooled["differences"]:
         lines += [f"Differences against {pooled['baseline']} (same figure and row):", ""]
-        lines += differences_table(pooled) + [""]
+        lines += differences_table(pooled["differences"], pooled["baseline"]) + [""]
+    if pooled.get("gain"):
+        lines += [f"**Feedback gain**: each configuration whose teacher sees the feedback minus {pooled['gain_from']}, "
+                  f"whose teacher does not (`{FEEDBACK_KEY}=false`):", ""]
+        lines += differences_table(pooled["gain"], pooled["gain_from"]) + [""]
     return "\n".join(lines)
 
 
-def differences_table(pooled: dict[str, Any]) -> list[str]:
-    """``pooled["differences"]`` as markdown rows: figure, row, configuration, difference with its interval."""
-    table = [[figure, row, label, _interval(d)] for figure, rows in pooled["differences"].items()
+def differences_table(differences: dict[str, Any], baseline: str) -> list[str]:
+    """Differences as markdown rows: figure, row, configuration, difference with its interval."""
+    table = [[figure, row, label, _interval(d)] for figure, rows in differences.items()
              for row, by_label in rows.items() for label, d in by_label.items()]
-    return markdown_table(["Figure", "Row", "Configuration", f"minus {pooled['baseline']}"], table)
+    return markdown_table(["Figure", "Row", "Configuration", f"minus {baseline}"], table)
 
 
 def _tutoring(reports: dict[str, dict[str, Any]]) -> str:
@@ -276,12 +292,8 @@ def compare(paths: list[Path], labels: list[str] | None = None, plot: Path | Non
             f"`{k}` ({', '.join(json.dumps(v, default=str) for v in values)})" for k, values in keys.items())
             if keys else "The configurations have identical configs.") + "\n\n"
     if any(r.get("units") for r in per_run.values()):
-        markdown += pooled_markdown(pooled_figures(configs, samples=samples), unit) + "\n"
-        gain = feedback_gain(configs, samples=samples)
-        if gain is not None and gain["differences"]:
-            markdown += "\n".join([f"**Feedback gain**: each configuration whose teacher sees the feedback minus "
-                                    f"{gain['baseline']}, whose teacher does not (`{FEEDBACK_KEY}=false`):", "",
-                                    *differences_table(gain), ""]) + "\n"
+        pooled = pooled_figures(configs, samples=samples, gain_from=feedback_baseline(configs))
+        markdown += pooled_markdown(pooled, unit) + "\n"
     target = str(configs[0].configs[0].env.get("_target_", ""))
     if target.endswith("PersonaTask"):
         return markdown + compare_persona(per_run)

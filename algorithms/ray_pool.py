@@ -35,12 +35,15 @@ from configs.validation import check_types, require, structured
 
 @dataclass
 class RayConfig:
-    """Where rollouts run: the ``ray`` config group (``ray=default``; these defaults are its only source).
+    """Where episodes run: the ``ray`` config group (``ray=default``; these defaults are its only source).
+
+    The trainers, the router and the benchmark read it; ``num_shards`` and ``max_staleness`` only
+    matter to the trainers.
 
     Attributes:
-        enabled: Run rollouts in Ray actors (false: in the learner's process).
+        enabled: Run episodes in Ray actors (false: in this process).
         address: null starts a local Ray cluster sized to the machine; ``auto`` or a URL joins one.
-        num_workers: Rollout actors.
+        num_workers: Ray actors.
         num_cpus_per_worker: CPUs each actor reserves (also its torch thread count).
         num_gpus_per_worker: GPUs each actor reserves (> 0 puts its policy copy on CUDA).
         num_shards: Requests per step (null: one per worker; one in-process). Sampling seeds depend
