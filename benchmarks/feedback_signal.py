@@ -4,7 +4,7 @@ Usage:
     python benchmarks/feedback_signal.py --env tutoring                      # base model, 48 contexts
     python benchmarks/feedback_signal.py --env persona --num 40 --out persona.json
     python benchmarks/feedback_signal.py --env tutoring --run runs/opsd/<run>   # also every head of a run
-    python benchmarks/feedback_signal.py --env tutoring --variant quoted env.feedback_template=quoted
+    python benchmarks/feedback_signal.py --env tutoring --variant before_style env.feedback_position=before_style
     python benchmarks/feedback_signal.py --env persona --model tiny-random --num 4   # seconds: a smoke run
     python benchmarks/feedback_signal.py --env persona --teacher-samples --num 20  # also turns the teacher would write
 
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--contrast", type=float, nargs="*", default=[1.0, 2.0],
                         help="feedback-contrast weights to measure besides the plain teacher")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
-                        help="another teacher: a name and env overrides (e.g. env.feedback_template=quoted)")
+                        help="another teacher: a name and env overrides "
+                             "(e.g. before_style env.feedback_position=before_style)")
     parser.add_argument("--teacher-samples", action="store_true",
                         help="also sample the base model under each persona's teacher prompt (without the feedback)")
     parser.add_argument("--labels", nargs="+", choices=sorted(LABELS), default=["sign"],
