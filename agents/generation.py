@@ -10,7 +10,7 @@ with gradients when needed (what the trainers use).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,9 @@ class GenerationOutput:
             convention of TRL and verl, so :func:`score_completions` with the same ``temperature``
             recomputes them); 0 where ``completion_mask`` is 0.
         texts: The decoded completions, special tokens removed.
+        prompt_features: ``(B, H)`` float32 final hidden state of the backbone at each prompt's last
+            token, kept from the prompt's prefill when asked for (``generate(prompt_features=True)``):
+            the router's ``last_token`` feature, at no extra forward pass. None otherwise.
     """
 
     prompt_ids: torch.Tensor
@@ -45,6 +48,7 @@ class GenerationOutput:
     completion_mask: torch.Tensor
     logprobs: torch.Tensor
     texts: list[str]
+    prompt_features: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -54,7 +58,8 @@ class GenerationOutput:
     def cpu(self) -> GenerationOutput:
         """The same output with every tensor on the CPU (what crosses a process boundary)."""
         return GenerationOutput(self.prompt_ids.cpu(), self.prompt_mask.cpu(), self.completion_ids.cpu(),
-                                self.completion_mask.cpu(), self.logprobs.cpu(), list(self.texts))
+                                self.completion_mask.cpu(), self.logprobs.cpu(), list(self.texts),
+                                None if self.prompt_features is None else self.prompt_features.cpu())
 
     @classmethod
     def concat(cls, outputs: Sequence[GenerationOutput], pad_id: int) -> GenerationOutput:
@@ -64,7 +69,9 @@ class GenerationOutput:
                    completion_ids=_pad_right([o.completion_ids for o in outputs], pad_id),
                    completion_mask=_pad_right([o.completion_mask for o in outputs], 0),
                    logprobs=_pad_right([o.logprobs for o in outputs], 0.0),
-                   texts=[t for o in outputs for t in o.texts])
+                   texts=[t for o in outputs for t in o.texts],
+                   prompt_features=None if any(o.prompt_features is None for o in outputs)
+                   else torch.cat([o.prompt_features for o in outputs]))
 
 
 def encode_prompts(
@@ -179,6 +186,30 @@ def _generate_chunk(
     return completion, mask, logprobs * mask
 
 
+@contextmanager
+def _prefill_states(policy, keep: bool):
+    """Yields a list that receives ``(b, H)``: the decoder's final state at the last position, first call only.
+
+    The first decoder call of a chunk is the prompt's prefill (left-padded, so the last position is
+    every prompt's last token); its final hidden state is what ``RouterFeatures`` computes with a
+    separate forward pass. Later calls (one token each) are ignored.
+    """
+    kept: list[torch.Tensor] = []
+    if not keep:
+        yield kept
+        return
+
+    def hook(module, args, output) -> None:
+        if not kept:
+            kept.append(output[0][:, -1].detach().float().cpu())
+
+    handle = _hf_model(policy).get_decoder().register_forward_hook(hook)
+    try:
+        yield kept
+    finally:
+        handle.remove()
+
+
 def _pad_right(tensors: list[torch.Tensor], value: int | float) -> torch.Tensor:
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
@@ -204,6 +235,7 @@ def generate(
     batch_size: int | None = None,
     drop_finished: bool = True,
     decoder: DraftJudge | None = None,
+    prompt_features: bool = False,
 ) -> GenerationOutput:
     """Samples one completion per prompt from a head, a mixture or the equal blend.
 
@@ -226,6 +258,8 @@ def generate(
         decoder: Decode with Persona-judge draft/judge blocks between heads
             (:class:`agents.draft_judge.DraftJudge`) instead of one head or mixture; ``top_p`` is
             not used then.
+        prompt_features: Also return each prompt's last-token backbone state, taken from the
+            prefill (:attr:`GenerationOutput.prompt_features`); not with ``decoder=``.
 
     Returns:
         A :class:`GenerationOutput`.
@@ -240,6 +274,9 @@ def generate(
         policy.selection(head, weights)  # validate once, before any work
     if decoder is not None and (not isinstance(policy, MultiHeadPolicy) or head is not None or weights is not None):
         raise ValueError("decoder= decodes between the heads of a MultiHeadPolicy; pass it without head= or weights=.")
+    if decoder is not None and prompt_features:
+        raise ValueError("prompt_features=True reads the prompt's prefill, which decoder= runs its own way; "
+                         "compute the features with agents.RouterFeatures instead.")
     device = _hf_model(policy).device
     input_ids, attention_mask = encode_prompts(tokenizer, prompts, device)
     n = input_ids.shape[0]
@@ -260,12 +297,13 @@ def generate(
             ids, mask = input_ids[start:stop], attention_mask[start:stop]
             keep = int(mask.sum(dim=1).max())  # drop padding columns this chunk does not need
             ids, mask = ids[:, -keep:], mask[:, -keep:]
-            comp, comp_mask, logprobs = _generate_chunk(
-                policy, tokenizer, ids, mask, _head_rows(head, start, stop), _rows(weights, start, stop),
-                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
-                drop_finished=drop_finished, decoder=decoder,
-            )
-            chunks.append((ids, mask, comp, comp_mask, logprobs))
+            with _prefill_states(policy, prompt_features) as states:
+                comp, comp_mask, logprobs = _generate_chunk(
+                    policy, tokenizer, ids, mask, _head_rows(head, start, stop), _rows(weights, start, stop),
+                    max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
+                    top_p=top_p, drop_finished=drop_finished, decoder=decoder,
+                )
+            chunks.append((ids, mask, comp, comp_mask, logprobs, states[0] if states else None))
     pad = tokenizer.pad_token_id
     completion_ids = _pad_right([c[2] for c in chunks], pad)
     comp_mask = _pad_right([c[3] for c in chunks], 0)
@@ -277,6 +315,7 @@ def generate(
         completion_mask=comp_mask,
         logprobs=_pad_right([c[4] for c in chunks], 0.0),
         texts=texts,
+        prompt_features=torch.cat([c[5] for c in chunks]) if prompt_features else None,
     )
 
 

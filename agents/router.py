@@ -209,6 +209,21 @@ class RouterFeatures:
             pooled.append(hidden[i, shift + start:shift + stop].mean(0))
         return torch.stack(pooled).cpu()
 
+    def remember(self, prompts: Sequence[str] | Sequence[Messages], features: torch.Tensor) -> None:
+        """Keeps ``(N, H)`` ``last_token`` features computed elsewhere, e.g. kept from a rollout's prefill.
+
+        ``generate(..., prompt_features=True)`` returns the same states this class computes (the
+        same tokens through the same backbone, up to float rounding from other padding), so prompts
+        a rollout has already read need no second forward pass. A feature already held is kept.
+        """
+        if self.pooling != "last_token":
+            raise ValueError(f"Only last_token features can come from a prefill; these are {self.pooling!r}.")
+        if len(prompts) != features.shape[0] or features.shape[-1] != self.dim:
+            raise ValueError(f"Got {features.shape[0]} features of size {features.shape[-1]} for {len(prompts)} "
+                             f"prompts; expected one of size {self.dim} per prompt.")
+        for prompt, feature in zip(prompts, features.float().cpu()):
+            self._memory.setdefault(f"{self.pooling}:{_key(prompt)}", feature.clone())
+
     def __call__(self, prompts: Sequence[str] | Sequence[Messages]) -> torch.Tensor:
         """Returns ``(N, H)`` features for the prompts, computing only those not cached yet."""
         keys = [f"{self.pooling}:{_key(p)}" for p in prompts]

@@ -57,7 +57,7 @@ class Turn:
 @torch.no_grad()
 def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: Sequence[Any], selection: Selection,
               *, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int | None = None,
-              batch_size: int | None = None) -> Turn:
+              batch_size: int | None = None, prompt_features: bool = False) -> Turn:
     """Samples one turn per episode from the observations and steps the episodes with it.
 
     Args:
@@ -73,13 +73,15 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
         top_p: Nucleus threshold.
         seed: Seeds the sampling (without touching the global random state).
         batch_size: Prompts per ``generate`` call (None: all at once).
+        prompt_features: Keep each prompt's last-token backbone state from the prefill
+            (``turn.generation.prompt_features``).
     """
     start = time.perf_counter()
     was_training = policy.training
     policy.eval()
     generation = generate(policy, tokenizer, [task.policy_messages(o) for o in observations],
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          batch_size=batch_size, **selection)
+                          batch_size=batch_size, prompt_features=prompt_features, **selection)
     policy.train(was_training)
     actions = task.actions(generation.texts)
     gen_s, start = time.perf_counter() - start, time.perf_counter()
@@ -92,7 +94,7 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
 def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection, options: Sequence[dict[str, Any]],
                   *, driver: str, turns: int, max_new_tokens: int, temperature: float, seed: int,
                   split: str = "eval", top_p: float = 1.0, batch_size: int | None = None,
-                  keep_states: bool = False) -> list[EpisodeRecord]:
+                  keep_states: bool = False, keep_features: bool = False) -> list[EpisodeRecord]:
     """Plays one episode per reset option for ``turns`` turns (fewer when every episode has ended).
 
     Args:
@@ -112,6 +114,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
         top_p: Nucleus threshold.
         batch_size: Prompts per ``generate`` call.
         keep_states: Also record each episode's state before every turn.
+        keep_features: Also record the backbone's last-token state of every turn's prompt, taken
+            from the turn's prefill (``record.features``; the router's input at no extra cost).
 
     Returns:
         One record per option, in order.
@@ -134,7 +138,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
             if torch.is_tensor(weights) and weights.dim() == 2:
                 record.weights.append(weights[i].tolist())
         step = take_turn(policy, tokenizer, task, batch, observations, selection, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, seed=turn_seed(seed, turn), batch_size=batch_size)
+                         temperature=temperature, top_p=top_p, seed=turn_seed(seed, turn), batch_size=batch_size,
+                         prompt_features=keep_features)
         if hasattr(selector, "observe"):
             selector.observe(step.infos, step.rewards)
         lengths = step.generation.completion_mask.sum(1).tolist()
@@ -144,6 +149,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
             record.feedback.append(step.infos[i]["feedback"])
             record.rewards.append(float(step.rewards[i]))
             record.infos.append(step.infos[i])
+            if keep_features:
+                record.features.append(step.generation.prompt_features[i].tolist())
             if "label" in step.infos[i]:  # a label can grow once the episode is played (e.g. ``correct``)
                 record.label = dict(step.infos[i]["label"])
         observations = step.observations

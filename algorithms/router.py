@@ -9,7 +9,8 @@ Run it with Hydra (configs/router.yaml)::
 
 The backbone and the heads stay frozen; only a small :class:`agents.Router` MLP is trained. Its
 input is the backbone's last-token hidden state of the episode prefix (what the policy would see
-before writing its next turn), computed once per prefix by :class:`agents.RouterFeatures`. The
+before writing its next turn). For the played prefixes it is kept from the rollout's own prefill;
+the openings (and other poolings) get it from :class:`agents.RouterFeatures`. The
 hidden ``label["persona"]`` (the student type in tutoring) is used for supervision only, never as an
 input. Everything goes through the task contract (:mod:`algorithms.router_data`).
 
@@ -516,11 +517,13 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     write_config(cfg, out_dir / "config.yaml")
 
     local = PrefixWorker(policy, tokenizer, task, data)
+    # the rollouts' prefills already compute the last-token features: keep them instead of a second pass
+    prefill_features = rc.features == "last_token"
 
     def prefix_jobs(split: str, episodes: int, seed: int) -> list[Job]:
         return [Job(f"prefixes/{split}/{start}", prefix_unit,
                     dict(split=split, episodes=episodes, seed=seed, start=start,
-                         stop=min(start + data.unit_episodes, episodes)))
+                         stop=min(start + data.unit_episodes, episodes), keep_features=prefill_features))
                 for start in range(0, episodes, data.unit_episodes)]
 
     stamp = time.perf_counter()
@@ -562,6 +565,9 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
     stamp = time.perf_counter()
     features = RouterFeatures(policy, tokenizer, pooling=rc.features, batch_size=rc.feature_batch_size,
                               cache_dir=rc.feature_cache)
+    kept = [e for e in train_ex + val_ex if e.feature is not None]
+    if kept:
+        features.remember([task.policy_messages(e.observation) for e in kept], torch.tensor([e.feature for e in kept]))
     x = {split: journal.unit(f"features/{split}", lambda examples=examples: {"x": prefix_features(
         features, task, [e.observation for e in examples])}, tensors=True)["x"]
         for split, examples in (("train", train_ex), ("val", val_ex))}
@@ -605,6 +611,7 @@ def train(cfg: DictConfig, out_dir: str | Path, *, resume: bool = False,
         "units": len(journal),
         "rollout_s": round(rollout_s, 1),
         "features_s": round(features_s, 1),
+        "features_from_rollouts": len(kept),
         "fit_s": round(fit_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -43,6 +43,9 @@ class PrefixExample:
         deltas: Judged preference of each head's candidate over the blend's.
         candidates: The candidate turns: one per head, then the blend's.
         feedback: The env's feedback on each candidate, in the same order.
+        feature: The policy backbone's last-token state of the observation's prompt, kept while the
+            rollout prefilled it (the router's ``last_token`` input, so it needs no second forward
+            pass); None where it was not kept (openings, reused prefixes, other poolings).
     """
 
     observation: Any
@@ -58,10 +61,11 @@ class PrefixExample:
     deltas: list[float] | None = None
     candidates: list[str] | None = None
     feedback: list[str] | None = None
+    feature: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The example without its replay state, as JSON-compatible data."""
-        return {k: v for k, v in self.__dict__.items() if k != "state"}
+        """The example without its replay state and feature, as JSON-compatible data."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("state", "feature")}
 
     def to_record(self) -> dict[str, Any]:
         """Every field, the replay state included (JSON-compatible): what a resumable run keeps."""
@@ -140,7 +144,8 @@ def _drivers(personas: Sequence[str], names: Sequence[str], matched_fraction: fl
 
 @torch.no_grad()
 def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, *, split: str, episodes: int,
-                     seed: int, start: int = 0, stop: int | None = None) -> list[PrefixExample]:
+                     seed: int, start: int = 0, stop: int | None = None,
+                     keep_features: bool = False) -> list[PrefixExample]:
     """Plays episodes ``start`` to ``stop`` of ``episodes`` of ``split``, each driven by one fixed head.
 
     The ``episodes`` cover every persona label equally (``task.eval_options`` of the split); within
@@ -165,10 +170,11 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
     records = play_episodes(policy, tokenizer, task, {"head": heads}, options[start:stop], driver="router-data",
                             turns=min(data.turns, task.max_turns), max_new_tokens=data.max_new_tokens,
                             temperature=data.temperature,
-                            seed=seed + start, split=split, batch_size=data.gen_batch_size, keep_states=True)
+                            seed=seed + start, split=split, batch_size=data.gen_batch_size, keep_states=True,
+                            keep_features=keep_features)
     return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start,
                           episode=start + i, turn=t, driver=names[drivers[start + i]], matched=matched[start + i],
-                          state=r.states[t])
+                          state=r.states[t], feature=r.features[t] if keep_features else None)
             for t in range(len(records[0].observations)) for i, r in enumerate(records)]
 
 

@@ -139,6 +139,9 @@ class EpisodeRecord:
         token_limit: The ``max_new_tokens`` the turns were generated with.
         states: The episode's state before each turn (lets a caller replay a prefix with other
             candidates); not written to reports.
+        features: The policy backbone's final state at the last token of each turn's prompt, kept
+            from the turn's prefill when asked for (the router's ``last_token`` input); not written
+            to reports.
     """
 
     driver: str
@@ -155,10 +158,11 @@ class EpisodeRecord:
     tokens: list[int] = field(default_factory=list)
     token_limit: int | None = None
     states: list[dict] = field(default_factory=list)
+    features: list[list[float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The record without its replay states, as JSON-compatible data."""
-        return {k: v for k, v in self.__dict__.items() if k != "states"}
+        """The record without its replay states and features, as JSON-compatible data."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("states", "features")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EpisodeRecord:

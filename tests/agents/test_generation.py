@@ -179,3 +179,33 @@ def test_sampling_processors_keep_their_tensors_on_the_models_device():
     processors = _processors(5, min_new_tokens=3, temperature=1.0, top_p=1.0, eos_ids=[2, 7], device=meta)
     scores = processors(torch.zeros((2, 6), dtype=torch.long, device=meta), torch.zeros((2, 11), device=meta))
     assert scores.device == meta
+
+
+@pytest.mark.parametrize("kwargs", [dict(head=1), dict(head=[0, 2, 1], batch_size=2), dict(drop_finished=False)])
+def test_prompt_features_from_the_prefill_are_the_routers_last_token_features(tiny_policy, kwargs):
+    from agents import RouterFeatures
+
+    policy, tok = tiny_policy
+    prompts = [[{"role": "user", "content": "teach me about atoms and their nuclei"}], "a raw prompt", "hi"]
+    out = generate(policy, tok, prompts, max_new_tokens=4, seed=0, prompt_features=True, **kwargs)
+    expected = RouterFeatures(policy, tok, batch_size=1)(prompts)  # one prompt per pass: no padding at all
+    assert out.prompt_features.shape == (3, policy.config.hidden_size)
+    torch.testing.assert_close(out.prompt_features, expected, atol=1e-5, rtol=0)
+    plain = generate(policy, tok, prompts, max_new_tokens=4, seed=0, **kwargs)
+    assert plain.prompt_features is None and torch.equal(plain.completion_ids, out.completion_ids)  # tokens unchanged
+    assert not policy.model.get_decoder()._forward_hooks  # the hook is gone after the call
+
+
+def test_remembered_features_are_served_without_a_forward_pass(tiny_policy):
+    from agents import RouterFeatures
+
+    policy, tok = tiny_policy
+    features = RouterFeatures(policy, tok)
+    kept = torch.randn(2, policy.config.hidden_size)
+    features.remember(["first", "second"], kept)
+    features._compute = lambda chunk: pytest.fail(f"computed {chunk} again")
+    assert torch.equal(features(["second", "first"]), kept.flip(0))
+    with pytest.raises(ValueError, match="expected one of size"):
+        features.remember(["third"], torch.randn(2, policy.config.hidden_size))
+    with pytest.raises(ValueError, match="Only last_token"):
+        RouterFeatures(policy, tok, pooling="last_message").remember(["first"], kept[:1])

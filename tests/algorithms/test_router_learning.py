@@ -348,7 +348,8 @@ def test_tiny_router_run_writes_a_loadable_router(tiny_run, tmp_path, method):
     assert sum(r["matched"] for r in train) == 4  # half matched, half mismatched
     assert all(r["driver"] == r["persona"] for r in train if r["matched"])
     assert all(r["driver"] != r["persona"] for r in train if not r["matched"])
-    assert all("state" not in r for r in rows)  # replay states stay out of the written data
+    assert all("state" not in r and "feature" not in r for r in rows)  # nor do the kept features
+    assert summary["features_from_rollouts"] == 12  # every played prefix's feature came from its rollout
     if method != "matched":
         assert all(len(r["deltas"]) == 2 and set(r["deltas"]) <= set(judges.PREFERENCE_LEVELS) for r in rows)
         assert all(len(r["candidates"]) == 3 for r in rows)
@@ -368,6 +369,7 @@ def test_a_router_run_can_reuse_the_prefixes_of_an_earlier_one(tiny_run, tmp_pat
     assert summary["rollout_s"] < 1  # nothing was played or scored again
     assert (again / "data.jsonl").read_text() == (first / "data.jsonl").read_text()
     assert rl.load_router(again).hparams["pooling"] == "last_message"
+    assert summary["features_from_rollouts"] == 0  # reused prefixes and other poolings are computed
 
     matched = tmp_path / "matched"
     rl.train(router_cfg(tiny_run), matched)  # matched targets: no candidates are written
