@@ -7,6 +7,7 @@ Usage:
     python benchmarks/feedback_signal.py --env tutoring --variant before_style env.feedback_position=before_style
     python benchmarks/feedback_signal.py --env persona --model tiny-random --num 4   # seconds: a smoke run
     python benchmarks/feedback_signal.py --env persona --teacher-samples --num 20  # also turns the teacher would write
+    python benchmarks/feedback_signal.py --env persona --set critic.quote_off_facet=false   # another critic
 
 OPSD can only teach what the privileged teacher does with the feedback. For every turn (tutoring)
 or response (persona) sampled on the ``eval`` split, the env gives its feedback (the student's
@@ -25,6 +26,10 @@ responses 0). With several sources, a row ``all`` pools them. ``--contrast`` add
 ``(1 + w) log q(. | feedback) - w log q(. | no feedback)`` (renormalised over the vocabulary),
 whose delta is taken the same way. ``--variant NAME OVERRIDES...`` adds a teacher built with other
 env settings (where the feedback sits, its wording); every variant is measured on the same turns.
+A variant only changes how the teacher is shown the feedback; ``--set OVERRIDES...`` changes the
+env the turns are played in (the critic and the words of its critique, the student), for every
+teacher. Sampling does not read the feedback, so runs that differ only in ``--set`` score the same
+turns under the same rewards whenever the reward does not come from the changed plug-in.
 """
 
 from __future__ import annotations
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
                         help="another teacher: a name and env overrides "
                              "(e.g. before_style env.feedback_position=before_style)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="OVERRIDE",
+                        help="config overrides of the env the turns are played in, for every teacher "
+                             "(e.g. critic.quote_off_facet=false)")
     parser.add_argument("--teacher-samples", action="store_true",
                         help="also sample the base model under each persona's teacher prompt (without the feedback)")
     parser.add_argument("--labels", nargs="+", choices=sorted(LABELS), default=["sign"],
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the results (every turn's delta included) as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    cfg, task = compose_env(args.env, args.model, [])
+    cfg, task = compose_env(args.env, args.model, args.set)
     backbone = load_backbone(args.model)
     model, tokenizer = backbone.model.eval(), backbone.tokenizer
     tokenizer.padding_side = "left"
@@ -201,8 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [("plain", [])] + [(v[0], v[1:]) for v in args.variant]
     rows, per_turn = [], []
     for name, overrides in variants:
-        _, with_fb = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=true"])
-        _, without = compose_env(args.env, args.model, [*overrides, "env.teacher_feedback=false"])
+        _, with_fb = compose_env(args.env, args.model, [*args.set, *overrides, "env.teacher_feedback=true"])
+        _, without = compose_env(args.env, args.model, [*args.set, *overrides, "env.teacher_feedback=false"])
         scored = {}  # source -> (items, deltas)
         for source, (turns, blocks) in sources.items():
             names = [p.name for p in task.personas]
@@ -237,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {r['variant']} | {r['source']} | {r['labels']} | {r['contrast']:g} | "
               f"{r['auc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
               f" | {r['good']} / {r['bad']} | {r['delta_good']:.3f} | {r['delta_bad']:.3f} |")
-    result = {"env": args.env, "model": args.model, "run": args.run, "rows": rows, "turns": per_turn,
+    result = {"env": args.env, "model": args.model, "run": args.run, "set": args.set, "rows": rows, "turns": per_turn,
               "seconds": round(time.perf_counter() - started, 1)}
     print(f"\n{result['seconds']} s")
     if args.out:

@@ -382,7 +382,16 @@ class HeuristicPersonaCritic:
     off-facet content it leaned on instead, the details it could still draw on (the rubric's
     phrases when criteria are given, else the facet text's), and a note when the persona content is
     thin next to the response's length. Weakness: it reports vocabulary, not voice or stance.
+
+    Args:
+        quote_off_facet: Name the off-facet words the response leaned on (True), or only say that
+            it leaned on other sides of the person (False). A small teacher that reads the quoted
+            words raises their probability, the opposite of what the critique asks
+            (docs/persona.md, the feedback AUC); False keeps the verdict without the words.
     """
+
+    def __init__(self, quote_off_facet: bool = True):
+        self.quote_off_facet = bool(quote_off_facet)
 
     def critique_batch(self, queries: Sequence[ResponseQuery]) -> list[Critique]:
         """One critique per query."""
@@ -413,8 +422,11 @@ class HeuristicPersonaCritic:
             off = [m.group(0) for m in labels.bad]
             verb = "also brings in" if used else "leans instead on"
             belong = "belongs" if len(set(off)) == 1 else "belong"
-            sentences.append(f"It {verb} {_listing(off)}, which {belong} to other sides of the person rather than "
-                             "this one.")
+            if self.quote_off_facet:
+                sentences.append(f"It {verb} {_listing(off)}, which {belong} to other sides of the person rather "
+                                 "than this one.")
+            else:
+                sentences.append(f"It {verb} details from other sides of the person rather than this one.")
         if missing:
             sentences.append(f"To sound like this person, it could bring in {_listing(missing, 2)} and let "
                              "that shape the advice.")

@@ -36,10 +36,15 @@ def test_a_tiny_random_run_writes_an_auc_for_each_env(env, tmp_path, monkeypatch
         return turns
 
     monkeypatch.setattr(fs, "sample_turns", rated)
+    compose, composed = fs.compose_env, []
+    monkeypatch.setattr(fs, "compose_env", lambda *a: composed.append(a[2]) or compose(*a))
+    setting = {"persona": "critic.quote_off_facet=false", "tutoring": "env.max_turns=2"}[env]
     out = tmp_path / f"{env}.json"
     result = fs.main(["--env", env, "--model", "tiny-random", "--num", "6", "--turns", "2", "--max-new-tokens", "6",
-                      "--contrast", "1", "--bootstrap", "50", "--out", str(out)])
+                      "--contrast", "1", "--bootstrap", "50", "--set", setting, "--out", str(out)])
+    assert len(composed) == 3 and all(setting in overrides for overrides in composed)  # every env gets --set
     saved = json.loads(out.read_text())
+    assert saved["set"] == [setting]
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert {(r["variant"], r["source"], r["contrast"]) for r in saved["rows"]} == {("plain", "base", 0.0),
                                                                                  ("plain", "base", 1.0)}

@@ -212,6 +212,17 @@ def test_heuristic_critic_names_used_missing_and_off_facet_details():
     assert "kimchi" in guided.text and "Draws on" not in guided.text
 
 
+def test_the_critic_can_judge_off_facet_content_without_quoting_it():
+    quoting, plain = HeuristicPersonaCritic(), HeuristicPersonaCritic(quote_off_facet=False)
+    query = _query("culinary", ANSWERS["sports"])
+    off = plain.critique_batch([query])[0].text
+    assert "triathlon" in quoting.critique_batch([query])[0].text and "triathlon" not in off
+    assert "leans instead on details from other sides of the person" in off
+    assert "sourdough bread" in off or "kimchi" in off  # the suggestions stay
+    good = _query("culinary", ANSWERS["culinary"])  # nothing off-facet: both write the same critique
+    assert plain.critique_batch([good]) == quoting.critique_batch([good])
+
+
 # --- LLM versions against the loopback server ----------------------------------------------------------
 
 
