@@ -74,6 +74,16 @@ class GenerationOutput:
                    else torch.cat([o.prompt_features for o in outputs]))
 
 
+def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Messages]) -> list[str]:
+    """The prompts' text as the model reads it.
+
+    Raw strings stay as they are; conversations go through the tokenizer's chat template with a
+    generation prompt for the assistant.
+    """
+    return [p if isinstance(p, str) else
+            tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Messages], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +100,7 @@ def encode_prompts(
     """
     if len(prompts) == 0:
         raise ValueError("No prompts given.")
-    prompts = [
-        p if isinstance(p, str) else tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+    prompts = render_prompts(tokenizer, prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:

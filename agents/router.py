@@ -21,12 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from agents.generation import Messages, encode_prompts
+from agents.generation import Messages, encode_prompts, render_prompts
 from agents.multihead import MultiHeadPolicy, padded_positions
 
 ROUTER_CONFIG = "router.json"
 POOLINGS = ("last_token", "last_message")
 DEFAULT_POOLING = POOLINGS[0]  # the paper's: the last token's hidden state
+SHARED_ROWS = 64  # prompts per pass after their shared start (each row is only its own few tokens)
 ROUTER_WEIGHTS = "router.safetensors"
 
 
@@ -117,6 +118,51 @@ def _length(prompt: str | Messages) -> int:
     return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
 
 
+def shared_prefix_groups(token_ids: Sequence[Sequence[int]], *, min_shared: int = 8,
+                         share: float = 0.5) -> list[tuple[int, list[int]]]:
+    """Groups prompts whose tokens start alike, so their common start is run through the model once.
+
+    Prompts are sorted by their tokens; neighbours join one group while they share at least
+    ``min_shared`` tokens and at least ``share`` of the shorter one's length (tutoring openings of
+    one topic share the system prompt and the seed turn; two topics share a few template tokens,
+    which is not worth a group). A group's prefix is what all its members share, less one token, so
+    every member keeps a token of its own whose final state is computed in the second pass.
+
+    Args:
+        token_ids: Each prompt's token ids.
+        min_shared: Fewest shared tokens that make a group.
+        share: Smallest shared fraction of the shorter prompt that makes a group.
+
+    Returns:
+        ``(prefix_length, member indices)`` per group, covering every prompt once; a prompt that
+        shares nothing is a group of one with prefix length 0.
+    """
+
+    def common(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    order = sorted(range(len(token_ids)), key=lambda i: list(token_ids[i]))
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        if groups:
+            prefix, members = groups[-1]
+            last = token_ids[members[-1]]
+            shared = common(last, token_ids[i])
+            shared = min(shared, prefix) if len(members) > 1 else shared
+            shorter = min(len(last), len(token_ids[i]))
+            if shared >= min_shared and shared >= share * shorter:
+                groups[-1] = (shared, members + [i])
+                continue
+        groups.append((len(token_ids[i]), [i]))
+    return [(min(prefix, min(len(token_ids[i]) for i in members) - 1) if len(members) > 1 else 0, members)
+            for prefix, members in groups]
+
+
 class RouterFeatures:
     """Computes and caches the frozen backbone's representation of prompts, the router's input.
 
@@ -135,6 +181,9 @@ class RouterFeatures:
         batch_size: Prompts per forward pass.
         cache_dir: Optional folder for an on-disk cache (one file per backbone fingerprint).
         show_progress: Show a progress bar while computing new features.
+        share_prefixes: With ``last_token`` pooling, run the start that several prompts share once
+            and only their own tokens per prompt (:func:`shared_prefix_groups`): the router's
+            tutoring openings differ only in the student's reaction after a long common start.
     """
 
     def __init__(
@@ -146,6 +195,7 @@ class RouterFeatures:
         batch_size: int = 8,
         cache_dir: str | Path | None = None,
         show_progress: bool = False,
+        share_prefixes: bool = True,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
@@ -154,6 +204,7 @@ class RouterFeatures:
         self.pooling = pooling
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.share_prefixes = share_prefixes
         self._memory: dict[str, torch.Tensor] = {}
         self._file = None
         if cache_dir is not None:
@@ -224,21 +275,59 @@ class RouterFeatures:
         for prompt, feature in zip(prompts, features.float().cpu()):
             self._memory.setdefault(f"{self.pooling}:{_key(prompt)}", feature.clone())
 
+    def _compute_shared(self, prefix: list[int], suffixes: list[list[int]]) -> torch.Tensor:
+        """``(n, H)`` last-token states of the prompts ``prefix + suffix``, with the prefix run once."""
+        device, decoder = self.policy.device, self.policy.model.get_decoder()
+        n, width = len(suffixes), max(len(s) for s in suffixes)
+        with torch.no_grad():
+            cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(n)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=device)  # right padding
+            lengths = torch.tensor([len(s) for s in suffixes], device=device)
+            own = (torch.arange(width, device=device) < lengths[:, None]).long()
+            mask = torch.cat([own.new_ones((n, len(prefix))), own], dim=1)
+            positions = (len(prefix) + torch.arange(width, device=device)).expand(n, width)
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True).last_hidden_state  # (n, width, H)
+        return hidden[torch.arange(n, device=device), lengths - 1].float().cpu()
+
+    def _features(self, prompts: Sequence[str] | Sequence[Messages]) -> torch.Tensor:
+        """``(n, H)`` features of prompts that are not cached, in their order."""
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        work = []  # (rows, how to compute them)
+        alone = list(range(len(prompts)))
+        if self.pooling == "last_token" and self.share_prefixes:
+            ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"]
+                   for t in render_prompts(self.tokenizer, prompts)]
+            alone = []
+            for prefix, members in shared_prefix_groups(ids):
+                if prefix == 0:
+                    alone += members
+                    continue
+                for start in range(0, len(members), SHARED_ROWS):
+                    rows = members[start:start + SHARED_ROWS]
+                    work.append((rows, lambda rows=rows, prefix=prefix: self._compute_shared(
+                        ids[rows[0]][:prefix], [ids[i][prefix:] for i in rows])))
+        # Longest first, so a batch holds prompts of like length: its padding (compute spent on
+        # nothing) stays small, and a slow batch shows at once rather than at the end.
+        alone.sort(key=lambda i: _length(prompts[i]), reverse=True)
+        for start in range(0, len(alone), self.batch_size):
+            rows = alone[start:start + self.batch_size]
+            work.append((rows, lambda rows=rows: self._compute([prompts[i] for i in rows])))
+        for rows, compute in tqdm(work, desc="router features", disable=not self.show_progress):
+            for i, h in zip(rows, compute()):  # (b, H)
+                out[i] = h
+        return torch.stack(out)
+
     def __call__(self, prompts: Sequence[str] | Sequence[Messages]) -> torch.Tensor:
         """Returns ``(N, H)`` features for the prompts, computing only those not cached yet."""
         keys = [f"{self.pooling}:{_key(p)}" for p in prompts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._memory))
         if missing:
             by_key = {k: p for k, p in zip(keys, prompts)}
-            # Longest first, so a batch holds prompts of like length: its padding (compute spent on
-            # nothing) stays small, and a slow batch shows at once rather than at the end.
-            missing.sort(key=lambda k: _length(by_key[k]), reverse=True)
-            todo = [by_key[k] for k in missing]
-            starts = range(0, len(todo), self.batch_size)
-            for start in tqdm(starts, desc="router features", disable=not self.show_progress):
-                hidden = self._compute(todo[start:start + self.batch_size])  # (b, H)
-                for k, h in zip(missing[start:start + self.batch_size], hidden):
-                    self._memory[k] = h.clone()
+            for k, h in zip(missing, self._features([by_key[k] for k in missing])):
+                self._memory[k] = h.clone()
             if self._file is not None:
                 self._file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self._file.with_suffix(".tmp")

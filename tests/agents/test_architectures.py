@@ -100,5 +100,9 @@ def test_rlvr_router_features_and_persona_judge_on_each_family(family, checkpoin
     both = features(prompts)  # the short prompt is left-padded in this batch
     alone = RouterFeatures(policy, tokenizer)(prompts[1:])
     torch.testing.assert_close(both[1], alone[0], atol=1e-4, rtol=1e-4)  # padding does not move positions
+    opening = [{"role": "system", "content": "Tides follow the moon and the sun. " * 6}]
+    alike = [opening + [{"role": "user", "content": q}] for q in ("Why?", "And the sun, what does it do?")]
+    torch.testing.assert_close(RouterFeatures(policy, tokenizer)(alike),  # the shared start run once
+                               RouterFeatures(policy, tokenizer, share_prefixes=False)(alike), atol=1e-4, rtol=1e-4)
     out = generate(policy, tokenizer, prompts, max_new_tokens=6, seed=0, decoder=DraftJudge(block=2))
     assert out.completion_ids.shape[0] == 2 and (out.logprobs <= 0).all()

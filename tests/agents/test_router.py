@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from agents import Router, RouterFeatures
+from agents.router import shared_prefix_groups
 
 
 def test_router_shapes_defaults_and_softmax():
@@ -105,11 +106,39 @@ def test_a_router_is_served_the_features_it_was_trained_on(tiny_policy, tmp_path
 def test_features_are_batched_by_length_and_returned_in_the_callers_order(tiny_policy, pooling):
     policy, tok = tiny_policy
     prompts = [[{"role": "user", "content": "atoms " * n}] for n in (1, 9, 3, 12, 2, 7)]
-    batched = RouterFeatures(policy, tok, pooling=pooling, batch_size=2)
+    batched = RouterFeatures(policy, tok, pooling=pooling, batch_size=2, share_prefixes=False)
     seen = []
     compute = batched._compute
     batched._compute = lambda chunk: seen.append([len(p[0]["content"]) for p in chunk]) or compute(chunk)
     feats = batched(prompts)
     assert seen == [[72, 54], [42, 18], [12, 6]]  # longest first: like lengths share a batch
     one_by_one = RouterFeatures(policy, tok, pooling=pooling, batch_size=1)
+    torch.testing.assert_close(feats, torch.cat([one_by_one([p]) for p in prompts]), atol=1e-5, rtol=0)
+
+
+def test_prompts_that_start_alike_are_grouped_by_their_shared_start():
+    ids = [[1, 2, 3, 4, 5, 6], [9, 9, 9], [1, 2, 3, 4, 7], [1, 2, 3, 4, 5, 8, 8], [1, 2, 8]]
+    groups = shared_prefix_groups(ids, min_shared=3, share=0.5)
+    # 0, 3 and 2 share [1, 2, 3, 4]; 4 shares only [1, 2] with them (fewer than 3 tokens): alone
+    assert groups == [(4, [0, 3, 2]), (0, [4]), (0, [1])]  # in token order
+    # a prompt that is all prefix keeps one token of its own
+    assert shared_prefix_groups([[1, 2, 3], [1, 2, 3, 4]], min_shared=2) == [(2, [0, 1])]
+    assert shared_prefix_groups([[1, 2, 3, 4]] * 2, min_shared=2) == [(3, [0, 1])]
+    # sharing less than half of the shorter prompt is not worth a group
+    assert shared_prefix_groups([[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 9, 9, 9, 9]], min_shared=2) == [(0, [0]), (0, [1])]
+
+
+def test_a_shared_start_is_run_once_and_gives_the_same_features(tiny_policy):
+    policy, tok = tiny_policy
+    system = {"role": "system", "content": "A long shared opening about the water cycle, " * 4}
+    prompts = [[system, {"role": "user", "content": reply}] for reply in ("ok", "I see, go on please", "why?")]
+    prompts.append("something else entirely")
+    shared = RouterFeatures(policy, tok, batch_size=8)
+    alone, calls = [], []
+    compute, compute_shared = shared._compute, shared._compute_shared
+    shared._compute = lambda chunk: alone.append(len(chunk)) or compute(chunk)
+    shared._compute_shared = lambda prefix, suffixes: calls.append(len(suffixes)) or compute_shared(prefix, suffixes)
+    feats = shared(prompts)
+    assert calls == [3] and alone == [1]  # the three conversations in one pass after their start
+    one_by_one = RouterFeatures(policy, tok, batch_size=1, share_prefixes=False)
     torch.testing.assert_close(feats, torch.cat([one_by_one([p]) for p in prompts]), atol=1e-5, rtol=0)
