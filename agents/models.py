@@ -351,6 +351,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU lists bf16 instructions (``avx512_bf16`` or ``amx_bf16``); False when unreadable.
+
+    Without them torch emulates bf16 arithmetic and a bf16 model runs far slower than in fp32;
+    with them (an AMD EPYC here) bf16 weights decoded 1.6x faster than fp32.
+    """
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 @dataclass
 class AgentConfig:
     """Which backbone a trainer loads and how (the ``agent`` config group).
@@ -358,8 +371,9 @@ class AgentConfig:
     Attributes:
         model: Any name :func:`load_backbone` accepts: the embedded ``smollm2-135m-instruct``,
             ``tiny-random``, a checkpoint folder or a Hugging Face id.
-        dtype: Parameter dtype: ``float32`` (keep it on CPU, where bfloat16 is 20x slower),
-            ``bfloat16`` or ``float16`` on a GPU.
+        dtype: Parameter dtype: ``float32`` (the default), ``bfloat16`` or ``float16``. On a CPU
+            with native bf16 (``avx512_bf16`` or AMX) bfloat16 measured 1.6x faster than float32
+            for decoding and OPSD steps; without it bf16 is emulated and far slower (a warning).
         init_noise_std: Std of the Gaussian noise added to each head's copy of the pretrained LM head.
         tiny: Options for ``model=tiny-random`` only (``seed`` and LlamaConfig fields).
     """
@@ -378,9 +392,10 @@ class AgentConfig:
 
     def load(self, device: str | torch.device = "cpu") -> Backbone:
         """Loads the backbone this config names."""
-        if self.dtype == "bfloat16" and resolve_device(device).type == "cpu":
-            warnings.warn("agent.dtype=bfloat16 on a CPU is one to two orders of magnitude slower than float32 "
-                          "here; use float32 unless you are on a GPU.", stacklevel=2)
+        if self.dtype == "bfloat16" and resolve_device(device).type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("agent.dtype=bfloat16: this CPU lists no native bf16 instructions (avx512_bf16 or "
+                          "amx_bf16 in /proc/cpuinfo), so bf16 is emulated and much slower than float32; "
+                          "use agent.dtype=float32 here.", stacklevel=2)
         return load_backbone(self.model, device=device, dtype=self.dtype, **dict(self.tiny or {}))
 
 
@@ -398,8 +413,8 @@ def load_backbone(
         name: ``"smollm2-135m-instruct"`` (the embedded default), ``"tiny-random"``, a local
             checkpoint directory, or a Hugging Face Hub id.
         device: Target device, or ``"auto"`` for CUDA when present.
-        dtype: Parameter dtype (a ``torch.dtype`` or its name such as ``"float32"``). Keep fp32 on
-            CPU: there is no fast bf16 path on these machines.
+        dtype: Parameter dtype (a ``torch.dtype`` or its name such as ``"float32"``); see
+            :attr:`AgentConfig.dtype` for bf16 on a CPU.
         local_files_only: For Hub ids, never try to download (use only the local Hugging Face cache).
         **tiny_overrides: For ``tiny-random`` only: ``seed`` and LlamaConfig fields such as
             ``num_hidden_layers`` or ``hidden_size``.

@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/generation.py                      # embedded SmolLM2-135M, CPU
     python benchmarks/generation.py --model tiny-random --new-tokens 16 --repeats 1   # smoke run
+    python benchmarks/generation.py --dtype bfloat16 --out bf16.json   # the same rows with bf16 weights
 
 Every configuration generates exactly ``--new-tokens`` tokens per sequence (EOS suppressed) from
 the same chat prompts, so tokens/s compare like for like. Persona-judge rows (``agents.DraftJudge``,
@@ -50,17 +51,21 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", default="float32", help="weight dtype of the backbone and heads (e.g. bfloat16)")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     args = parser.parse_args()
 
-    load_backbone(args.model, device=args.device)  # make sure the cache is warm
+    def load():
+        return load_backbone(args.model, device=args.device, dtype=args.dtype)
+
+    load()  # make sure the cache is warm
     start = time.perf_counter()
-    backbone = load_backbone(args.model, device=args.device)
+    backbone = load()
     load_s = time.perf_counter() - start
 
     rows = []
     for heads in (1, 2, 5):
-        policy = MultiHeadPolicy(load_backbone(args.model, device=args.device).model, num_heads=heads)
+        policy = MultiHeadPolicy(load().model, num_heads=heads)
         for batch in args.batches:
             if heads == 1:
                 selection, label = {"head": 0}, "single head"
@@ -90,6 +95,7 @@ def main() -> None:
     summary = {
         "model": args.model,
         "device": str(backbone.model.device),
+        "dtype": str(backbone.model.dtype).removeprefix("torch."),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "new_tokens": args.new_tokens,

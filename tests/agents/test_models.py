@@ -1,5 +1,6 @@
 import importlib.util
 import time
+import warnings
 
 import pytest
 import torch
@@ -168,3 +169,24 @@ def test_embedded_model_cold_then_warm_cache_and_coherent_reply(tmp_path, monkey
     out = generate(policy, warm.tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
                    head=0, max_new_tokens=24, temperature=0)
     assert "paris" in out.texts[0].lower(), out.texts[0]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_flag = tmp_path / "bf16"
+    with_flag.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert models.cpu_has_native_bf16(with_flag)
+    assert not models.cpu_has_native_bf16(without)
+    assert not models.cpu_has_native_bf16(tmp_path / "missing")  # unreadable: assume emulated
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_warns_only_where_it_is_emulated(monkeypatch, native):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = models.AgentConfig(model="tiny-random", dtype="bfloat16").load("cpu")
+    assert backbone.model.dtype == torch.bfloat16
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert bool(emulated) == (not native)

@@ -1,0 +1,25 @@
+"""benchmarks/generation.py: every row is timed and the report names the weights' dtype."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_generation_benchmark_reports_each_configuration_in_the_dtype_asked_for(tmp_path, dtype):
+    out = tmp_path / "generation.json"
+    subprocess.run([sys.executable, "benchmarks/generation.py", "--model", "tiny-random", "--new-tokens", "4",
+                    "--repeats", "1", "--batches", "1", "2", "--dtype", dtype, "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert report["dtype"] == dtype
+    configs = {(r["config"], r["batch"]) for r in report["rows"]}
+    assert ("single head", 2) in configs and ("5-head per-sample mixture", 2) in configs
+    assert ("2-head Persona-judge, exact", 1) in configs
+    assert all(r["tokens_per_s"] > 0 for r in report["rows"])
+    assert report["mixture_cost_vs_single_head"]["5-head"] > 0
