@@ -351,6 +351,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # the parameter dtypes agent.dtype (and the benchmarks) accept
+
+
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU lists bf16 instructions (``avx512_bf16`` or ``amx_bf16``); False when unreadable.
 
@@ -385,7 +388,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "agent")
-        require_choice("agent.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require_choice("agent.dtype", self.dtype, DTYPES)
         require(self.init_noise_std >= 0, "agent.init_noise_std", self.init_noise_std, "must be >= 0")
         require(not self.tiny or self.model == TINY_RANDOM, "agent.tiny", self.tiny,
                 f"only applies to agent.model={TINY_RANDOM}")

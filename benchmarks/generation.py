@@ -21,6 +21,7 @@ import time
 import torch
 
 from agents import DraftJudge, MultiHeadPolicy, generate, load_backbone
+from agents.models import DTYPES
 
 TOPICS = ["photosynthesis", "the French Revolution", "Newton's third law", "metaphors", "the nervous system",
           "supply and demand", "the Parthenon", "DNA"]
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--dtype", default="float32", help="weight dtype of the backbone and heads (e.g. bfloat16)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype of the backbone and heads")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     args = parser.parse_args()
 

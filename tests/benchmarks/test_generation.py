@@ -23,3 +23,11 @@ def test_generation_benchmark_reports_each_configuration_in_the_dtype_asked_for(
     assert ("2-head Persona-judge, exact", 1) in configs
     assert all(r["tokens_per_s"] > 0 for r in report["rows"])
     assert report["mixture_cost_vs_single_head"]["5-head"] > 0
+
+
+def test_generation_benchmark_refuses_an_unknown_dtype_by_name(tmp_path):
+    out = tmp_path / "generation.json"
+    done = subprocess.run([sys.executable, "benchmarks/generation.py", "--model", "tiny-random", "--dtype", "float8",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and not out.exists()
+    assert "--dtype" in done.stderr and "float8" in done.stderr and "bfloat16" in done.stderr
