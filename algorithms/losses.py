@@ -4,7 +4,9 @@ Notation: B sequences (or router examples), T completion positions, V vocabulary
 the top-K support, the number of kept tokens ``k``).
 
 - Self-distillation (OPSD): :func:`topk_reverse_kl`, :func:`opsd_sequence_loss`,
-  :func:`contrastive_teacher_logits`, :func:`weighted_head_sum`, :func:`normalized_alphas`.
+  :func:`contrastive_teacher_logits`, :func:`feedback_contrastive_logits`, :func:`weighted_head_sum`,
+  :func:`normalized_alphas`; the feedback advantage: :func:`feedback_shift`,
+  :func:`centred_advantages`, :func:`advantage_loss` (with :func:`sampled_logprobs`).
 - Router learning: :func:`matched_head_loss`, :func:`pairwise_preference_loss` (REBEL-style),
   :func:`hedge_targets` / :func:`hedge_router_loss` (MiCRo-style), :func:`pairwise_log_losses`,
   :func:`bt_mixture_loss` (MiCRo's Stage 1), :func:`hedge_step` and
@@ -153,6 +155,75 @@ def feedback_contrastive_logits(with_feedback: torch.Tensor, without_feedback: t
         ``(..., V)`` unnormalised log-probabilities of the feedback-contrastive teacher.
     """
     return contrastive_teacher_logits(with_feedback, [without_feedback], weight)
+
+
+def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` log-probabilities of ``tokens`` (``(B, T)``) under ``(B, T, V)`` logits (in float32)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None].long())[..., 0]
+
+
+def feedback_shift(with_feedback: torch.Tensor, without_feedback: torch.Tensor, tokens: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """How much the privileged feedback raises the teacher's probability of each sampled turn.
+
+    ``Delta = (1/|y|) sum_t [log q(y_t | context, feedback) - log q(y_t | context)]``: the mean
+    per-token log-probability shift the feedback causes. A turn the feedback makes more plausible
+    (the student answered "Ohh, that's clever") gets a positive shift; ``benchmarks/feedback_signal.py``
+    measures how well it separates good turns from bad ones (its AUC).
+
+    Args:
+        with_feedback: ``(B, T, V)`` teacher logits under the prompt with the feedback.
+        without_feedback: ``(B, T, V)`` the same teacher under the prompt without it.
+        tokens: ``(B, T)`` the sampled turn's tokens.
+        mask: ``(B, T)`` 1 for the turn's real tokens.
+
+    Returns:
+        ``(B,)`` the shift of each turn (0 for a row with no tokens).
+    """
+    return masked_mean(sampled_logprobs(with_feedback, tokens) - sampled_logprobs(without_feedback, tokens), mask)
+
+
+def centred_advantages(values: torch.Tensor, groups: Sequence[Sequence[int]], eps: float = 1e-4) -> torch.Tensor:
+    """Advantages from per-row scores: each row minus its group's mean, over the spread of the batch.
+
+    Centring within a group (one persona's rows) removes what every turn of that persona shares;
+    dividing by the standard deviation of all centred values (not each group's, which is noisy
+    with a handful of rows) puts the advantages on a unit scale whatever the score's units.
+
+    Args:
+        values: ``(B,)`` one score per row.
+        groups: Row indices of each group; rows in no group get advantage 0.
+        eps: Keeps a batch of equal scores at 0 instead of 0/0.
+
+    Returns:
+        ``(B,)`` advantages in float32; a group of one row, or of equal scores, gets exactly 0.
+    """
+    values = values.detach().float()
+    centred = torch.zeros_like(values)
+    for rows in groups:
+        if len(rows):
+            idx = torch.as_tensor(list(rows), dtype=torch.long, device=values.device)
+            centred[idx] = values[idx] - values[idx].mean()
+    spread = centred.std() if centred.numel() > 1 else centred.new_zeros(())
+    return centred / (spread + eps)
+
+
+def advantage_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """On-policy policy-gradient loss of each sampled turn: ``-A (1/|y|) sum_t log pi(y_t)``.
+
+    Its gradient raises the probability of turns with a positive advantage and lowers it for a
+    negative one (REINFORCE on samples from the current policy, so no importance ratio).
+
+    Args:
+        logprobs: ``(B, T)`` log-probabilities of the sampled tokens under the policy (differentiable).
+        advantages: ``(B,)`` one advantage per turn (treated as a constant).
+        mask: ``(B, T)`` 1 for the turn's real tokens.
+
+    Returns:
+        ``(B,)`` per-turn loss.
+    """
+    return -advantages.detach().to(logprobs.dtype) * masked_mean(logprobs, mask)
+
 
 def weighted_head_sum(per_head: Sequence[torch.Tensor], alphas: Sequence[float]) -> torch.Tensor:
     """MAH-OPSD objective ``sum_d alpha_d L_d`` from per-head scalar losses.

@@ -41,10 +41,14 @@ from agents import MultiHeadPolicy, completion_logits
 from agents.generation import encode_prompts
 from algorithms import cli
 from algorithms.losses import (
+    advantage_loss,
+    centred_advantages,
     contrastive_teacher_logits,
     feedback_contrastive_logits,
+    feedback_shift,
     normalized_alphas,
     opsd_sequence_loss,
+    sampled_logprobs,
 )
 from algorithms.rollout import RolloutRequest, RolloutResult
 from algorithms.seeds import episode_seed, rollout_seed
@@ -94,6 +98,19 @@ class OPSDConfig(TrainerConfig):
             contrast; one more teacher pass per turn. Needs a task that shows the teacher its
             feedback (``env.teacher_feedback=true``); otherwise both prompts agree and it changes
             nothing.
+        feedback_advantage: Weight ``beta`` of the feedback advantage (0: off, the paper's OPSD).
+            With ``beta > 0`` the feedback is no longer distilled: every head is distilled towards
+            the teacher *without* the feedback (as with ``env.teacher_feedback=false``), and each
+            turn also gets the policy-gradient loss ``beta * -A (1/|y|) sum_t log pi(y_t)``. Its
+            advantage ``A`` is the turn's feedback shift (:func:`algorithms.losses.feedback_shift`:
+            how much the feedback raises the frozen teacher's log-probability of the turn) centred
+            within its persona's rows and scaled by the batch's spread. So the teacher reading the
+            feedback acts as a judge of the sampled turn instead of proposing a replacement turn.
+            Only rows whose hidden persona matches the head get an advantage (every row where the
+            feedback follows the head): a tutoring head that met the other style's student would
+            otherwise be rewarded for teaching in that style.
+            Needs a task that shows the teacher its feedback (``env.teacher_feedback=true``); costs
+            two more teacher passes per turn. Not in the paper.
     """
 
     lr: float = 3e-4
@@ -105,6 +122,7 @@ class OPSDConfig(TrainerConfig):
     contrast: list[float] | None = None
     contrast_plausibility: float = 0.0
     feedback_contrast: float = 0.0
+    feedback_advantage: float = 0.0
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(every=10, curve_contexts=8))
 
     def __post_init__(self):
@@ -120,6 +138,12 @@ class OPSDConfig(TrainerConfig):
                 "must be null or one non-negative weight per persona (0: that persona's plain teacher)")
         require(self.feedback_contrast >= 0, "algorithm.feedback_contrast", self.feedback_contrast,
                 "must be >= 0 (0: the plain teacher)")
+        require(self.feedback_advantage >= 0, "algorithm.feedback_advantage", self.feedback_advantage,
+                "must be >= 0 (0: off)")
+        require(not (self.feedback_advantage > 0 and self.feedback_contrast > 0), "algorithm.feedback_advantage",
+                self.feedback_advantage, "cannot be combined with algorithm.feedback_contrast > 0: the advantage "
+                "distils the teacher without the feedback, so there is no feedback teacher to contrast; set one of "
+                "them to 0")
         require(0.0 <= self.contrast_plausibility < 1.0, "algorithm.contrast_plausibility", self.contrast_plausibility,
                 "must be in [0, 1): the share of the plain teacher's top-token probability a token needs to be "
                 "contrasted (0: every token)")
@@ -161,6 +185,11 @@ class DistillBatch:
         feedback_free: ``(ids, mask)`` of the privileged prompts without the feedback, for the
             feedback-contrastive teacher (None: off).
         feedback_contrast: Its strength ``w``.
+        with_feedback: ``(ids, mask)`` of the privileged prompts with the feedback, for the feedback
+            advantage (None: off); ``teacher_ids`` then hold the prompts without it.
+        feedback_advantage: Its weight ``beta``.
+        advantage_groups: Rows whose shifts are centred together (None: each group's rows); rows in
+            none get advantage 0.
     """
 
     prompt_ids: torch.Tensor
@@ -175,6 +204,26 @@ class DistillBatch:
     contrast_plausibility: float = 0.0
     feedback_free: tuple[torch.Tensor, torch.Tensor] | None = None
     feedback_contrast: float = 0.0
+    with_feedback: tuple[torch.Tensor, torch.Tensor] | None = None
+    feedback_advantage: float = 0.0
+    advantage_groups: list[list[int]] | None = None
+
+
+@dataclass
+class DistillStats:
+    """What one distillation update reports.
+
+    Attributes:
+        group_loss: Mean per-turn loss of each group (distillation plus any advantage term).
+        grad_norm: Gradient norm before clipping.
+        shift: ``(B,)`` each turn's feedback shift (None without the feedback advantage).
+        advantages: ``(B,)`` the advantages taken from it (None without the feedback advantage).
+    """
+
+    group_loss: list[float]
+    grad_norm: float
+    shift: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
 
 
 def distill_step(
@@ -186,7 +235,7 @@ def distill_step(
     topk: int | None,
     micro_batch: int,
     max_grad_norm: float,
-) -> tuple[list[float], float]:
+) -> DistillStats:
     """One OPSD update: minimises ``sum_g alpha_g mean_{rows of g} L_row`` and steps the optimiser.
 
     Each row goes through its group's head only (only that head's logits are computed); rows of all
@@ -194,10 +243,14 @@ def distill_step(
     memory; the teacher runs without gradients. Rows with a positive ``batch.contrast_weights``
     learn from the contrastive teacher (:func:`algorithms.losses.contrastive_teacher_logits`), and
     with ``batch.feedback_contrast`` every row's teacher is then contrasted against its prompt
-    without the feedback (:func:`algorithms.losses.feedback_contrastive_logits`).
+    without the feedback (:func:`algorithms.losses.feedback_contrastive_logits`). With
+    ``batch.feedback_advantage`` every turn's feedback shift is measured first (two teacher passes,
+    no gradient), turned into advantages within each group, and each row adds ``beta`` times its
+    policy-gradient loss (:func:`algorithms.losses.advantage_loss`).
 
     Returns:
-        The mean per-turn loss of each group and the gradient norm before clipping.
+        The mean per-turn loss of each group, the gradient norm before clipping, and any shifts
+        and advantages.
     """
     length = int(batch.completion_mask.sum(1).max())
     comp, comp_mask = batch.completion_ids[:, :length], batch.completion_mask[:, :length]
@@ -210,12 +263,23 @@ def distill_step(
     policy.train()
     group_total = [0.0] * len(batch.groups)
 
+    def score(ids, mask, rows):  # (b, T, V) teacher logits of these rows' turns under the given prompts
+        with torch.no_grad():
+            return completion_logits(teacher, *_trim_left(ids[rows], mask[rows]), comp[rows], comp_mask[rows])
+
+    shift = advantages = None
+    if batch.with_feedback is not None and batch.feedback_advantage > 0:
+        shift = torch.zeros(len(comp))
+        for start in range(0, len(comp), micro_batch):
+            rows = torch.arange(start, min(start + micro_batch, len(comp)))
+            shift[rows] = feedback_shift(score(*batch.with_feedback, rows), score(batch.teacher_ids,
+                                         batch.teacher_mask, rows), comp[rows], comp_mask[rows]).cpu()
+        groups = batch.advantage_groups
+        advantages = centred_advantages(shift, [rows for _, rows, _ in batch.groups] if groups is None else groups)
+
     def chunk_loss(part: torch.Tensor) -> torch.Tensor:
         idx = rows_all[part]
         with torch.no_grad():
-            def score(ids, mask, rows):  # (b, T, V) teacher logits of these rows' turns under the given prompts
-                return completion_logits(teacher, *_trim_left(ids[rows], mask[rows]), comp[rows], comp_mask[rows])
-
             teacher_logits = score(batch.teacher_ids, batch.teacher_mask, idx)
             if batch.contrast and batch.contrast_weights is not None:
                 w = batch.contrast_weights[idx]
@@ -231,6 +295,9 @@ def distill_step(
         student_logits = completion_logits(policy, *_trim_left(batch.prompt_ids[idx], batch.prompt_mask[idx]),
                                            comp[idx], comp_mask[idx], head=head_of[part])  # (b, T, V)
         per_turn = opsd_sequence_loss(student_logits, teacher_logits, comp_mask[idx], topk)  # (b,)
+        if advantages is not None:
+            per_turn = per_turn + batch.feedback_advantage * advantage_loss(
+                sampled_logprobs(student_logits, comp[idx]), advantages[idx].to(per_turn), comp_mask[idx])
         for position, value in zip(part.tolist(), per_turn.detach().tolist()):
             group_total[order[position][0]] += value
         return (per_turn * scale[part].to(per_turn)).sum()
@@ -238,7 +305,7 @@ def distill_step(
     grad_norm = accumulated_step(optimizer, len(order), micro_batch, chunk_loss, max_grad_norm)
     group_loss = [total / len(rows) if rows else float("nan")
                   for total, (_, rows, _) in zip(group_total, batch.groups)]
-    return group_loss, grad_norm
+    return DistillStats(group_loss, grad_norm, shift, advantages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,36 +390,45 @@ class OPSDTrainer(Trainer):
         num, n = len(self.personas), self.settings.episodes_per_persona
         if result.personas != self.row_persona:
             raise RuntimeError("the rollout rows do not follow the trainer's persona-major order")
-        teacher_prompts = [self.task.teacher_messages(o, self.personas[p], fb)
-                           for p, o, fb in zip(result.personas, result.prompts, result.feedback)]
-        t_ids, t_mask = encode_prompts(self.tokenizer, teacher_prompts, self.device)
-        weights = self.settings.contrast
+        s = self.settings
+        advantage = s.feedback_advantage > 0
+        # With the feedback advantage the feedback judges each turn and is not distilled: the
+        # teacher (and any persona contrast) then sees the prompts without it.
+        distilled = [None] * len(result.feedback) if advantage else result.feedback
+
+        def prompts(personas, feedback):
+            return encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[p], fb)
+                                                   for p, o, fb in zip(personas, result.prompts, feedback)],
+                                  self.device)
+
+        t_ids, t_mask = prompts(result.personas, distilled)
         contrast, contrast_weights = [], None
-        if weights is not None and any(w > 0 for w in weights):  # slot i: each row's i-th other persona
+        if s.contrast is not None and any(w > 0 for w in s.contrast):  # slot i: each row's i-th other persona
             others = [[j for j in range(num) if j != p] for p in result.personas]
-            contrast = [encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[js[i]], fb)
-                                                        for js, o, fb in zip(others, result.prompts, result.feedback)],
-                                       self.device)
-                        for i in range(num - 1)]
-            contrast_weights = torch.tensor([float(weights[p]) for p in result.personas])
-        feedback_free = None
-        if self.settings.feedback_contrast > 0:
-            feedback_free = encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[p], None)
-                                                            for p, o in zip(result.personas, result.prompts)],
-                                           self.device)
+            contrast = [prompts([js[i] for js in others], distilled) for i in range(num - 1)]
+            contrast_weights = torch.tensor([float(s.contrast[p]) for p in result.personas])
+        feedback_free = prompts(result.personas, [None] * len(result.feedback)) if s.feedback_contrast > 0 else None
+        with_feedback = prompts(result.personas, result.feedback) if advantage else None
+        if with_feedback is not None and with_feedback[0].shape == t_ids.shape and torch.equal(with_feedback[0], t_ids):
+            raise ConfigError(f"algorithm.feedback_advantage={s.feedback_advantage} needs a teacher that sees the "
+                              "feedback, but this task's privileged prompts are the same with and without it. "
+                              "Pass env.teacher_feedback=true (or algorithm.feedback_advantage=0).")
+        matched = [label.get("persona") == self.personas[p].name for p, label in zip(result.personas, result.labels)]
         dev, gen = self.device, result.generation
         batch = DistillBatch(gen.prompt_ids.to(dev), gen.prompt_mask.to(dev), t_ids, t_mask,
                              gen.completion_ids.to(dev), gen.completion_mask.to(dev),
                              groups=[(self.head_of(p), list(range(p * n, (p + 1) * n)), self.alphas[p])
                                      for p in range(num)], contrast=contrast, contrast_weights=contrast_weights,
-                             contrast_plausibility=self.settings.contrast_plausibility,
-                             feedback_free=feedback_free, feedback_contrast=self.settings.feedback_contrast)
+                             contrast_plausibility=s.contrast_plausibility,
+                             feedback_free=feedback_free, feedback_contrast=s.feedback_contrast,
+                             with_feedback=with_feedback, feedback_advantage=s.feedback_advantage,
+                             advantage_groups=[[r for r in range(p * n, (p + 1) * n) if matched[r]]
+                                               for p in range(num)])
         lr = self.optimizer.param_groups[0]["lr"]
-        head_loss, grad_norm = distill_step(self.policy, self.teacher, self.optimizer, batch,
-                                            topk=self.settings.topk, micro_batch=self.settings.micro_batch,
-                                            max_grad_norm=self.settings.max_grad_norm)
+        stats = distill_step(self.policy, self.teacher, self.optimizer, batch, topk=s.topk,
+                             micro_batch=s.micro_batch, max_grad_norm=s.max_grad_norm)
+        head_loss, grad_norm = stats.group_loss, stats.grad_norm
         names = [p.name for p in self.personas]
-        matched = [label.get("persona") == self.personas[p].name for p, label in zip(result.personas, result.labels)]
 
         def mean_where(values, flags):
             chosen = [v for v, f in zip(values, flags) if f]
@@ -370,6 +446,11 @@ class OPSDTrainer(Trainer):
         for key, values in self.task.step_metrics(result.actions, result.infos).items():
             for p, name in enumerate(names):
                 metrics[f"env/{key}_{name}"] = float(np.mean(values[p * n:(p + 1) * n]))
+        if stats.shift is not None:  # does the teacher's reading of the feedback track the env's reward?
+            shift = stats.shift.tolist()  # matched rows only: the ones the advantage uses
+            rewarded = [r > 0 for r in result.rewards]
+            metrics["feedback/shift_rewarded"] = mean_where(shift, [r and m for r, m in zip(rewarded, matched)])
+            metrics["feedback/shift_unrewarded"] = mean_where(shift, [not r and m for r, m in zip(rewarded, matched)])
         metrics.update({"env/turn_tokens": float(gen.completion_mask.sum(1).float().mean()),
                         "train/grad_norm": grad_norm, "train/lr": lr, "turns": result.turn_ids})
         return metrics

@@ -4,11 +4,15 @@ import pytest
 import torch
 
 from algorithms.losses import (
+    advantage_loss,
+    centred_advantages,
     contrastive_teacher_logits,
     feedback_contrastive_logits,
+    feedback_shift,
     masked_mean,
     normalized_alphas,
     opsd_sequence_loss,
+    sampled_logprobs,
     topk_reverse_kl,
     weighted_head_sum,
 )
@@ -69,6 +73,38 @@ def test_feedback_contrastive_teacher_on_a_two_token_case():
     assert feedback_contrastive_logits(with_fb, without, 0.0) is with_fb
     assert feedback_contrastive_logits(with_fb, with_fb, 3.0).softmax(-1).tolist() == pytest.approx([0.8, 0.2],
                                                                                                      rel=1e-5)
+
+
+def test_feedback_shift_on_a_two_token_case():
+    # two positions of one turn: the feedback moves the sampled token 0 from 0.5 to 0.8, then token 1 from 0.5 to 0.2
+    with_fb = torch.tensor([[[0.8, 0.2], [0.8, 0.2], [0.9, 0.1]]]).log()
+    without = torch.tensor([[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]]).log()
+    tokens, mask = torch.tensor([[0, 1, 0]]), torch.tensor([[1, 1, 0]])  # the third position is padding
+    assert sampled_logprobs(with_fb, tokens)[0, :2].tolist() == pytest.approx([math.log(0.8), math.log(0.2)])
+    shift = feedback_shift(with_fb, without, tokens, mask)
+    assert shift.tolist() == pytest.approx([(math.log(0.8 / 0.5) + math.log(0.2 / 0.5)) / 2], rel=1e-5)
+    # feedback that changes nothing shifts nothing
+    assert feedback_shift(without, without, tokens, mask).tolist() == [0.0]
+
+
+def test_centred_advantages_centre_within_groups_and_scale_by_the_batch_spread():
+    values = torch.tensor([1.0, 3.0, 10.0, 10.0, 7.0])
+    adv = centred_advantages(values, [[0, 1], [2, 3]], eps=0.0)  # row 4 belongs to no group
+    centred = torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0])
+    assert adv.tolist() == pytest.approx((centred / centred.std()).tolist(), rel=1e-6)
+    # equal scores, and a group of one, give exactly zero
+    assert centred_advantages(torch.tensor([2.0, 2.0, 5.0]), [[0, 1], [2]]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_advantage_loss_raises_the_turn_with_a_positive_advantage():
+    logits = torch.zeros(2, 2, 3, requires_grad=True)
+    tokens, mask = torch.tensor([[0, 0], [1, 1]]), torch.ones(2, 2)
+    loss = advantage_loss(sampled_logprobs(logits, tokens), torch.tensor([1.0, -1.0]), mask)
+    assert loss.tolist() == pytest.approx([math.log(3.0), -math.log(3.0)], rel=1e-6)  # -A * mean log(1/3)
+    loss.sum().backward()
+    step = -logits.grad  # a gradient step raises token 0 in turn 0 and lowers token 1 in turn 1
+    assert (step[0, :, 0] > 0).all() and (step[1, :, 1] < 0).all()
+    assert advantage_loss(sampled_logprobs(logits, tokens), torch.zeros(2), mask).tolist() == [0.0, 0.0]
 
 
 def test_contrastive_teacher_on_a_two_token_case():

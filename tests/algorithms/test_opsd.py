@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,30 @@ def test_the_feedback_contrastive_teacher_acts_only_where_the_teacher_sees_feedb
     assert run("zero", "env.teacher_feedback=true", "algorithm.feedback_contrast=0") == pytest.approx(seen, rel=1e-4)
 
 
+def test_the_feedback_advantage_distils_without_the_feedback_and_judges_with_it(tmp_path, opsd_config):
+    def run(name, *overrides):
+        opsd.train(opsd_config("algorithm.eval.enabled=false", "algorithm.contrast=null",
+                               "algorithm.episodes_per_persona=3", *overrides), tmp_path / name)  # some rows match
+        return [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+
+    plain = [row["loss/total"] for row in run("plain")]
+    # weight 0 with the feedback shown is ordinary OPSD from the feedback (the paper's teacher)
+    zero = run("zero", "env.teacher_feedback=true", "algorithm.feedback_advantage=0")
+    assert "feedback/shift_rewarded" not in zero[0] and [r["loss/total"] for r in zero] != pytest.approx(plain)
+    # a tiny weight: the distillation term is the feedback-free teacher's, the advantage adds almost nothing
+    tiny = run("tiny", "env.teacher_feedback=true", "algorithm.feedback_advantage=1e-9")
+    assert [r["loss/total"] for r in tiny][:1] == pytest.approx(plain[:1], rel=1e-4)
+    shifts = [r[key] for r in tiny for key in ("feedback/shift_rewarded", "feedback/shift_unrewarded")]
+    assert any(x is not None for x in shifts) and all(x is None or math.isfinite(x) for x in shifts)  # NaN: no row
+    strong = run("strong", "env.teacher_feedback=true", "algorithm.feedback_advantage=1")
+    assert [r["loss/total"] for r in strong] != pytest.approx(plain, rel=1e-3)
+
+
+def test_the_feedback_advantage_refuses_a_teacher_that_cannot_see_the_feedback(tmp_path, opsd_config):
+    with pytest.raises(ConfigError, match="env.teacher_feedback=true"):
+        opsd.train(opsd_config("algorithm.eval.enabled=false", "algorithm.feedback_advantage=1"), tmp_path / "run")
+
+
 def test_the_learning_curve_is_logged_and_never_changes_training(tmp_path, opsd_config):
     summary = opsd.train(opsd_config("algorithm.eval.every=1", "algorithm.eval.curve_contexts=1"), tmp_path)
     assert losses(tmp_path) == pytest.approx(PINNED["mah"], rel=1e-4)  # same as with the curve off
@@ -191,13 +216,37 @@ def test_distill_step_contrasted_with_its_own_prompt_is_the_plain_teacher(tiny, 
                                groups=[(0, [0], 0.5), (1, [1], 0.5)], contrast=slots,
                                contrast_weights=torch.full((2,), weight))
         frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
-        return distill_step(policy, teacher, frozen, distill, topk=None, micro_batch=1, max_grad_norm=1.0)[0]
+        return distill_step(policy, teacher, frozen, distill, topk=None, micro_batch=1, max_grad_norm=1.0).group_loss
 
     plain = step_losses(0.0, [])
     assert step_losses(2.0, [(ids, mask)]) == pytest.approx(plain, rel=1e-4)  # nothing sets the prompt apart
     assert step_losses(0.0, [(ids.flip(0), mask.flip(0))]) == plain  # no weight: the slots are not even scored
     contrasted = step_losses(2.0, [(ids.flip(0), mask.flip(0))])  # each row against the other row's prompt
     assert all(x >= 0 for x in contrasted) and contrasted != pytest.approx(plain, rel=1e-3)
+
+
+def test_distill_step_feedback_advantage_scores_the_turns_and_only_the_given_rows(tiny, batch):
+    ids, mask = batch
+    policy = MultiHeadPolicy(tiny.model, num_heads=2, head_names=["a", "b"], seed=0)
+    teacher = load_backbone("tiny-random", seed=1).model
+    comp = torch.randint(10, 200, (2, 5))
+    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+
+    def step(with_feedback, groups):
+        distill = DistillBatch(ids, mask, ids, mask, comp, torch.ones_like(comp), groups=[(0, [0, 1], 1.0)],
+                               with_feedback=with_feedback, feedback_advantage=1.0, advantage_groups=groups)
+        return distill_step(policy, teacher, frozen, distill, topk=None, micro_batch=1, max_grad_norm=1.0)
+
+    plain = step(None, None)
+    assert plain.shift is None and plain.advantages is None
+    same = step((ids, mask), None)  # the "feedback" prompt is the prompt itself: no shift, no advantage
+    assert same.shift.tolist() == pytest.approx([0.0, 0.0], abs=1e-6) and same.group_loss == pytest.approx(
+        plain.group_loss, rel=1e-5)
+    swapped = step((ids.flip(0), mask.flip(0)), None)  # each turn scored under the other row's prompt too
+    assert swapped.shift.abs().min() > 0 and swapped.advantages.tolist() == pytest.approx(
+        (-swapped.advantages.flip(0)).tolist())  # two rows centred together: opposite advantages
+    alone = step((ids.flip(0), mask.flip(0)), [[0]])  # one row in its group, the other in none: both get 0
+    assert alone.advantages.tolist() == [0.0, 0.0] and alone.group_loss == pytest.approx(plain.group_loss, rel=1e-5)
 
 
 PINNED_PERSONA = {  # 2 steps on env=persona: 5 heads, the critic's critique in the privileged prompt
@@ -280,7 +329,7 @@ BAD_AT_START = ["algorithm.topk=0", "algorithm.topk=-5", "algorithm.lr=-1", "alg
                 "algorithm.save_every=0", "algorithm.save_every=-1", "algorithm.variant=both",
                 "algorithm.trainable=everything", "algorithm.eval.contexts=0", "algorithm.turns_per_episode=7",
                 "algorithm.alphas=[1,2,3]", "algorithm.contrast=[1,2,3]", "algorithm.contrast=[-1,0]",
-                "algorithm.contrast_plausibility=1", "algorithm.contrast_plausibility=-0.5",
+                "algorithm.contrast_plausibility=1", "algorithm.contrast_plausibility=-0.5", "algorithm.feedback_advantage=-1",
                 "ray.max_staleness=2", "agent.dtype=int8", "student.noise=2", "device=tpu"]
 
 
