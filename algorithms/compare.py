@@ -67,6 +67,8 @@ def _plain(cfg: Any) -> dict[str, Any]:
         plain.pop(key, None)
     if isinstance(plain.get("algorithm"), dict):
         plain["algorithm"].pop("stop_after", None)
+        if isinstance(plain["algorithm"].get("eval"), dict):  # the end-of-run report's split: compare reads --split
+            plain["algorithm"]["eval"].pop("split", None)
     return plain
 
 

@@ -27,8 +27,9 @@ def test_the_pooled_value_is_the_mean_of_the_seeds_and_the_interval_widens_with_
     assert b.low < min(ratios[1:]) and b.high > max(ratios[:2])
 
 
-def _fake_run(folder, seed, feedback, rate):
-    cfg = compose_config("opsd", "agent=tiny", f"seed={seed}", f"env.teacher_feedback={feedback}")
+def _fake_run(folder, seed, feedback, rate, split="eval"):
+    cfg = compose_config("opsd", "agent=tiny", f"seed={seed}", f"env.teacher_feedback={feedback}",
+                         f"algorithm.eval.split={split}")
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     units = {"satisfaction/matched": {"head_direct": _units(rate)}}
@@ -39,8 +40,8 @@ def _fake_run(folder, seed, feedback, rate):
 
 def test_a_multirun_folder_is_grouped_into_configurations_by_everything_but_the_seed(tmp_path):
     sweep = tmp_path / "sweep"
-    for seed in range(3):
-        _fake_run(sweep / f"a_seed={seed}", seed, True, 0.7)
+    for seed in range(3):  # seed 0 of "a" was reported on eval at the end of training, then evaluated on test
+        _fake_run(sweep / f"a_seed={seed}", seed, True, 0.7, split="eval" if seed == 0 else "test")
         _fake_run(sweep / f"b_seed={seed}", seed, False, 0.3)
     groups = configurations([sweep])
     assert sorted(len(g.runs) for g in groups) == [3, 3]
