@@ -110,7 +110,7 @@ class OPSDConfig(TrainerConfig):
             feedback follows the head): a tutoring head that met the other style's student would
             otherwise be rewarded for teaching in that style.
             Needs a task that shows the teacher its feedback (``env.teacher_feedback=true``); costs
-            two more teacher passes per turn. Not in the paper.
+            one more teacher pass per turn. Not in the paper.
     """
 
     lr: float = 3e-4
@@ -244,9 +244,10 @@ def distill_step(
     learn from the contrastive teacher (:func:`algorithms.losses.contrastive_teacher_logits`), and
     with ``batch.feedback_contrast`` every row's teacher is then contrasted against its prompt
     without the feedback (:func:`algorithms.losses.feedback_contrastive_logits`). With
-    ``batch.feedback_advantage`` every turn's feedback shift is measured first (two teacher passes,
-    no gradient), turned into advantages within each group, and each row adds ``beta`` times its
-    policy-gradient loss (:func:`algorithms.losses.advantage_loss`).
+    ``batch.feedback_advantage`` every turn's feedback shift is measured first (one more teacher
+    pass than plain OPSD: the pass without the feedback is kept for the loss; no gradient), turned
+    into advantages within each group, and each row adds ``beta`` times its policy-gradient loss
+    (:func:`algorithms.losses.advantage_loss`).
 
     Returns:
         The mean per-turn loss of each group, the gradient norm before clipping, and any shifts
@@ -268,19 +269,23 @@ def distill_step(
             return completion_logits(teacher, *_trim_left(ids[rows], mask[rows]), comp[rows], comp_mask[rows])
 
     shift = advantages = None
+    plain_teacher: dict[int, torch.Tensor] = {}  # chunk start -> its teacher logits, kept from the shift's pass
     if batch.with_feedback is not None and batch.feedback_advantage > 0:
         shift = torch.zeros(len(comp))
-        for start in range(0, len(comp), micro_batch):
-            rows = torch.arange(start, min(start + micro_batch, len(comp)))
-            shift[rows] = feedback_shift(score(*batch.with_feedback, rows), score(batch.teacher_ids,
-                                         batch.teacher_mask, rows), comp[rows], comp_mask[rows]).cpu()
+        for start in range(0, len(order), micro_batch):  # the chunks accumulated_step will ask for, in its order
+            rows = rows_all[start:start + micro_batch]
+            plain_teacher[start] = score(batch.teacher_ids, batch.teacher_mask, rows)
+            shift[rows] = feedback_shift(score(*batch.with_feedback, rows), plain_teacher[start], comp[rows],
+                                         comp_mask[rows]).cpu()
         groups = batch.advantage_groups
         advantages = centred_advantages(shift, [rows for _, rows, _ in batch.groups] if groups is None else groups)
 
     def chunk_loss(part: torch.Tensor) -> torch.Tensor:
         idx = rows_all[part]
         with torch.no_grad():
-            teacher_logits = score(batch.teacher_ids, batch.teacher_mask, idx)
+            teacher_logits = plain_teacher.pop(int(part[0]), None)
+            if teacher_logits is None:
+                teacher_logits = score(batch.teacher_ids, batch.teacher_mask, idx)
             if batch.contrast and batch.contrast_weights is not None:
                 w = batch.contrast_weights[idx]
                 on = (w > 0).nonzero()[:, 0]
