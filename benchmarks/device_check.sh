@@ -6,4 +6,5 @@
 # Hard limit: 8 minutes (the script also stops starting parts after --budget-s, 480 s by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec timeout 480 python benchmarks/device_check.py "$@"
+# python3 unless PYTHON says otherwise: GPU images often have no plain `python` on the PATH.
+exec timeout 480 "${PYTHON:-python3}" benchmarks/device_check.py "$@"
