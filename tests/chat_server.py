@@ -109,9 +109,19 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.auth_headers.append(self.headers.get("Authorization", ""))
                 reply = server._next(body)
+                answered = False
+
+                def answering() -> None:  # a request stops counting as in flight once its answer starts:
+                    nonlocal answered      # the client may send its next one as soon as it has read it
+                    if not answered:
+                        answered = True
+                        with server.lock:
+                            server.in_flight -= 1
+
                 try:
                     time.sleep(reply.delay)
                     if reply.status != 200:
+                        answering()
                         self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}}, reply.headers)
                         return
                     content = reply.content(body) if callable(reply.content) else reply.content
@@ -125,9 +135,9 @@ class ScriptedServer:
                         "choices": choices,
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                     }
+                    answering()
                     self._send(200, payload, reply.headers, reply)
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    answering()
 
         return Handler
