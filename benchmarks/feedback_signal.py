@@ -50,7 +50,7 @@ from agents import load_backbone
 from agents.generation import completion_logits, encode_prompts
 from algorithms.components import build_task
 from algorithms.episodes import play_episodes
-from algorithms.losses import contrastive_teacher_logits
+from algorithms.losses import contrastive_teacher_logits, feedback_shift
 
 LABELS = {  # reward -> +1 good, -1 bad, 0 left out
     "sign": np.sign,
@@ -100,11 +100,8 @@ def feedback_deltas(model, tokenizer, with_prompts: list, without_prompts: list,
         comp, mask = enc["input_ids"], enc["attention_mask"]
         lw = completion_logits(model, *encode_prompts(tokenizer, with_prompts[part], device), comp, mask).float()
         lo = completion_logits(model, *encode_prompts(tokenizer, without_prompts[part], device), comp, mask).float()
-        base = torch.log_softmax(lo, -1).gather(-1, comp[..., None])[..., 0]  # (b, T)
-        count = mask.sum(1).clamp(min=1)
-        for k, w in enumerate(weights):
-            teacher = torch.log_softmax(contrastive_teacher_logits(lw, [lo], w), -1).gather(-1, comp[..., None])[..., 0]
-            out[k, part] = (((teacher - base) * mask).sum(1) / count).cpu().numpy()
+        for k, w in enumerate(weights):  # the shift the trainer's feedback advantage also uses
+            out[k, part] = feedback_shift(contrastive_teacher_logits(lw, [lo], w), lo, comp, mask).cpu().numpy()
     return out
 
 
