@@ -399,7 +399,8 @@ class OPSDTrainer(Trainer):
         advantage = s.feedback_advantage > 0
         # With the feedback advantage the feedback judges each turn and is not distilled: the
         # teacher (and any persona contrast) then sees the prompts without it.
-        distilled = [None] * len(result.feedback) if advantage else result.feedback
+        no_feedback = [None] * len(result.feedback)
+        distilled = no_feedback if advantage else result.feedback
 
         def prompts(personas, feedback):
             return encode_prompts(self.tokenizer, [self.task.teacher_messages(o, self.personas[p], fb)
@@ -412,7 +413,7 @@ class OPSDTrainer(Trainer):
             others = [[j for j in range(num) if j != p] for p in result.personas]
             contrast = [prompts([js[i] for js in others], distilled) for i in range(num - 1)]
             contrast_weights = torch.tensor([float(s.contrast[p]) for p in result.personas])
-        feedback_free = prompts(result.personas, [None] * len(result.feedback)) if s.feedback_contrast > 0 else None
+        feedback_free = prompts(result.personas, no_feedback) if s.feedback_contrast > 0 else None
         with_feedback = prompts(result.personas, result.feedback) if advantage else None
         if with_feedback is not None and with_feedback[0].shape == t_ids.shape and torch.equal(with_feedback[0], t_ids):
             raise ConfigError(f"algorithm.feedback_advantage={s.feedback_advantage} needs a teacher that sees the "
