@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agents.draft_judge import DraftJudge
 from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights, is_per_row, padded_positions
+from agents.prefix_cache import PrefixCache, RowState, continue_rows
 from agents.sampling import sample_dropping_finished, tempered_logprobs
 
 Messages = list[dict[str, str]]
@@ -155,7 +156,7 @@ def _head_rows(head: HeadRef, start: int, stop: int) -> HeadRef:
 @torch.no_grad()
 def _generate_chunk(
     policy, tokenizer, input_ids, attention_mask, head, weights, *, max_new_tokens, min_new_tokens, temperature, top_p,
-    drop_finished, decoder,
+    drop_finished, decoder, past=None, kept=None,
 ):
     model = _hf_model(policy)
     eos = _eos_ids(tokenizer, model)
@@ -177,7 +178,7 @@ def _generate_chunk(
             completion, logprobs = sample_dropping_finished(
                 model, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                 temperature=temperature, top_p=top_p, eos_ids=eos, pad_id=tokenizer.pad_token_id,
-                on_rows=narrow if per_row else None)
+                on_rows=narrow if per_row else None, past=past, kept=kept)
         else:
             sampling = temperature > 0
             kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sampling else dict(do_sample=False)
@@ -217,6 +218,14 @@ def _prefill_states(policy, keep: bool):
         handle.remove()
 
 
+def _left_padded(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, P)`` ids and mask of 1-D token rows, left-padded to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.nn.functional.pad(r, (width - len(r), 0), value=pad_id) for r in rows])
+    mask = torch.stack([torch.nn.functional.pad(torch.ones_like(r), (width - len(r), 0)) for r in rows])
+    return ids, mask
+
+
 def _pad_right(tensors: list[torch.Tensor], value: int | float) -> torch.Tensor:
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
@@ -243,6 +252,7 @@ def generate(
     drop_finished: bool = True,
     decoder: DraftJudge | None = None,
     prompt_features: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> GenerationOutput:
     """Samples one completion per prompt from a head, a mixture or the equal blend.
 
@@ -267,6 +277,10 @@ def generate(
             not used then.
         prompt_features: Also return each prompt's last-token backbone state, taken from the
             prefill (:attr:`GenerationOutput.prompt_features`); not with ``decoder=``.
+        prefix_cache: One entry per prompt, the same rows turn after turn: feed each prompt only
+            after what the row's previous call left in the cache, and keep what this call reads
+            (:mod:`agents.prefix_cache`; the logits equal a full prefill's up to rounding). Only
+            with ``drop_finished``, without ``decoder=``.
 
     Returns:
         A :class:`GenerationOutput`.
@@ -281,6 +295,9 @@ def generate(
         policy.selection(head, weights)  # validate once, before any work
     if decoder is not None and (not isinstance(policy, MultiHeadPolicy) or head is not None or weights is not None):
         raise ValueError("decoder= decodes between the heads of a MultiHeadPolicy; pass it without head= or weights=.")
+    if prefix_cache is not None and (decoder is not None or not drop_finished):
+        raise ValueError("prefix_cache= continues the decoding loop of drop_finished=True; it works with neither "
+                         "decoder= nor drop_finished=False.")
     if decoder is not None and prompt_features:
         raise ValueError("prompt_features=True reads the prompt's prefill, which decoder= runs its own way; "
                          "compute the features with agents.RouterFeatures instead.")
@@ -293,6 +310,9 @@ def generate(
             raise ValueError(f"Got {w.shape[0]} rows of head weights for {n} prompts.")
     if is_per_row(head) and len(head) != n:
         raise ValueError(f"Got {len(head)} per-row heads for {n} prompts.")
+    if prefix_cache is not None and len(prefix_cache) != n:
+        raise ValueError(f"The prefix cache holds {len(prefix_cache)} rows for {n} prompts; make one "
+                         "PrefixCache(len(prompts)) per batch and pass the same prompts' rows every call.")
     step = batch_size or n
     devices = [device] if device.type == "cuda" else []
     chunks = []
@@ -304,12 +324,24 @@ def generate(
             ids, mask = input_ids[start:stop], attention_mask[start:stop]
             keep = int(mask.sum(dim=1).max())  # drop padding columns this chunk does not need
             ids, mask = ids[:, -keep:], mask[:, -keep:]
+            fed, fed_mask, past, kept = ids, mask, None, None
+            if prefix_cache is not None:
+                rows = [row[m.bool()] for row, m in zip(ids, mask)]
+                past, kept = continue_rows(prefix_cache.rows[start:stop], rows), [None] * (stop - start)
+                if past is not None:
+                    fed, fed_mask = _left_padded([r[m:] for r, m in zip(rows, past.matched)], tokenizer.pad_token_id)
+                prefix_cache.prompt_tokens += int(mask.sum())
+                prefix_cache.reused_tokens += sum(past.matched) if past is not None else 0
             with _prefill_states(policy, prompt_features) as states:
                 comp, comp_mask, logprobs = _generate_chunk(
-                    policy, tokenizer, ids, mask, _head_rows(head, start, stop), _rows(weights, start, stop),
+                    policy, tokenizer, fed, fed_mask, _head_rows(head, start, stop), _rows(weights, start, stop),
                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
-                    top_p=top_p, drop_finished=drop_finished, decoder=decoder,
+                    top_p=top_p, drop_finished=drop_finished, decoder=decoder, past=past, kept=kept,
                 )
+            if prefix_cache is not None:
+                for i, state in enumerate(kept):
+                    prefix_cache.rows[start + i] = None if state is None else RowState(
+                        torch.cat([rows[i], comp[i]])[:state[0][0].shape[1]], *state)
             chunks.append((ids, mask, comp, comp_mask, logprobs, states[0] if states else None))
     pad = tokenizer.pad_token_id
     completion_ids = _pad_right([c[2] for c in chunks], pad)

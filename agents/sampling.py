@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from agents.multihead import padded_positions
+from agents.prefix_cache import Past, reusable, take_rows
 
 
 def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, top_p: float,
@@ -88,6 +89,8 @@ def sample_dropping_finished(
     eos_ids: Sequence[int],
     pad_id: int,
     on_rows: Callable[[torch.Tensor], None] | None = None,
+    past: Past | None = None,
+    kept: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples (or greedily decodes) completions, removing each row from the batch once it has ended.
 
@@ -103,6 +106,11 @@ def sample_dropping_finished(
         pad_id: Written after a row has ended.
         on_rows: Called with the indices (into the original batch) of the rows still decoding
             whenever that set shrinks, e.g. to narrow per-row head weights to them.
+        past: Keys and values of tokens that come before ``input_ids``
+            (:func:`agents.prefix_cache.continue_rows`); ``input_ids`` then holds only the rest.
+        kept: A list of ``B`` entries to fill with each row's keys and values once it stops
+            (:func:`agents.prefix_cache.take_rows`: ``past``, prompt and fed completion tokens);
+            left as it is when the model's cache cannot be reused.
 
     Returns:
         ``(completion_ids, logprobs)``: ``(B, T)`` tokens (``pad_id`` after each row's end) and
@@ -118,12 +126,14 @@ def sample_dropping_finished(
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, max_new_tokens), device=device)
     active = torch.arange(batch, device=device)
-    mask = attention_mask
-    positions = padded_positions(mask, input_ids)
+    mask = attention_mask if past is None else torch.cat([past.mask, attention_mask], dim=1)
+    positions = padded_positions(mask, mask)[:, -input_ids.shape[1]:]
     # logits_to_keep=1: only the last position's logits, as generate() asks for (the prompt's full
     # (B, P, V) logits would cost more than the decoding on a CPU)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                past_key_values=None if past is None else past.cache)
     cache, sequences = out.past_key_values, input_ids
+    keep_rows = kept is not None and reusable(cache)
     steps = 0
     for t in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # (b, V) raw logits of the active rows
@@ -136,10 +146,14 @@ def sample_dropping_finished(
         tokens[active, t] = chosen
         logprobs[active, t] = tempered_logprobs(logits, chosen[:, None], temperature).squeeze(-1)
         steps = t + 1
-        kept = drop_ended(cache, chosen, eos, (active, mask, sequences, chosen))
-        if kept is None:
+        if keep_rows:  # rows that end now leave the cache below: copy them out first
+            ending = torch.isin(chosen, eos).nonzero(as_tuple=True)[0].tolist()
+            for r, state in zip(ending, take_rows(cache, mask, ending)):
+                kept[int(active[r])] = state
+        narrowed = drop_ended(cache, chosen, eos, (active, mask, sequences, chosen))
+        if narrowed is None:
             break
-        (active, mask, sequences, chosen), shrunk = kept
+        (active, mask, sequences, chosen), shrunk = narrowed
         if shrunk and on_rows is not None:
             on_rows(active)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -147,4 +161,7 @@ def sample_dropping_finished(
         if t + 1 < max_new_tokens:
             out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=(mask.sum(-1, keepdim=True) - 1),
                         past_key_values=cache, use_cache=True)
+        elif keep_rows:  # the length limit: the last token was never fed
+            for r, state in zip(range(len(active)), take_rows(cache, mask, range(len(active)))):
+                kept[int(active[r])] = state
     return tokens[:, :steps], logprobs[:, :steps]

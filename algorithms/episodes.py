@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from agents import generate
 from agents.generation import GenerationOutput
+from agents.prefix_cache import PrefixCache
 from algorithms.seeds import turn_seed
 from envs.tasks.base import EpisodeBatch, EpisodeRecord, Task
 
@@ -57,7 +58,8 @@ class Turn:
 @torch.no_grad()
 def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: Sequence[Any], selection: Selection,
               *, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int | None = None,
-              batch_size: int | None = None, prompt_features: bool = False) -> Turn:
+              batch_size: int | None = None, prompt_features: bool = False,
+              prefix_cache: PrefixCache | None = None) -> Turn:
     """Samples one turn per episode from the observations and steps the episodes with it.
 
     Args:
@@ -75,13 +77,16 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
         batch_size: Prompts per ``generate`` call (None: all at once).
         prompt_features: Keep each prompt's last-token backbone state from the prefill
             (``turn.generation.prompt_features``).
+        prefix_cache: Keys and values of the batch's previous turns (:mod:`agents.prefix_cache`), read
+            and updated: only the new part of each dialogue is run through the model.
     """
     start = time.perf_counter()
     was_training = policy.training
     policy.eval()
     generation = generate(policy, tokenizer, [task.policy_messages(o) for o in observations],
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          batch_size=batch_size, prompt_features=prompt_features, **selection)
+                          batch_size=batch_size, prompt_features=prompt_features, prefix_cache=prefix_cache,
+                          **selection)
     policy.train(was_training)
     actions = task.actions(generation.texts)
     gen_s, start = time.perf_counter() - start, time.perf_counter()
@@ -94,7 +99,8 @@ def take_turn(policy, tokenizer, task: Task, batch: EpisodeBatch, observations: 
 def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection, options: Sequence[dict[str, Any]],
                   *, driver: str, turns: int, max_new_tokens: int, temperature: float, seed: int,
                   split: str = "eval", top_p: float = 1.0, batch_size: int | None = None,
-                  keep_states: bool = False, keep_features: bool = False) -> list[EpisodeRecord]:
+                  keep_states: bool = False, keep_features: bool = False,
+                  reuse_kv: bool = False) -> list[EpisodeRecord]:
     """Plays one episode per reset option for ``turns`` turns (fewer when every episode has ended).
 
     Args:
@@ -116,6 +122,9 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
         keep_states: Also record each episode's state before every turn.
         keep_features: Also record the backbone's last-token state of every turn's prompt, taken
             from the turn's prefill (``record.features``; the router's input at no extra cost).
+        reuse_kv: Keep each episode's keys and values from turn to turn, so a turn's prefill runs
+            only over what is new in its dialogue (:mod:`agents.prefix_cache`). The logits match a
+            full prefill's up to rounding, so a near-tie can sample another token than without it.
 
     Returns:
         One record per option, in order.
@@ -125,6 +134,7 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
     records = [EpisodeRecord(driver, dict(o), dict(info["label"]), dict(info), token_limit=max_new_tokens)
                for o, info in zip(options, infos)]
     active = np.ones(len(records), dtype=bool)
+    prefix_cache = PrefixCache(len(records)) if reuse_kv else None
     for turn in tqdm(range(min(turns, task.max_turns)), desc=driver, unit="turn", leave=False):
         if not active.all():  # single-turn envs end after one step; others never end early here
             break
@@ -139,7 +149,7 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
                 record.weights.append(weights[i].tolist())
         step = take_turn(policy, tokenizer, task, batch, observations, selection, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=turn_seed(seed, turn), batch_size=batch_size,
-                         prompt_features=keep_features)
+                         prompt_features=keep_features, prefix_cache=prefix_cache)
         if hasattr(selector, "observe"):
             selector.observe(step.infos, step.rewards)
         lengths = step.generation.completion_mask.sum(1).tolist()

@@ -171,7 +171,7 @@ def collect_prefixes(policy: MultiHeadPolicy, tokenizer, task: Task, data: Any, 
                             turns=min(data.turns, task.max_turns), max_new_tokens=data.max_new_tokens,
                             temperature=data.temperature,
                             seed=seed + start, split=split, batch_size=data.gen_batch_size, keep_states=True,
-                            keep_features=keep_features)
+                            keep_features=keep_features, reuse_kv=data.reuse_kv)
     return [PrefixExample(observation=r.observations[t], persona=r.label["persona"], context=r.start,
                           episode=start + i, turn=t, driver=names[drivers[start + i]], matched=matched[start + i],
                           state=r.states[t], feature=r.features[t] if keep_features else None)

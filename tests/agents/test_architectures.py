@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import algorithms.opsd as opsd
 import algorithms.rlvr as rlvr
-from agents import DraftJudge, MultiHeadPolicy, RouterFeatures, generate
+from agents import DraftJudge, MultiHeadPolicy, RouterFeatures, generate, score_completions
 from agents.models import embedded_tokenizer
+from agents.prefix_cache import PrefixCache
 from tests.algorithms.test_rlvr import TINY_RLVR
 from tests.conftest import TINY_OPSD, compose_config
 
@@ -106,3 +107,12 @@ def test_rlvr_router_features_and_persona_judge_on_each_family(family, checkpoin
                                RouterFeatures(policy, tokenizer, share_prefixes=False)(alike), atol=1e-4, rtol=1e-4)
     out = generate(policy, tokenizer, prompts, max_new_tokens=6, seed=0, decoder=DraftJudge(block=2))
     assert out.completion_ids.shape[0] == 2 and (out.logprobs <= 0).all()
+    cache = PrefixCache(2)  # a second turn continues the first's keys and values: same logits as a full prefill
+    for turn in range(2):
+        out = generate(policy, tokenizer, prompts, head=[0, 1], max_new_tokens=6, seed=turn, prefix_cache=cache)
+        scored = score_completions(policy, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
+                                   head=[0, 1])
+        torch.testing.assert_close(out.logprobs, scored, atol=1e-4, rtol=0)
+        prompts = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": "Go on."}]
+                   for p, t in zip(prompts, out.texts)]
+    assert (cache.reused_tokens > 0) == (family != "gemma3")  # sliding-window layers are prefilled every turn
