@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from agents.multihead import padded_positions, project
+from agents.prefix_cache import cache_of, with_cache
 from agents.sampling import drop_ended, tempered_logprobs
 
 
@@ -159,7 +160,7 @@ class DraftJudge:
         mask = attention_mask
         positions = padded_positions(mask, input_ids)
         out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, steps = out.past_key_values, 0
+        cache, steps = cache_of(out), 0
         for t in range(max_new_tokens):
             hidden = out.last_hidden_state[:, -1]  # (b, H)
             shift = block_index[active] if self.swap else torch.zeros_like(active)
@@ -189,7 +190,8 @@ class DraftJudge:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             if t + 1 < max_new_tokens:
                 out = decoder(input_ids=chosen[:, None], attention_mask=mask,
-                              position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=cache, use_cache=True)
+                              position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True,
+                              **with_cache(decoder, cache))
         return tokens[:, :steps], logprobs[:, :steps]
 
     @staticmethod

@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from agents.prefix_cache import cache_of
+
 POLICY_CONFIG = "pluralgym_policy.json"
 HEADS_FILE = "heads.safetensors"
 _FORMAT = 1
@@ -389,7 +391,7 @@ class MultiHeadPolicy(nn.Module):
             weights: ``(K,)`` or ``(B, K)`` mixture weights; with neither, the equal blend.
             logits_to_keep: Compute logits only for the last N positions (0 = all), as in transformers.
             return_hidden: Also return the final hidden states.
-            **model_kwargs: Passed to the wrapped model (``position_ids``, ``past_key_values``, ``use_cache``...).
+            **model_kwargs: Passed to the wrapped model (``position_ids``, the KV cache, ``use_cache``...).
 
         Returns:
             A :class:`PolicyOutput` with ``(B, T', V)`` logits.
@@ -404,7 +406,7 @@ class MultiHeadPolicy(nn.Module):
                 **model_kwargs,
             )
         hidden = out.hidden_states[-1] if return_hidden else None
-        return PolicyOutput(logits=out.logits, past_key_values=out.past_key_values, hidden_states=hidden)
+        return PolicyOutput(logits=out.logits, past_key_values=cache_of(out), hidden_states=hidden)
 
     @torch.no_grad()
     def last_token_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,8 +19,10 @@ for sliding-window or linear-attention layers, rows are simply not kept and ever
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache as memoize
 
 import torch
 from transformers import DynamicCache
@@ -81,6 +83,27 @@ class Past:
     cache: DynamicCache
     mask: torch.Tensor
     matched: list[int]
+
+
+@memoize
+def _cache_name(module_type: type) -> str:
+    parameters = inspect.signature(module_type.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def with_cache(module, cache) -> dict:
+    """The keyword that hands ``cache`` to a ``transformers`` module's forward, under this version's name.
+
+    ``transformers`` renamed ``past_key_values`` to ``cache`` (5.2x warns on the old name and will
+    drop it); modules that take neither keep the old name.
+    """
+    return {_cache_name(type(module)): cache}
+
+
+def cache_of(output):
+    """The cache a forward returned: ``output.cache``, or ``output.past_key_values`` before the rename."""
+    found = getattr(output, "cache", None)
+    return found if found is not None else getattr(output, "past_key_values", None)
 
 
 def reusable(cache) -> bool:

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agents.generation import Messages, encode_prompts, render_prompts
 from agents.multihead import MultiHeadPolicy, padded_positions
+from agents.prefix_cache import cache_of, with_cache
 
 ROUTER_CONFIG = "router.json"
 POOLINGS = ("last_token", "last_message")
@@ -280,7 +281,7 @@ class RouterFeatures:
         device, decoder = self.policy.device, self.policy.model.get_decoder()
         n, width = len(suffixes), max(len(s) for s in suffixes)
         with torch.no_grad():
-            cache = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            cache = cache_of(decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True))
             cache.batch_repeat_interleave(n)
             pad = self.tokenizer.pad_token_id or 0
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=device)  # right padding
@@ -288,7 +289,7 @@ class RouterFeatures:
             own = (torch.arange(width, device=device) < lengths[:, None]).long()
             mask = torch.cat([own.new_ones((n, len(prefix))), own], dim=1)
             positions = (len(prefix) + torch.arange(width, device=device)).expand(n, width)
-            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, **with_cache(decoder, cache),
                              use_cache=True).last_hidden_state  # (n, width, H)
         return hidden[torch.arange(n, device=device), lengths - 1].float().cpu()
 

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from agents.multihead import padded_positions
-from agents.prefix_cache import Past, reusable, take_rows
+from agents.prefix_cache import Past, cache_of, reusable, take_rows, with_cache
 
 
 def _processors(prompt_length: int, *, min_new_tokens: int, temperature: float, top_p: float,
@@ -131,8 +131,8 @@ def sample_dropping_finished(
     # logits_to_keep=1: only the last position's logits, as generate() asks for (the prompt's full
     # (B, P, V) logits would cost more than the decoding on a CPU)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                past_key_values=None if past is None else past.cache)
-    cache, sequences = out.past_key_values, input_ids
+                **with_cache(model, None if past is None else past.cache))
+    cache, sequences = cache_of(out), input_ids
     keep_rows = kept is not None and reusable(cache)
     steps = 0
     for t in range(max_new_tokens):
@@ -160,7 +160,7 @@ def sample_dropping_finished(
         sequences = torch.cat([sequences, chosen[:, None]], dim=1)
         if t + 1 < max_new_tokens:
             out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=(mask.sum(-1, keepdim=True) - 1),
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **with_cache(model, cache))
         elif keep_rows:  # the length limit: the last token was never fed
             for r, state in zip(range(len(active)), take_rows(cache, mask, range(len(active)))):
                 kept[int(active[r])] = state

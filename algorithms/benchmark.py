@@ -91,6 +91,10 @@ class BenchmarkConfig:
         bootstrap: Bootstrap resamples for the intervals.
         confidence: Level of the intervals.
         feature_batch_size: Prefixes per backbone forward for router features.
+        reuse_kv: Keep each dialogue's keys and values from one turn to the next, so a turn's
+            prefill runs only over what is new (``play_episodes(reuse_kv=True)``; rows decoded by a
+            ``decoder`` are prefilled whole). Same distribution; a near-tie may sample another token
+            than with false.
         win_rates: Compare the first turn of every other row (routers, Persona-judge, rerankers)
             with the equal blend's and each fixed head's through the ``pairwise_judge`` plug-in
             (:mod:`algorithms.win_rates`; 000 Table 3).
@@ -113,6 +117,7 @@ class BenchmarkConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     feature_batch_size: int = 8
+    reuse_kv: bool = True
     win_rates: bool = True
     protocol: str = "project"
     entries: dict[str, Any] = field(default_factory=_default_entries)
@@ -547,7 +552,7 @@ def row_unit(worker: RowWorker, *, name: str, start: int, stop: int) -> dict[str
     played = play_episodes(c.model or worker.policy, c.tokenizer or worker.tokenizer, task, c.selector,
                            worker.options[start:stop], driver=c.name, turns=min(b.turns, task.max_turns),
                            max_new_tokens=b.max_new_tokens, temperature=b.temperature, seed=b.seed + start,
-                           split=b.split)
+                           split=b.split, reuse_kv=b.reuse_kv)
     return {"records": [r.to_json() for r in played],
             "statistics": c.statistics() if c.statistics is not None else None}
 

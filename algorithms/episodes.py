@@ -125,6 +125,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
         reuse_kv: Keep each episode's keys and values from turn to turn, so a turn's prefill runs
             only over what is new in its dialogue (:mod:`agents.prefix_cache`). The logits match a
             full prefill's up to rounding, so a near-tie can sample another token than without it.
+            Turns decoded by a ``decoder`` (Persona-judge, reranking) run their own loop and are
+            prefilled whole.
 
     Returns:
         One record per option, in order.
@@ -149,7 +151,8 @@ def play_episodes(policy, tokenizer, task: Task, selector: Selector | Selection,
                 record.weights.append(weights[i].tolist())
         step = take_turn(policy, tokenizer, task, batch, observations, selection, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=turn_seed(seed, turn), batch_size=batch_size,
-                         prompt_features=keep_features, prefix_cache=prefix_cache)
+                         prompt_features=keep_features,
+                         prefix_cache=None if "decoder" in selection else prefix_cache)
         if hasattr(selector, "observe"):
             selector.observe(step.infos, step.rewards)
         lengths = step.generation.completion_mask.sum(1).tolist()

@@ -34,6 +34,7 @@ import configs
 from agents import load_backbone
 from agents.generation import _eos_ids, encode_prompts
 from agents.multihead import padded_positions
+from agents.prefix_cache import cache_of, with_cache
 from algorithms.components import build_task
 from algorithms.losses import contrastive_teacher_logits
 
@@ -51,9 +52,9 @@ class _Decoder:
         else:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(token), 1)], 1)
             ids, positions = token[:, None], self.mask.sum(1, keepdim=True) - 1
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                         **with_cache(self.model, self.past))
+        self.past = cache_of(out)
         return out.logits[:, -1].float()
 
 

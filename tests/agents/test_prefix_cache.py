@@ -88,3 +88,19 @@ def test_prefix_cache_is_refused_where_it_cannot_work(tiny_policy):
         generate(policy, tok, OPENINGS, max_new_tokens=4, decoder=DraftJudge(block=2), prefix_cache=PrefixCache(3))
     with pytest.raises(ValueError, match="PrefixCache"):
         generate(policy, tok, OPENINGS, head=0, max_new_tokens=4, prefix_cache=PrefixCache(2))
+
+
+def test_tutoring_episodes_play_the_same_with_and_without_the_cache_when_greedy(tiny_policy):
+    from algorithms.components import build_task
+    from algorithms.episodes import play_episodes
+    from tests.conftest import compose_config
+
+    policy, tok = tiny_policy
+    task = build_task(compose_config("opsd"))  # the scripted student's replies grow the dialogue every turn
+    options = task.eval_options(2, split="eval")[:4]
+    played = [play_episodes(policy, tok, task, {"head": torch.tensor([0, 1, 0, 1])}, options, driver="x", turns=3,
+                            max_new_tokens=8, temperature=0, seed=0, keep_features=True, reuse_kv=reuse)
+              for reuse in (False, True)]
+    for plain, cached in zip(*played):
+        assert plain.actions == cached.actions and plain.feedback == cached.feedback
+        torch.testing.assert_close(torch.tensor(cached.features), torch.tensor(plain.features), atol=1e-4, rtol=1e-4)
