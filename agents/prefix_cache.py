@@ -86,18 +86,24 @@ class Past:
 
 
 @memoize
-def _cache_name(module_type: type) -> str:
+def _declared_cache_name(module_type: type) -> str | None:
     parameters = inspect.signature(module_type.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 def with_cache(module, cache) -> dict:
     """The keyword that hands ``cache`` to a ``transformers`` module's forward, under this version's name.
 
     ``transformers`` renamed ``past_key_values`` to ``cache`` (5.2x warns on the old name and will
-    drop it); modules that take neither keep the old name.
+    drop it). A wrapper that passes ``**kwargs`` on (a peft model) is asked for its base model's
+    name; modules that name neither keep the old one.
     """
-    return {_cache_name(type(module)): cache}
+    while (name := _declared_cache_name(type(module))) is None and hasattr(module, "get_base_model"):
+        base = module.get_base_model()
+        if base is module:
+            break
+        module = base
+    return {name or "past_key_values": cache}
 
 
 def cache_of(output):

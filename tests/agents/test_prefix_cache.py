@@ -104,3 +104,16 @@ def test_tutoring_episodes_play_the_same_with_and_without_the_cache_when_greedy(
     for plain, cached in zip(*played):
         assert plain.actions == cached.actions and plain.feedback == cached.feedback
         torch.testing.assert_close(torch.tensor(cached.features), torch.tensor(plain.features), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_goes_under_the_keyword_the_model_declares_also_through_peft(tiny):
+    import inspect
+
+    from peft import LoraConfig, get_peft_model
+
+    from agents.prefix_cache import with_cache
+
+    (name,) = with_cache(tiny.model, None)
+    assert name in inspect.signature(type(tiny.model).forward).parameters  # cache, or past_key_values before 5.2x
+    wrapped = get_peft_model(tiny.model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert with_cache(wrapped, None) == {name: None}  # peft's forward passes **kwargs on to the base model's
