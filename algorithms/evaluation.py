@@ -37,7 +37,7 @@ def play_rows(policy, tokenizer, task: Task, settings: Any, *, head_for_persona:
         tokenizer: Its tokenizer.
         task: The task.
         settings: ``split``, ``contexts``, ``turns``, ``max_new_tokens``, ``temperature``, ``seed``,
-            ``baselines``, ``batch_size``.
+            ``baselines``, ``batch_size``, ``reuse_kv``.
         head_for_persona: The head that serves each persona (identity for MAH, all 0 for MT).
         base: ``(model, tokenizer)`` of the untrained base model (None: no base row).
         contexts: Held-out contexts (default ``settings.contexts``; None there: the whole split).
@@ -63,7 +63,8 @@ def play_rows(policy, tokenizer, task: Task, settings: Any, *, head_for_persona:
         model, tok, selection = drivers[name]
         rows[name] = play_episodes(model, tok, task, selection, options, driver=name, turns=settings.turns,
                                    max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                   seed=settings.seed, split=split, batch_size=settings.batch_size)
+                                   seed=settings.seed, split=split, batch_size=settings.batch_size,
+                                   reuse_kv=settings.reuse_kv)
     policy.train(was_training)
     return rows
 

@@ -103,6 +103,10 @@ class EvalSettings:
         batch_size: Episodes of a row sampled per ``generate`` call (null: all at once). Bounds the
             evaluation's memory on a whole split (1,020 math episodes in one batch peaked at 9.3 GB).
             Other values draw other samples, so compare rows evaluated with the same value.
+        reuse_kv: Keep each episode's keys and values from one turn to the next, so a turn's
+            prefill runs only over what is new in its dialogue (``play_episodes(reuse_kv=True)``).
+            The logits equal a full prefill's up to rounding, so a near-tie could sample another
+            token than with false; on tutoring's documented test runs none did (docs/tutoring.md).
     """
 
     enabled: bool = True
@@ -118,6 +122,7 @@ class EvalSettings:
     every: int = 0
     curve_contexts: int | None = None
     batch_size: int | None = None
+    reuse_kv: bool = True
 
     def __post_init__(self):
         check_types(self, "algorithm.eval")
