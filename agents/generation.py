@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agents.draft_judge import DraftJudge
 from agents.multihead import HeadRef, HeadSelection, MultiHeadPolicy, Weights, is_per_row, padded_positions
-from agents.prefix_cache import PrefixCache, RowState, continue_rows
+from agents.prefix_cache import PrefixCache
 from agents.sampling import sample_dropping_finished, tempered_logprobs
 
 Messages = list[dict[str, str]]
@@ -218,14 +218,6 @@ def _prefill_states(policy, keep: bool):
         handle.remove()
 
 
-def _left_padded(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, P)`` ids and mask of 1-D token rows, left-padded to the longest."""
-    width = max(len(r) for r in rows)
-    ids = torch.stack([torch.nn.functional.pad(r, (width - len(r), 0), value=pad_id) for r in rows])
-    mask = torch.stack([torch.nn.functional.pad(torch.ones_like(r), (width - len(r), 0)) for r in rows])
-    return ids, mask
-
-
 def _pad_right(tensors: list[torch.Tensor], value: int | float) -> torch.Tensor:
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
@@ -326,12 +318,8 @@ def generate(
             ids, mask = ids[:, -keep:], mask[:, -keep:]
             fed, fed_mask, past, kept = ids, mask, None, None
             if prefix_cache is not None:
-                rows = [row[m.bool()] for row, m in zip(ids, mask)]
-                past, kept = continue_rows(prefix_cache.rows[start:stop], rows), [None] * (stop - start)
-                if past is not None:
-                    fed, fed_mask = _left_padded([r[m:] for r, m in zip(rows, past.matched)], tokenizer.pad_token_id)
-                prefix_cache.prompt_tokens += int(mask.sum())
-                prefix_cache.reused_tokens += sum(past.matched) if past is not None else 0
+                fed, fed_mask, past = prefix_cache.continue_chunk(start, ids, mask, tokenizer.pad_token_id)
+                kept = [None] * (stop - start)
             with _prefill_states(policy, prompt_features) as states:
                 comp, comp_mask, logprobs = _generate_chunk(
                     policy, tokenizer, fed, fed_mask, _head_rows(head, start, stop), _rows(weights, start, stop),
@@ -339,9 +327,7 @@ def generate(
                     top_p=top_p, drop_finished=drop_finished, decoder=decoder, past=past, kept=kept,
                 )
             if prefix_cache is not None:
-                for i, state in enumerate(kept):
-                    prefix_cache.rows[start + i] = None if state is None else RowState(
-                        torch.cat([rows[i], comp[i]])[:state[0][0].shape[1]], *state)
+                prefix_cache.keep(start, ids, mask, comp, kept)
             chunks.append((ids, mask, comp, comp_mask, logprobs, states[0] if states else None))
     pad = tokenizer.pad_token_id
     completion_ids = _pad_right([c[2] for c in chunks], pad)

@@ -69,6 +69,46 @@ class PrefixCache:
         """Share of prompt tokens that were not run through the model again."""
         return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
+    def continue_chunk(self, start: int, ids: torch.Tensor, mask: torch.Tensor, pad_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, Past | None]:
+        """What rows ``start:start + B`` still have to feed of their left-padded prompts ``(B, P)``.
+
+        Returns:
+            ``(ids, mask, past)``: the tokens after each row's cached start, left-padded, and the
+            cached start itself (None, with the prompts unchanged, when no row has one).
+        """
+        prompts = [row[m.bool()] for row, m in zip(ids, mask)]
+        past = continue_rows(self.rows[start:start + len(prompts)], prompts)
+        self.prompt_tokens += int(mask.sum())
+        if past is None:
+            return ids, mask, None
+        self.reused_tokens += sum(past.matched)
+        rest = [p[m:] for p, m in zip(prompts, past.matched)]
+        width = max(len(r) for r in rest)
+        fed = torch.stack([torch.nn.functional.pad(r, (width - len(r), 0), value=pad_id) for r in rest])
+        fed_mask = torch.stack([torch.nn.functional.pad(torch.ones_like(r), (width - len(r), 0)) for r in rest])
+        return fed, fed_mask, past
+
+    def keep(self, start: int, ids: torch.Tensor, mask: torch.Tensor, completions: torch.Tensor,
+             kept: Sequence[tuple[list[torch.Tensor], list[torch.Tensor]] | None]) -> None:
+        """Stores what rows ``start:start + B`` read: their prompts, the completion tokens they fed, and ``kept``.
+
+        Args:
+            start: Index of the chunk's first row.
+            ids: ``(B, P)`` the rows' whole prompts, left-padded.
+            mask: ``(B, P)`` their mask.
+            completions: ``(B, T)`` the sampled tokens.
+            kept: Per row, the keys and values the decoding loop copied out (:func:`take_rows`), or
+                None where the model's cache cannot be reused (the row is then prefilled next time).
+        """
+        for i, state in enumerate(kept):
+            if state is None:
+                self.rows[start + i] = None
+                continue
+            length = state[0][0].shape[1]
+            tokens = torch.cat([ids[i][mask[i].bool()], completions[i]])[:length]
+            self.rows[start + i] = RowState(tokens, *state)
+
 
 @dataclass
 class Past:

@@ -29,14 +29,17 @@ def test_common_prefix_known_cases():
     assert common_prefix(a, torch.tensor([1]), limit=0) == 0
 
 
-@pytest.mark.parametrize("selection", [dict(head=1), dict(head=[0, 2, 1]), dict(weights=[0.2, 0.5, 0.3])],
-                         ids=["one-head", "head-per-row", "mixture"])
+@pytest.mark.parametrize("selection", [dict(head=1), dict(head=[0, 2, 1]), dict(weights=[0.2, 0.5, 0.3]),
+                                       dict(head=[0, 2, 1], batch_size=2)],
+                         ids=["one-head", "head-per-row", "mixture", "in-chunks"])
 def test_later_turns_reuse_the_cache_and_score_as_a_full_prefill(tiny_policy, selection):
     policy, tok = tiny_policy
     cache = PrefixCache(len(OPENINGS))
     dialogues = OPENINGS
+    chunks = {"batch_size": selection.pop("batch_size", None)}
     for turn in range(3):  # rows end at different steps, and some hit the length limit
-        out = generate(policy, tok, dialogues, max_new_tokens=10, seed=turn, prefix_cache=cache, **selection)
+        out = generate(policy, tok, dialogues, max_new_tokens=10, seed=turn, prefix_cache=cache, **chunks,
+                       **selection)
         scored = score_completions(policy, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
                                    **selection)
         torch.testing.assert_close(out.logprobs, scored, atol=1e-4, rtol=0)
