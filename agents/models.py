@@ -40,6 +40,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from agents.projection import use_skinny_linears
 from configs.validation import check_types, require, require_choice
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -436,7 +437,10 @@ def load_backbone(
     if tiny_overrides and name != TINY_RANDOM:
         raise BackboneError(f"Extra options {sorted(tiny_overrides)} only apply to '{TINY_RANDOM}'.")
     if name == DEFAULT_MODEL:
-        return _load_embedded(device, dtype)
-    if name == TINY_RANDOM:
-        return _load_tiny_random(device, dtype, **tiny_overrides)
-    return _load_hf(name, device, dtype, local_files_only)
+        backbone = _load_embedded(device, dtype)
+    elif name == TINY_RANDOM:
+        backbone = _load_tiny_random(device, dtype, **tiny_overrides)
+    else:
+        backbone = _load_hf(name, device, dtype, local_files_only)
+    use_skinny_linears(backbone.model)  # decoding's few rows take the faster CPU product
+    return backbone

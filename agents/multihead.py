@@ -34,6 +34,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.prefix_cache import cache_of
+from agents.projection import project, use_skinny_linears
 
 POLICY_CONFIG = "pluralgym_policy.json"
 HEADS_FILE = "heads.safetensors"
@@ -41,28 +42,6 @@ _FORMAT = 1
 
 HeadRef = int | str | Sequence[int] | torch.Tensor | None  # one head, or one head index per row
 Weights = torch.Tensor | Sequence[float] | Sequence[Sequence[float]] | None
-
-SKINNY_ROWS = 64  # up to this many positions, a CPU head projection is taken as weight @ hidden.T ...
-SKINNY_MIN_WEIGHT = 1 << 22  # ... when the weight has this many entries (16 MB in fp32, more than the caches)
-
-
-def project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``hidden @ weight.T + bias``: one head's logits ``(..., V)`` from hidden states ``(..., H)``.
-
-    Decoding projects one position per sequence through a ``(V, H)`` matrix far larger than any
-    cache. On CPU, ``linear`` is slow for so few rows (25.7 ms at 8 rows for SmolLM2's 49152 x 576
-    head on this project's 2-core machine, against 9.8 ms for ``weight @ hidden.T``), which streams
-    the weight in its stored order. The product is the same up to float rounding (BLAS gives no
-    bitwise guarantee across shapes either); small weights, which fit in cache, keep ``linear``.
-    """
-    rows = hidden.numel() // hidden.shape[-1]
-    if hidden.device.type != "cpu" or not 0 < rows <= SKINNY_ROWS or weight.numel() < SKINNY_MIN_WEIGHT:
-        return nn.functional.linear(hidden, weight, bias)
-    out = (weight @ hidden.reshape(rows, -1).T).T
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*hidden.shape[:-1], weight.shape[0])
-
 
 def is_per_row(head: HeadRef) -> bool:
     """Whether ``head`` gives one head index per row (a sequence or tensor) rather than one head for all."""
@@ -292,6 +271,7 @@ class MultiHeadPolicy(nn.Module):
         heads = MultiHeadLMHead(old.weight, old.bias, num_heads, init_noise_std, generator)
         model.set_output_embeddings(heads)
         model.config.tie_word_embeddings = False
+        use_skinny_linears(model)  # a no-op for a model from load_backbone; see agents.projection
         self.model = model
         self.head_names = head_names
         self.init_noise_std = init_noise_std

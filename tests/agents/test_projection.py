@@ -1,0 +1,56 @@
+"""The fp32 few-row projection and the module class that routes a model's linear layers through it."""
+
+import pytest
+import torch
+from torch import nn
+
+from agents.projection import SKINNY_ROWS, SkinnyLinear, project, use_skinny_linears
+
+
+def test_few_rows_are_contiguous_and_equal_linear_and_other_cases_are_linear_exactly():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 40, generator=gen), torch.randn(96, generator=gen)
+    few = torch.randn(8, 1, 40, generator=gen)
+    out = project(few, weight, bias)
+    assert out.shape == (8, 1, 96) and out.is_contiguous()
+    torch.testing.assert_close(out, nn.functional.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+    many = torch.randn(SKINNY_ROWS + 1, 40, generator=gen)
+    assert torch.equal(project(many, weight, bias), nn.functional.linear(many, weight, bias))
+    few16, w16 = few.bfloat16(), weight.bfloat16()  # bf16: oneDNN's linear is the faster one
+    assert torch.equal(project(few16, w16), nn.functional.linear(few16, w16))
+
+
+def test_only_plain_linears_change_class_and_nothing_else_changes():
+    class Custom(nn.Linear):
+        pass
+
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), Custom(5, 4), nn.Sequential(nn.Linear(4, 3, bias=False)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 6)
+    expected = model(x)
+    assert use_skinny_linears(model) == 2
+    assert [type(m) for m in model.modules() if isinstance(m, nn.Linear)] == [SkinnyLinear, Custom, SkinnyLinear]
+    assert use_skinny_linears(model) == 0  # a second call does nothing
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in before)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    model(x).sum().backward()  # gradients flow through the new path
+    assert model[0].weight.grad is not None and model[3][0].weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loaded_backbones_decode_through_it_and_keep_generate_s_tokens(dtype):
+    from agents import load_backbone
+
+    model, tokenizer = load_backbone("tiny-random", dtype=dtype)
+    assert all(type(m) is not nn.Linear for m in model.modules())
+    assert any(isinstance(m, SkinnyLinear) for m in model.modules())
+    ids = tokenizer(["hello there", "a longer prompt here"], return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    tokens = model.generate(**ids, max_new_tokens=6, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+    for module in model.modules():  # back to plain linear layers: the same tokens
+        if type(module) is SkinnyLinear:
+            module.__class__ = nn.Linear
+    torch.manual_seed(0)
+    plain = model.generate(**ids, max_new_tokens=6, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(tokens, plain)
