@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.multihead import padded_positions, project
+from agents.multihead import padded_positions
 from agents.prefix_cache import cache_of, with_cache
+from agents.projection import project
 from agents.sampling import drop_ended, tempered_logprobs
 
 
