@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cache as memoize
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -84,9 +85,8 @@ class PrefixCache:
             return ids, mask, None
         self.reused_tokens += sum(past.matched)
         rest = [p[m:] for p, m in zip(prompts, past.matched)]
-        width = max(len(r) for r in rest)
-        fed = torch.stack([torch.nn.functional.pad(r, (width - len(r), 0), value=pad_id) for r in rest])
-        fed_mask = torch.stack([torch.nn.functional.pad(torch.ones_like(r), (width - len(r), 0)) for r in rest])
+        fed = pad_sequence(rest, batch_first=True, padding_value=pad_id, padding_side="left")
+        fed_mask = pad_sequence([torch.ones_like(r) for r in rest], batch_first=True, padding_side="left")
         return fed, fed_mask, past
 
     def keep(self, start: int, ids: torch.Tensor, mask: torch.Tensor, completions: torch.Tensor,

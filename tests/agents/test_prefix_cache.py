@@ -36,6 +36,7 @@ def test_later_turns_reuse_the_cache_and_score_as_a_full_prefill(tiny_policy, se
     policy, tok = tiny_policy
     cache = PrefixCache(len(OPENINGS))
     dialogues = OPENINGS
+    selection = dict(selection)  # the parametrised dict itself stays as it is
     chunks = {"batch_size": selection.pop("batch_size", None)}
     for turn in range(3):  # rows end at different steps, and some hit the length limit
         out = generate(policy, tok, dialogues, max_new_tokens=10, seed=turn, prefix_cache=cache, **chunks,
