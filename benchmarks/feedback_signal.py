@@ -124,22 +124,24 @@ class TeacherPrompts:
 
 
 def sample_turns(task, model, tokenizer, *, contexts: int | None, turns: int, max_new_tokens: int, temperature: float,
-                 seed: int, selector: dict, driver: str, persona: str | None = None) -> list[dict[str, Any]]:
+                 seed: int, selector: dict, driver: str, persona: str | None = None,
+                 keep_states: bool = False) -> list[dict[str, Any]]:
     """Plays ``eval`` episodes and returns every turn with its observation, feedback and rating.
 
     With ``persona`` on a task whose feedback follows the head (the persona critic), every
     episode's focal facet is that persona, as when its head is trained: the feedback and the
-    rating are about it.
+    rating are about it. ``keep_states`` adds each turn's ``state``: the episode just before it.
     """
     options = task.eval_options(contexts, split="eval")
     if persona is not None and task.feedback_follows_head:
         options = [{**o, **task.persona_options(persona)} for o in options]
     records = play_episodes(model, tokenizer, task, selector, options, driver=driver, turns=turns,
-                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, split="eval")
+                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, split="eval",
+                            keep_states=keep_states)
     return [{"episode": f"{driver}/{e}", "observation": obs, "turn": action, "feedback": fb, "reward": reward,
-             "label": r.label.get("persona")}
+             "label": r.label.get("persona"), **({"state": r.states[t]} if keep_states else {})}
             for e, r in enumerate(records)
-            for obs, action, fb, reward in zip(r.observations, r.actions, r.feedback, r.rewards)]
+            for t, (obs, action, fb, reward) in enumerate(zip(r.observations, r.actions, r.feedback, r.rewards))]
 
 
 def compose_env(env: str, model: str, overrides: list[str]):

@@ -56,7 +56,14 @@ QUALITY_COLUMNS = ("degenerate_share", "distinct_1", "distinct_2", "mean_words",
 
 HINDSIGHT_OPENING = "(Hindsight notes for the teacher's next turn, never shown to the student."
 STYLE_CUE = " Use the {label} style. {description}"
-REACTION = " The student's actual reaction to that turn was: \"{feedback}\""
+# How the student's reply reaches the teacher. ``hindsight`` (the paper's reading) presents it as the
+# reaction to the very turn being written, so the teacher favours turns that would draw it, bad
+# ones included. ``retry`` presents it as the reaction to an earlier try at this turn, and asks for
+# a better one.
+REACTIONS = {
+    "hindsight": " The student's actual reaction to that turn was: \"{feedback}\"",
+    "retry": " An earlier try at this turn drew this reaction from the student: \"{feedback}\" Write a better turn.",
+}
 FEEDBACK_POSITIONS = ("after_style", "before_style")
 
 
@@ -120,6 +127,8 @@ class TutoringTask:
             0.52), so the default distils the style cue alone.
         feedback_position: Where the reaction sits in the block: ``after_style`` (last, right
             before the turn, as in the paper) or ``before_style`` (so the style cue stays last).
+        feedback_framing: How the reaction is put to the teacher (``REACTIONS``): ``hindsight``, the
+            reaction to the turn being written, or ``retry``, the reaction to an earlier try at it.
         env_kwargs: Further ``TutoringEnv`` arguments (``max_action_chars``, ``student_type``...).
             ``topics`` here replaces the shipped list before the split.
     """
@@ -138,6 +147,7 @@ class TutoringTask:
         trim_cut_turns: bool = True,
         teacher_feedback: bool = False,
         feedback_position: str = "after_style",
+        feedback_framing: str = "hindsight",
         env_kwargs: dict[str, Any] | None = None,
     ):
         self.personas = personas_from(personas)
@@ -151,6 +161,10 @@ class TutoringTask:
             raise ValueError(f"env.feedback_position={feedback_position!r} is not one of {FEEDBACK_POSITIONS}: "
                              "where the student's reaction sits in the teacher's block, after or before the style cue.")
         self.feedback_position = feedback_position
+        if feedback_framing not in REACTIONS:
+            raise ValueError(f"env.feedback_framing={feedback_framing!r} is not one of {tuple(REACTIONS)}: how the "
+                             "student's reaction is put to the teacher.")
+        self.reaction = REACTIONS[feedback_framing]
         env_kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if v is not None}
         topics = env_kwargs.pop("topics", None) or load_tutoring_topics()
         self._topics = topic_splits(list(topics), heldout_every, router_val_every)
@@ -208,7 +222,7 @@ class TutoringTask:
         0.19 vs 0.28 with the cue in the opening message; 32 dialogues each). ``{topic}`` in a
         persona's description becomes the episode's topic.
         """
-        reaction = REACTION.format(feedback=feedback) if self.teacher_feedback and feedback is not None else ""
+        reaction = self.reaction.format(feedback=feedback) if self.teacher_feedback and feedback is not None else ""
         description = persona.description.replace("{topic}", observation_topic(observation))
         style = STYLE_CUE.format(label=persona.label, description=description)
         body = style + reaction if self.feedback_position == "after_style" else reaction + style

@@ -131,6 +131,26 @@ def test_the_reaction_can_sit_before_the_style_cue_so_the_cue_stays_last():
         build_task(compose_config("opsd", "env.feedback_position=middle"))
 
 
+def test_the_reaction_can_be_framed_as_the_reply_to_an_earlier_try():
+    obs = [{"role": "system", "content": "x"}, {"role": "teacher", "content": "Hi."},
+           {"role": "student", "content": "Hello."}]
+    hindsight = build_task(compose_config("opsd", "env.teacher_feedback=true"))
+    retry = build_task(compose_config("opsd", "env.teacher_feedback=true", "env.feedback_framing=retry"))
+    persona = hindsight.personas[1]
+    plain = hindsight.teacher_messages(obs, persona, None)[-1]["content"]
+    late = hindsight.teacher_messages(obs, persona, "Boring.")[-1]["content"]
+    again = retry.teacher_messages(obs, persona, "Boring.")[-1]["content"]
+    assert late == plain[:-1] + ' The student\'s actual reaction to that turn was: "Boring.")'
+    assert again == plain[:-1] + ' An earlier try at this turn drew this reaction from the student: "Boring." ' \
+                                 'Write a better turn.)'
+    assert retry.teacher_messages(obs, persona, None)[-1]["content"] == plain  # no feedback: the same block
+    before = build_task(compose_config("opsd", "env.teacher_feedback=true", "env.feedback_framing=retry",
+                                       "env.feedback_position=before_style"))
+    assert before.teacher_messages(obs, persona, "Boring.")[-1]["content"].index("earlier try") < plain.index("Ask")
+    with pytest.raises(Exception, match="env.feedback_framing='later' is not one of"):
+        build_task(compose_config("opsd", "env.feedback_framing=later"))
+
+
 def test_a_topic_placeholder_in_a_tutoring_persona_becomes_the_episodes_topic():
     task = build_task(compose_config("opsd", "env.personas.1.description='Ask a question about {topic}.'"))
     batch = task.make_batch(2)
