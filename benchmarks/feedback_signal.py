@@ -139,7 +139,8 @@ def sample_turns(task, model, tokenizer, *, contexts: int | None, turns: int, ma
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, split="eval",
                             keep_states=keep_states)
     return [{"episode": f"{driver}/{e}", "observation": obs, "turn": action, "feedback": fb, "reward": reward,
-             "label": r.label.get("persona"), **({"state": r.states[t]} if keep_states else {})}
+             "label": r.label.get("persona"), "labels": dict(r.label),
+             **({"state": r.states[t]} if keep_states else {})}
             for e, r in enumerate(records)
             for t, (obs, action, fb, reward) in enumerate(zip(r.observations, r.actions, r.feedback, r.rewards))]
 

@@ -23,7 +23,8 @@ The gain is the paired mean of reward(with) - reward(without), with a bootstrap 
 episodes, over all turns and split by how the env rated the policy's turn. A gain at or below
 zero means that training a head towards this teacher cannot make the head better *because of*
 the feedback, however well the teacher reads it. The task's per-turn figures (``step_metrics``)
-are reported for every writer too, and ``--show`` prints some states side by side for reading.
+are reported for every writer too, with its independent checks (``turn_checks``, which the reward
+never calls) where the task has them, and ``--show`` prints some states side by side for reading.
 """
 
 from __future__ import annotations
@@ -78,8 +79,22 @@ def teacher_turns(task, model, tokenizer, turns: list[dict[str, Any]], prompts: 
         _, rewards, _, _, infos = batch.step(actions)
         batch.close()
         rounds.append({"texts": actions, "rewards": [float(r) for r in rewards],
-                       "feedback": [i["feedback"] for i in infos], "metrics": task.step_metrics(out.texts, infos)})
+                       "feedback": [i["feedback"] for i in infos],
+                       "metrics": {**task.step_metrics(out.texts, infos), **turn_checks(task, turns, actions)}})
     return rounds
+
+
+def turn_checks(task, turns: list[dict[str, Any]], texts: list[str]) -> dict[str, list[float]]:
+    """The task's independent per-turn checks of ``texts`` written in the states of ``turns`` (``{}`` without any).
+
+    A task may define ``turn_checks(observations, texts, labels)``: figures its reward never
+    computes (tutoring: meta-talk and questions about the lesson; persona: the attribution check).
+    """
+    checker = getattr(task, "turn_checks", None)
+    if checker is None:
+        return {}
+    checks = checker([t["observation"] for t in turns], texts, [t["labels"] for t in turns])
+    return {f"check/{k}": v for k, v in checks.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -117,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     policy_rewards = np.array([t["reward"] for t in turns], dtype=float)
     episodes = np.array([t["episode"] for t in turns])
     rows, writers = [], {}
+    policy_checks = turn_checks(task, turns, [t["turn"] for t in turns])
     for name, overrides in [("plain", [])] + [(v[0], v[1:]) for v in args.variant]:
         for feedback in (False, True):
             _, teacher = compose_env(args.env, args.model, [*args.set, *overrides, f"env.teacher_feedback={feedback}"])
@@ -135,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = {f"{name}/{'with' if f else 'without'}": {k: float(np.mean([np.mean(r["metrics"][k]) for r in rounds]))
                                                          for k in rounds[0]["metrics"]}
                for (name, f), rounds in writers.items()}
+    if policy_checks:  # the policy's own turns, on the checks only (its step metrics were not kept)
+        metrics = {"policy": {k: float(np.mean(v)) for k, v in policy_checks.items()}, **metrics}
     print(f"\n{args.env}: reward of the teacher's own turns with and without the feedback on the policy's turn "
           f"({args.samples} per state; gain: paired, 95% bootstrap over episodes)\n")
     print("| variant | states | n | policy's turn | teacher without | teacher with | gain (with - without) |")
@@ -142,10 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in rows:
         print(f"| {r['variant']} | {r['turns']} | {r['n']} | {r['policy']:.3f} | {r['without']:.3f} | "
               f"{r['with']:.3f} | {r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
-    print("\n| writer | " + " | ".join(next(iter(metrics.values()))) + " |")
-    print("| --- |" + " --- |" * len(next(iter(metrics.values()))))
+    columns = list(dict.fromkeys(k for values in metrics.values() for k in values))
+    print("\n| writer | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
     for writer, values in metrics.items():
-        print(f"| {writer} | " + " | ".join(f"{v:.3f}" for v in values.values()) + " |")
+        print(f"| {writer} | " + " | ".join(f"{values[k]:.3f}" if k in values else "" for k in columns) + " |")
     per_state = [{"episode": t["episode"], "persona": b.name, "policy_turn": t["turn"], "feedback": t["feedback"],
                   "reward": t["reward"],
                   **{f"{name}/{'with' if f else 'without'}": [{"turn": r["texts"][i], "reward": r["rewards"][i],
@@ -155,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for state in per_state[:: max(1, len(per_state) // max(1, args.show))][: args.show]:
         print(f"\n[{state['persona']}] policy: {state['policy_turn']!r} -> {state['feedback']!r} "
               f"({state['reward']:+g})")
-        for writer in metrics:
+        for writer in (w for w in metrics if w != "policy"):
             first = state[writer][0]
             print(f"  {writer}: {first['turn']!r} -> {first['feedback']!r} ({first['reward']:+g})")
     result = {"env": args.env, "model": args.model, "set": args.set, "samples": args.samples, "rows": rows,

@@ -198,6 +198,10 @@ class Task(Protocol):
             critic critiques the head's own facet), so trainers pin each episode's persona to its
             head's with :meth:`persona_options`; False when the persona label is the environment's
             hidden state, drawn independently of the head (the tutoring student's learning style).
+
+    A task may also define ``turn_checks(observations, texts, labels) -> {name: per-turn values}``:
+    figures of single turns that its reward never computes (``benchmarks/feedback_target.py``
+    reports them when present). It is optional, so it is not part of this protocol.
     """
 
     personas: Sequence[Persona]

@@ -216,18 +216,13 @@ class PersonaTask:
         the largest lift (chance 1/5), the own-facet lift minus the other facets' (an analogue of
         Delta_diag), and the own-facet lift minus the base model's lift on that facet.
         """
-        records = {r.id: r for data in self._data.values() for r in data.records}
-        items, where = [], []
-        for name, episodes in rows.items():
-            for i, episode in enumerate(episodes[:n]):
-                record = records[episode.label["record"]]
-                texts = [f"{ATTRIBUTION_PROMPT} {record.facets[f]}" for f in FACETS]
-                request = [m for m in episode.observations[0] if m["role"] != "system"]
-                items.append(FidelityItem(texts[0], FACETS[0], request, episode.actions[0], tuple(texts[1:])))
-                where.append((name, i))
+        where = [(name, i) for name, episodes in rows.items() for i in range(len(episodes[:n]))]
+        lifts = self.facet_lifts([rows[name][i].observations[0] for name, i in where],
+                                 [rows[name][i].actions[0] for name, i in where],
+                                 [rows[name][i].label for name, i in where])
         lift = {name: np.zeros((n, len(FACETS))) for name in rows}
-        for (name, i), values in zip(where, self.attribution.candidate_scores(items)):
-            lift[name][i] = values[:-1] - values[-1]  # each facet over no persona
+        for (name, i), values in zip(where, lifts):
+            lift[name][i] = values
         out: dict[str, Any] = {"lift": {name: lift[name].mean(0).tolist() for name in rows}}
         if heads:
             block = np.stack([lift[h] for h in heads], axis=1)  # (N, heads, facets)
@@ -242,6 +237,40 @@ class PersonaTask:
                 units[f"checks/{key}"] = {"heads": unit_sums(requests, per_request)}
             out["own_facet_first_per_head"] = own.mean(0).tolist()
         return out
+
+    def facet_lifts(self, observations: Sequence[Any], texts: Sequence[str], labels: Sequence[dict]) -> np.ndarray:
+        """``(N, 5)``: the attribution model's log-probability lift (per token) of each response under each facet.
+
+        Each facet's system text alone, over no persona, for the request of ``observations[i]`` and
+        the person of ``labels[i]["record"]``.
+        """
+        records = {r.id: r for data in self._data.values() for r in data.records}
+        items = []
+        for observation, text, label in zip(observations, texts, labels):
+            record = records[label["record"]]
+            systems = [f"{ATTRIBUTION_PROMPT} {record.facets[f]}" for f in FACETS]
+            request = [m for m in observation if m["role"] != "system"]
+            items.append(FidelityItem(systems[0], FACETS[0], request, text, tuple(systems[1:])))
+        scores = self.attribution.candidate_scores(items) if items else []
+        return np.array([values[:-1] - values[-1] for values in scores]).reshape(len(items), len(FACETS))
+
+    def turn_checks(self, observations: Sequence[Any], texts: Sequence[str],
+                    labels: Sequence[dict]) -> dict[str, list[float]]:
+        """Per response, the attribution check on its focal facet (empty without an ``attribution`` model).
+
+        ``own_facet_first``: the focal facet gives the largest lift (chance 1/5); ``own_lift_gap``:
+        the focal facet's lift minus the mean of the others'; ``own_lift``: the focal facet's lift.
+        Neither the critic nor the judge computes them.
+        """
+        if self.attribution is None:
+            return {}
+        lifts = self.facet_lifts(observations, texts, labels)
+        own = np.array([FACETS.index(label["persona"]) for label in labels], dtype=int)
+        rows = np.arange(len(own))
+        mine = lifts[rows, own]
+        gap = mine - (lifts.sum(1) - mine) / (len(FACETS) - 1)
+        return {"own_facet_first": (lifts.argmax(1) == own).astype(float).tolist(), "own_lift_gap": gap.tolist(),
+                "own_lift": mine.tolist()}
 
     @staticmethod
     def _markdown(metrics: dict[str, Any]) -> str:

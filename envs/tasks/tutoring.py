@@ -260,6 +260,20 @@ class TutoringTask:
         return {"questions_per_turn": [float(count_questions(t)) for t in texts],
                 "ask_share": [float(not a.is_bare and a.kind == "ask") for a in map(analyze_teacher_turn, delivered)]}
 
+    @staticmethod
+    def turn_checks(observations: Sequence[Messages], texts: Sequence[str],
+                    labels: Sequence[dict] = ()) -> dict[str, list[float]]:
+        """Per delivered turn, the independent checks (``envs.checks``), which neither the reward nor the student runs.
+
+        ``meta_talk`` (talk about asking or the lesson instead of teaching), ``asks_about_lesson`` (a
+        real question with lesson words) and ``lesson_content`` (lesson words beyond the topic's), each
+        read against the topic of its observation.
+        """
+        checks = [check_turn(text, observation_topic(o)) for o, text in zip(observations, texts)]
+        return {"meta_talk": [float(c.meta_talk) for c in checks],
+                "asks_about_lesson": [float(c.asks_about_lesson) for c in checks],
+                "lesson_content": [float(c.lesson_content) for c in checks]}
+
     def chat_plugins(self) -> list[Any]:
         """The student and the two judges."""
         return [self.student, self.satisfaction_judge, self.style_judge]

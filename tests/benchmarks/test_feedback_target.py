@@ -35,6 +35,8 @@ def test_a_tiny_random_run_rates_the_teachers_turns_in_the_policys_states(env, t
     for r in everything:  # the gain is the paired difference of the two teachers' mean rewards
         assert r["mean"] == pytest.approx(r["with"] - r["without"])
         assert r["low"] <= r["mean"] <= r["high"]
+    checks = {"tutoring": "check/meta_talk", "persona": "check/own_facet_first"}[env]  # never the reward's figures
+    assert all(checks in values for values in saved["metrics"].values()) and "policy" in saved["metrics"]
     state = saved["states"][0]
     assert len(state["plain/with"]) == len(state["plain/without"]) == 2  # --samples turns per state and teacher
     assert all(isinstance(t["reward"], float) for t in state["plain/with"])

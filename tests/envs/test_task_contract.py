@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the ids)
 from algorithms.components import build_task
 from envs.chat import chat_counters
+from envs.checks import check_turn
 from envs.tasks import SPLITS, EpisodeBatch, Task
 from tests.conftest import compose_config
 
@@ -245,3 +246,44 @@ def test_a_toy_task_from_the_tests_folder_trains_with_no_trainer_change(tmp_path
     assert set(report["report"]["rows"]) == {"head_loud", "head_quiet", "blend", "base"}
     assert {r["driver"] for r in report["records"]} == set(report["report"]["rows"])
     assert ToyBatch.__module__ == "tests.toy_task"  # nothing of it lives in the package
+
+
+def test_tutoring_turn_checks_read_each_turn_against_its_own_topic():
+    task = build_task(compose_config("opsd"))
+    batch = task.make_batch(2, split="eval")
+    options = task.eval_options(2, split="eval")[::2]  # two different topics
+    obs, _ = batch.reset(seed=0, options_list=options)
+    topics = [o["topic"] for o in options]
+    turns = ["How about asking the student what they know?", f"What do you already know about {topics[1]}?"]
+    checks = task.turn_checks(obs, turns, [{}, {}])
+    assert checks["meta_talk"] == [1.0, 0.0] and checks["asks_about_lesson"][0] == 0.0
+    for k, (o, turn, topic) in enumerate(zip(obs, turns, topics)):  # the same rules as the report's checks
+        expected = check_turn(turn, topic)
+        assert checks["asks_about_lesson"][k] == float(expected.asks_about_lesson)
+        assert checks["lesson_content"][k] == float(expected.lesson_content)
+
+
+def test_persona_turn_checks_put_the_focal_facet_against_the_others():
+    from envs.data.persona import FACETS
+
+    class Scores:  # each facet's score, then none: the lifts over no persona are 1, 2, 3, 4, 5 in FACETS order
+        def candidate_scores(self, items):
+            self.items = list(items)
+            return [np.array([1.0, 2.0, 3.0, 4.0, 5.0, 0.0]) for _ in items]
+
+    task = build_task(compose_config("opsd", "env=persona"))
+    task.attribution = Scores()
+    batch = task.make_batch(2, split="eval")
+    options = [{**o, **task.persona_options(f)} for o, f in zip(task.eval_options(2, split="eval"),
+                                                                  (FACETS[0], FACETS[-1]))]
+    obs, infos = batch.reset(seed=0, options_list=options)
+    labels = [info["label"] for info in infos]
+    checks = task.turn_checks(obs, ["an answer", "another answer"], labels)
+    assert checks["own_facet_first"] == [0.0, 1.0]  # the last facet has the largest lift
+    assert checks["own_lift"] == [1.0, 5.0]
+    assert checks["own_lift_gap"] == [1.0 - 3.5, 5.0 - 2.5]
+    item = task.attribution.items[0]  # the request without the persona scaffold, and every facet's text
+    assert item.answer == "an answer" and all(m["role"] != "system" for m in item.messages)
+    assert len(item.candidates) == len(FACETS) - 1
+    task.attribution = None
+    assert task.turn_checks(obs, ["an answer", "another answer"], labels) == {}
