@@ -8,7 +8,9 @@ Usage:
 Every configuration generates exactly ``--new-tokens`` tokens per sequence (EOS suppressed) from
 the same chat prompts, so tokens/s compare like for like. Persona-judge rows (``agents.DraftJudge``,
 block 4, exact sampling and greedy top-20) also report the draft tokens their judges accepted per
-block. Writes a JSON report with ``--out``.
+block. Every configuration is built first and then timed in rounds that alternate direction
+(forwards, backwards, ...), each keeping its best round, so a drift of the machine's speed does not
+enter the ratios. Writes a JSON report with ``--out``.
 """
 
 from __future__ import annotations
@@ -31,16 +33,28 @@ def prompts(batch: int) -> list[list[dict]]:
     return [[{"role": "user", "content": f"Teach me about {TOPICS[i % len(TOPICS)]}."}] for i in range(batch)]
 
 
-def run(policy, tokenizer, batch: int, selection: dict, new_tokens: int, repeats: int) -> float:
-    """Best-of-``repeats`` tokens per second for one configuration."""
-    best = 0.0
+def timed(policy, tokenizer, batch: int, selection: dict, new_tokens: int, seed: int) -> float:
+    """Tokens per second of one ``generate`` call."""
+    start = time.perf_counter()
+    out = generate(policy, tokenizer, prompts(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   temperature=1.0, seed=seed, **selection)
+    elapsed = time.perf_counter() - start
+    assert out.num_tokens == batch * new_tokens, "every sequence must have the same length"
+    return out.num_tokens / elapsed
+
+
+def interleaved(configs: list, repeats: int, measure) -> list[float]:
+    """Best of ``repeats`` ``measure(config, repeat)`` per config, taken in rounds that alternate direction.
+
+    Round r runs every config once, forwards when r is even and backwards when odd (A B C, C B A,
+    ...). A slow drift of the machine's speed then reaches every config alike, where timing one
+    config after another would put it into the ratios between them.
+    """
+    best = [0.0] * len(configs)
     for r in range(repeats):
-        start = time.perf_counter()
-        out = generate(policy, tokenizer, prompts(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       temperature=1.0, seed=r, **selection)
-        elapsed = time.perf_counter() - start
-        assert out.num_tokens == batch * new_tokens, "every sequence must have the same length"
-        best = max(best, out.num_tokens / elapsed)
+        order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
+        for i in order:
+            best[i] = max(best[i], measure(configs[i], r))
     return best
 
 
@@ -50,7 +64,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timing rounds over all configs (alternating order)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype of the backbone and heads")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
@@ -64,7 +78,7 @@ def main() -> None:
     backbone = load()
     load_s = time.perf_counter() - start
 
-    rows = []
+    configs = []  # (name, heads, batch, policy, selection): all built first, then timed in interleaved rounds
     for heads in (1, 2, 5):
         policy = MultiHeadPolicy(load().model, num_heads=heads)
         for batch in args.batches:
@@ -73,20 +87,23 @@ def main() -> None:
             else:  # a different random mixture per sample: the hardest case for the mixed projection
                 w = torch.distributions.Dirichlet(torch.ones(heads)).sample((batch,))
                 selection, label = {"weights": w}, f"{heads}-head per-sample mixture"
-            configs = [(label, selection)]
+            configs.append((label, heads, batch, policy, selection))
             if heads > 1:
-                configs += [(f"{heads}-head Persona-judge, {kind}", {"decoder": DraftJudge(block=4, exact=exact)})
+                configs += [(f"{heads}-head Persona-judge, {kind}", heads, batch, policy,
+                             {"decoder": DraftJudge(block=4, exact=exact)})
                             for kind, exact in (("exact", True), ("greedy top-k", False))]
-            for name, sel in configs:
-                tps = run(policy, backbone.tokenizer, batch, sel, args.new_tokens, args.repeats)
-                row = {"config": name, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1)}
-                extra = ""
-                if "decoder" in sel:
-                    row["accepted_per_block"] = round(sel["decoder"].stats.accepted_per_block, 2)
-                    extra = f"  ({row['accepted_per_block']:.2f} drafts accepted per block)"
-                rows.append(row)
-                print(f"{name:36s} batch {batch:2d}: {tps:7.1f} tokens/s{extra}", flush=True)
-        del policy
+    best = interleaved(configs, args.repeats, lambda c, r: timed(c[3], backbone.tokenizer, c[2], c[4],
+                                                                 args.new_tokens, seed=r))
+    rows = []
+    for (name, heads, batch, _, sel), tps in zip(configs, best):
+        row = {"config": name, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1)}
+        extra = ""
+        if "decoder" in sel:
+            row["accepted_per_block"] = round(sel["decoder"].stats.accepted_per_block, 2)
+            extra = f"  ({row['accepted_per_block']:.2f} drafts accepted per block)"
+        rows.append(row)
+        print(f"{name:36s} batch {batch:2d}: {tps:7.1f} tokens/s{extra}", flush=True)
+    del configs
 
     def tps(heads, batch, config=None):
         return next(r["tokens_per_s"] for r in rows if r["heads"] == heads and r["batch"] == batch

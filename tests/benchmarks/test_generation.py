@@ -31,3 +31,17 @@ def test_generation_benchmark_refuses_an_unknown_dtype_by_name(tmp_path):
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and not out.exists()
     assert "--dtype" in done.stderr and "float8" in done.stderr and "bfloat16" in done.stderr
+
+
+def test_configurations_are_timed_in_rounds_of_alternating_order():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import generation
+
+    calls = []
+
+    def measure(config, repeat):
+        calls.append(config)
+        return {"a": [1.0, 3.0, 2.0], "b": [5.0, 4.0, 0.5], "c": [1.0, 1.0, 9.0]}[config][repeat]
+
+    assert generation.interleaved(["a", "b", "c"], 3, measure) == [3.0, 5.0, 9.0]  # each config's best round
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
