@@ -153,6 +153,14 @@ def compose_env(env: str, model: str, overrides: list[str]):
     return cfg, build_task(cfg)
 
 
+def load_base(env: str, model: str, overrides: list[str]):
+    """The env's task (with ``overrides``) and the frozen base model, eval mode, padding on the left for sampling."""
+    _, task = compose_env(env, model, overrides)
+    backbone = load_backbone(model)
+    backbone.tokenizer.padding_side = "left"
+    return task, backbone.model.eval(), backbone.tokenizer
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the measurement, prints the table and returns (and with ``--out`` writes) the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,10 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the results (every turn's delta included) as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    cfg, task = compose_env(args.env, args.model, args.set)
-    backbone = load_backbone(args.model)
-    model, tokenizer = backbone.model.eval(), backbone.tokenizer
-    tokenizer.padding_side = "left"
+    task, model, tokenizer = load_base(args.env, args.model, args.set)
     common = dict(contexts=args.num, turns=args.turns, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, seed=args.seed)
     samples = sample_turns(task, model, tokenizer, selector={}, driver="base", **common)

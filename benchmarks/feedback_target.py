@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from feedback_signal import compose_env, sample_turns
+from feedback_signal import compose_env, load_base, sample_turns
 
-from agents import generate, load_backbone
+from agents import generate
 
 SPLITS = {"all": lambda r: np.ones_like(r, dtype=bool), "after a bad turn": lambda r: r < 0,
           "after a neutral turn": lambda r: r == 0, "after a good turn": lambda r: r > 0}
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="write the results (every turn included) as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    _, task = compose_env(args.env, args.model, args.set)
-    backbone = load_backbone(args.model)
-    model, tokenizer = backbone.model.eval(), backbone.tokenizer
-    tokenizer.padding_side = "left"
+    task, model, tokenizer = load_base(args.env, args.model, args.set)
     common = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, batch_size=args.batch_size)
     turns = sample_turns(task, model, tokenizer, contexts=args.num, turns=args.turns, seed=args.seed, selector={},
                          driver="base", keep_states=True, max_new_tokens=args.max_new_tokens,
