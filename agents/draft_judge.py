@@ -34,7 +34,7 @@ from torch import nn
 from agents.multihead import padded_positions
 from agents.prefix_cache import cache_of, with_cache
 from agents.projection import project
-from agents.sampling import drop_ended, tempered_logprobs
+from agents.sampling import drop_ended, multinomial_one, tempered_logprobs
 
 
 @dataclass
@@ -92,7 +92,7 @@ def judge_tokens(q: torch.Tensor, p: torch.Tensor, bonus: torch.Tensor, *, exact
     """
     if not exact:
         q, p = _top_k(q, topk), _top_k(p, topk)
-    draft = torch.multinomial(q, 1).squeeze(-1) if exact else q.argmax(-1)
+    draft = multinomial_one(q) if exact else q.argmax(-1)
     rows = torch.arange(q.shape[0], device=q.device)
     ratio = p[rows, draft] / q[rows, draft].clamp_min(torch.finfo(q.dtype).tiny)
     accepted = (torch.rand(q.shape[0], device=q.device) <= ratio) & ~bonus
@@ -100,7 +100,7 @@ def judge_tokens(q: torch.Tensor, p: torch.Tensor, bonus: torch.Tensor, *, exact
     empty = residual.sum(-1) <= 0  # p == q: nothing to correct (only reachable for a bonus row)
     residual = torch.where(empty[:, None] | bonus[:, None], p, residual)
     if exact:
-        fallback = torch.multinomial(residual / residual.sum(-1, keepdim=True), 1).squeeze(-1)
+        fallback = multinomial_one(residual / residual.sum(-1, keepdim=True))
     else:
         fallback = residual.argmax(-1)
     return torch.where(accepted, draft, fallback), accepted
@@ -167,8 +167,7 @@ class DraftJudge:
             shift = block_index[active] if self.swap else torch.zeros_like(active)
             draft = shift % len(order)
             judge = (shift + 1) % len(order)
-            q_logits = self._project(hidden, weight, bias, draft)
-            p_logits = self._project(hidden, weight, bias, judge)
+            q_logits, p_logits = self._project(hidden, weight, bias, draft, judge)
             if t < min_new_tokens:
                 q_logits[:, eos] = float("-inf")
                 p_logits[:, eos] = float("-inf")
@@ -196,14 +195,24 @@ class DraftJudge:
         return tokens[:, :steps], logprobs[:, :steps]
 
     @staticmethod
-    def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 which: torch.Tensor) -> torch.Tensor:
-        """Each row's logits under its own head (one projection per distinct head in the batch)."""
-        out = hidden.new_empty(hidden.shape[0], weight.shape[1])
-        for d in which.unique().tolist():
-            rows = (which == d).nonzero(as_tuple=True)[0]
-            out[rows] = project(hidden[rows], weight[d], None if bias is None else bias[d])
-        return out.float()
+    def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, draft: torch.Tensor,
+                 judge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's logits under its draft head and under its judge head, ``(b, V)`` each, in float32.
+
+        Every head in use projects the rows that need it once, whether they need it as draft or as
+        judge: with two heads that is two products of the whole batch, where one product per head and
+        role would read each head twice.
+        """
+        q = hidden.new_empty(hidden.shape[0], weight.shape[1])
+        p = torch.empty_like(q)
+        for d in torch.cat([draft, judge]).unique().tolist():
+            drafts, judges = draft == d, judge == d
+            rows = (drafts | judges).nonzero(as_tuple=True)[0]
+            logits = project(hidden if len(rows) == len(hidden) else hidden[rows], weight[d],
+                             None if bias is None else bias[d])
+            q[rows[drafts[rows]]] = logits[drafts[rows]]
+            p[rows[judges[rows]]] = logits[judges[rows]]
+        return q.float(), p.float()
 
     @staticmethod
     def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -167,9 +167,11 @@ class _PerRowSampler:
     def __call__(self, input_ids, scores):
         import torch
 
+        from agents.sampling import multinomial_one
+
         for warp in self.warpers:
             scores = warp(input_ids, scores)
         probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
-        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])  # (B,)
+        picks = torch.stack([multinomial_one(p, g) for p, g in zip(probs, self.generators)])  # (B,), as multinomial
         onehot = torch.full_like(scores, float("-inf"))
         return onehot.scatter_(1, picks[:, None], 0.0)

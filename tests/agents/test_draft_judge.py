@@ -104,3 +104,25 @@ def test_bad_settings_are_refused(two_heads):
         generate(policy, tokenizer, ["Hi"], head="a", max_new_tokens=2, decoder=DraftJudge())
     with pytest.raises(ValueError, match="unknown|Unknown"):
         generate(policy, tokenizer, ["Hi"], max_new_tokens=2, decoder=DraftJudge(heads=["a", "zz"]))
+
+
+def test_each_row_gets_its_draft_and_judge_heads_logits_from_one_product_per_head(tiny):
+    from agents import projection
+
+    policy = MultiHeadPolicy(tiny.model, num_heads=3, seed=0)
+    weight = torch.stack(list(policy.heads.weights)).detach()
+    hidden = torch.randn(5, weight.shape[2], generator=torch.Generator().manual_seed(0))
+    draft, judge = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([1, 2, 0, 1, 1])  # the last row: one head, both roles
+    calls = []
+
+    def counted(h, w, b=None):
+        calls.append(h.shape[0])
+        return projection.project(h, w, b)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("agents.draft_judge.project", counted)
+        q, p = DraftJudge._project(hidden, weight, None, draft, judge)
+    assert sorted(calls) == [2, 3, 4]  # head 2: rows 1, 2; head 0: rows 0, 2, 3; head 1: rows 0, 1, 3, 4
+    for r in range(5):
+        torch.testing.assert_close(q[r], hidden[r] @ weight[draft[r]].T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(p[r], hidden[r] @ weight[judge[r]].T, rtol=1e-5, atol=1e-5)

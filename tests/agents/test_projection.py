@@ -54,3 +54,20 @@ def test_loaded_backbones_decode_through_it_and_keep_generate_s_tokens(dtype):
     torch.manual_seed(0)
     plain = model.generate(**ids, max_new_tokens=6, do_sample=True, pad_token_id=tokenizer.pad_token_id)
     assert torch.equal(tokens, plain)
+
+
+def test_one_row_against_a_large_weight_goes_as_two_and_keeps_the_result(monkeypatch):
+    import agents.projection as projection
+
+    gen = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(300, 24, generator=gen), torch.randn(300, generator=gen)
+    row = torch.randn(1, 1, 24, generator=gen)
+    as_two = (weight @ row.reshape(1, 24).repeat(2, 1).T)[:, 0] + bias
+    alone = (weight @ row.reshape(1, 24).T)[:, 0] + bias
+    monkeypatch.setattr(projection, "GEMV_PAD_NUMEL", weight.numel())  # this weight now counts as large
+    out = project(row, weight, bias)
+    assert out.shape == (1, 1, 300) and out.is_contiguous()
+    assert torch.equal(out.flatten(), as_two)
+    torch.testing.assert_close(out, nn.functional.linear(row, weight, bias), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(projection, "GEMV_PAD_NUMEL", weight.numel() + 1)  # small: the row goes alone
+    assert torch.equal(project(row, weight, bias).flatten(), alone)
