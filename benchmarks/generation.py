@@ -9,8 +9,9 @@ Every configuration generates exactly ``--new-tokens`` tokens per sequence (EOS 
 the same chat prompts, so tokens/s compare like for like. Persona-judge rows (``agents.DraftJudge``,
 block 4, exact sampling and greedy top-20) also report the draft tokens their judges accepted per
 block. Every configuration is built first and then timed in rounds that alternate direction
-(forwards, backwards, ...), each keeping its best round, so a drift of the machine's speed does not
-enter the ratios. Writes a JSON report with ``--out``.
+(forwards, backwards, ...). Each row reports its best round; each cost ratio is the median over
+rounds of the ratio within a round, so neither a drift of the machine's speed nor one lucky round
+enters it. Writes a JSON report with ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -43,19 +45,27 @@ def timed(policy, tokenizer, batch: int, selection: dict, new_tokens: int, seed:
     return out.num_tokens / elapsed
 
 
-def interleaved(configs: list, repeats: int, measure) -> list[float]:
-    """Best of ``repeats`` ``measure(config, repeat)`` per config, taken in rounds that alternate direction.
+def interleaved(configs: list, repeats: int, measure) -> list[list[float]]:
+    """Every config's ``measure(config, repeat)`` over ``repeats`` rounds that alternate direction.
 
     Round r runs every config once, forwards when r is even and backwards when odd (A B C, C B A,
     ...). A slow drift of the machine's speed then reaches every config alike, where timing one
     config after another would put it into the ratios between them.
+
+    Returns:
+        One list per config, its measurements in round order.
     """
-    best = [0.0] * len(configs)
+    rounds: list[list[float]] = [[0.0] * repeats for _ in configs]
     for r in range(repeats):
         order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
         for i in order:
-            best[i] = max(best[i], measure(configs[i], r))
-    return best
+            rounds[i][r] = measure(configs[i], r)
+    return rounds
+
+
+def paired_ratio(base: list[float], other: list[float]) -> float:
+    """The median over rounds of ``base[r] / other[r]``: how much slower ``other`` is, round by round."""
+    return statistics.median(b / o for b, o in zip(base, other))
 
 
 @torch.no_grad()  # and restores gradients after: tests call main() in-process
@@ -92,11 +102,13 @@ def main() -> None:
                 configs += [(f"{heads}-head Persona-judge, {kind}", heads, batch, policy,
                              {"decoder": DraftJudge(block=4, exact=exact)})
                             for kind, exact in (("exact", True), ("greedy top-k", False))]
-    best = interleaved(configs, args.repeats, lambda c, r: timed(c[3], backbone.tokenizer, c[2], c[4],
-                                                                 args.new_tokens, seed=r))
+    rounds = interleaved(configs, args.repeats, lambda c, r: timed(c[3], backbone.tokenizer, c[2], c[4],
+                                                                   args.new_tokens, seed=r))
     rows = []
-    for (name, heads, batch, _, sel), tps in zip(configs, best):
-        row = {"config": name, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1)}
+    for (name, heads, batch, _, sel), measured in zip(configs, rounds):
+        tps = max(measured)
+        row = {"config": name, "heads": heads, "batch": batch, "tokens_per_s": round(tps, 1),
+               "rounds": [round(m, 1) for m in measured]}
         extra = ""
         if "decoder" in sel:
             row["accepted_per_block"] = round(sel["decoder"].stats.accepted_per_block, 2)
@@ -105,9 +117,15 @@ def main() -> None:
         print(f"{name:36s} batch {batch:2d}: {tps:7.1f} tokens/s{extra}", flush=True)
     del configs
 
-    def tps(heads, batch, config=None):
-        return next(r["tokens_per_s"] for r in rows if r["heads"] == heads and r["batch"] == batch
+    def measured(heads, batch, config=None):
+        return next(r for r in rows if r["heads"] == heads and r["batch"] == batch
                     and (config is None or r["config"] == config))
+
+    def tps(heads, batch):
+        return measured(heads, batch)["tokens_per_s"]
+
+    def cost(heads, batch, config=None):  # time per token against one head's, paired within rounds
+        return round(paired_ratio(measured(1, batch)["rounds"], measured(heads, batch, config)["rounds"]), 3)
 
     big, small = max(args.batches), min(args.batches)
     summary = {
@@ -119,10 +137,10 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "warm_load_s": round(load_s, 3),
         "rows": rows,
-        "mixture_cost_vs_single_head": {f"{k}-head": round(tps(1, big) / tps(k, big), 3) for k in (2, 5)},
+        "mixture_cost_vs_single_head": {f"{k}-head": cost(k, big) for k in (2, 5)},
         "batch_speedup": round(tps(1, big) / tps(1, small), 2),
         "persona_judge_cost_vs_single_head": {
-            f"{k}-head {kind}": round(tps(1, big) / tps(k, big, f"{k}-head Persona-judge, {kind}"), 3)
+            f"{k}-head {kind}": cost(k, big, f"{k}-head Persona-judge, {kind}")
             for k in (2, 5) for kind in ("exact", "greedy top-k")},
     }
     print(f"warm-cache load: {load_s:.2f} s")
