@@ -34,7 +34,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.prefix_cache import cache_of
-from agents.projection import project, use_skinny_linears
+from agents.projection import project, project_mixture, use_skinny_linears
 
 POLICY_CONFIG = "pluralgym_policy.json"
 HEADS_FILE = "heads.safetensors"
@@ -213,16 +213,17 @@ class MultiHeadLMHead(nn.Module):
         """``sum_d w[:, d] * (W_d h + b_d)`` over the heads with any non-zero weight; ``(B, T, V)``."""
         if weights.shape[0] != hidden.shape[0]:
             raise ValueError(f"Head weights were set for {weights.shape[0]} sequences, got {hidden.shape[0]}.")
-        out = None
-        for d in range(self.num_heads):
-            w = weights[:, d]
-            if not torch.any(w):
-                continue
-            term = project(hidden, *self._projection(d)) * w.view(-1, *[1] * (hidden.dim() - 1))
-            out = term if out is None else out + term
-        if out is None:  # all weights zero
-            out = hidden.new_zeros(*hidden.shape[:-1], self.weights[0].shape[0])
-        return out
+        used = [d for d in range(self.num_heads) if torch.any(weights[:, d])]
+        if not used:  # all weights zero
+            return hidden.new_zeros(*hidden.shape[:-1], self.weights[0].shape[0])
+        coefficients = weights[:, used]
+        if hidden.dim() > 2:  # one coefficient row per position of each sequence
+            coefficients = coefficients.repeat_interleave(hidden[0].numel() // hidden.shape[-1], dim=0)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out = project_mixture(flat, [self.weights[d] for d in used], coefficients)
+        if self.biases is not None:
+            out = out + coefficients @ torch.stack([self.biases[d] for d in used])
+        return out.reshape(*hidden.shape[:-1], out.shape[-1])
 
 
 def padded_positions(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,41 @@ def project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return out.reshape(*hidden.shape[:-1], weight.shape[0])
 
 
+def project_mixture(hidden: torch.Tensor, weights: list[torch.Tensor], coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_d coefficients[:, d] * (hidden @ weights[d].T)``: each row's own mixture of projections.
+
+    Args:
+        hidden: ``(N, H)`` rows.
+        weights: ``D`` weights ``(O, H)``.
+        coefficients: ``(N, D)``, each row's coefficient for each weight.
+
+    Returns:
+        ``(N, O)``. For few fp32 rows on a CPU outside autograd, each coefficient scales its row's
+        input instead of its output, and the products accumulate inside the matrix product
+        (``addmm`` into one ``(O, N)`` buffer, made row-major once at the end). Five SmolLM2 heads at
+        8 rows take 34.5 ms that way against 39.5 ms for five products scaled and summed (36.5 ms for
+        the products alone, each made row-major). Otherwise the projections are scaled and summed.
+    """
+    rows = hidden.shape[0]
+    fast = (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and 0 < rows <= SKINNY_ROWS
+            and not (torch.is_grad_enabled()
+                     and any(t.requires_grad for t in (hidden, coefficients, *weights))))
+    if not fast:
+        out = None
+        for d, weight in enumerate(weights):
+            term = project(hidden, weight) * coefficients[:, d:d + 1]
+            out = term if out is None else out + term
+        return out
+    out = hidden.new_empty(weights[0].shape[0], rows)  # (O, N)
+    for d, weight in enumerate(weights):
+        scaled = (hidden * coefficients[:, d:d + 1]).T
+        if d == 0:
+            torch.mm(weight, scaled, out=out)
+        else:
+            torch.addmm(out, weight, scaled, out=out)
+    return out.T.contiguous()
+
+
 class SkinnyLinear(nn.Linear):
     """An ``nn.Linear`` whose forward goes through :func:`project`; same parameters, same state dict."""
 

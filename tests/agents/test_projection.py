@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.projection import SKINNY_ROWS, SkinnyLinear, project, use_skinny_linears
+from agents.projection import SKINNY_ROWS, SkinnyLinear, project, project_mixture, use_skinny_linears
 
 
 def test_few_rows_are_contiguous_and_equal_linear_and_other_cases_are_linear_exactly():
@@ -71,3 +71,20 @@ def test_one_row_against_a_large_weight_goes_as_two_and_keeps_the_result(monkeyp
     torch.testing.assert_close(out, nn.functional.linear(row, weight, bias), rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(projection, "GEMV_PAD_NUMEL", weight.numel() + 1)  # small: the row goes alone
     assert torch.equal(project(row, weight, bias).flatten(), alone)
+
+
+def test_a_mixture_of_projections_accumulates_each_row_s_own_mix_with_or_without_autograd():
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(50, 12, generator=gen) for _ in range(3)]
+    hidden, coefficients = torch.randn(6, 12, generator=gen), torch.rand(6, 3, generator=gen)
+    expected = sum(coefficients[:, d:d + 1] * (hidden @ w.T) for d, w in enumerate(weights))
+    with torch.no_grad():  # the few-row path: one accumulating buffer
+        out = project_mixture(hidden, weights, coefficients)
+    assert out.shape == (6, 50) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    many = torch.randn(SKINNY_ROWS + 1, 12, generator=gen)
+    torch.testing.assert_close(project_mixture(many, weights, torch.full((SKINNY_ROWS + 1, 3), 0.5)),
+                               0.5 * sum(many @ w.T for w in weights), rtol=1e-5, atol=1e-5)
+    coefficients.requires_grad_(True)  # a router learning its weights: gradients reach the coefficients
+    project_mixture(hidden, weights, coefficients).sum().backward()
+    torch.testing.assert_close(coefficients.grad, torch.stack([(hidden @ w.T).sum(1) for w in weights], 1))
