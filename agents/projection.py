@@ -16,10 +16,14 @@ fused kernel (a transposed view sends it down its unfused path). In bf16 it is t
 round: oneDNN's bf16 ``linear`` is faster (one head 130 against 119 tokens/s), so only float32
 takes this path.
 
-One row alone is the exception: MKL then takes its matrix-vector path, which streams a large
-weight 2-3x slower than its two-column product (SmolLM2's head: 9.4 ms against 2.8 ms for two
-rows; a 32000 x 2048 head: 14.1 against 9.0 ms; square matrices come out even). So a single row
-meeting a weight of at least ``GEMV_PAD_NUMEL`` entries is doubled, and the copy's column dropped.
+MKL's product is quick for up to 8 rows and for multiples of 8, and slow for the rows left over
+beyond a multiple of 8. SmolLM2's head at 15 rows takes 25.0 ms, at 16 rows 13.9 ms; at 63 rows
+43 ms, at 64 rows 28 ms (every count from 1 to 64 measured, 2026-12-05). So more than
+``PANEL_FROM`` rows are padded with zero rows to a multiple of 8, and the padding's columns
+dropped. One row alone goes the same way, as two: MKL then takes its matrix-vector path, which
+streams a large weight 2-3x slower than its two-column product (SmolLM2's head: 9.4 ms against
+2.8 ms for two rows; a 32000 x 2048 head: 14.1 against 9.0 ms; square matrices come out even), so
+that applies to weights of at least ``GEMV_PAD_NUMEL`` entries.
 
 The result equals ``linear``'s up to float rounding; BLAS guarantees no bit-equality across shapes
 either. A model whose layers all go this way samples the same tokens under ``transformers``
@@ -35,6 +39,17 @@ from torch import nn
 SKINNY_ROWS = 64  # up to this many positions, a CPU projection is taken as weight @ hidden.T
 ALIGNMENT = 64  # bytes; torch's own CPU allocations are aligned so
 GEMV_PAD_NUMEL = 4 * 2**20  # a weight this large (16 MB in fp32) projects one row as two (MKL's gemv is slower)
+PANEL = 8  # MKL's few-row product handles rows in panels of 8 and the rest slowly ...
+PANEL_FROM = 11  # ... so above this many rows, pad them to a whole number of panels
+
+
+def padded_rows(rows: int, weight: torch.Tensor) -> int:
+    """How many rows :func:`project` multiplies ``weight`` by for ``rows`` real ones (the rest zeros)."""
+    if rows == 1 and weight.numel() >= GEMV_PAD_NUMEL:
+        return 2
+    if rows > PANEL_FROM and rows % PANEL:
+        return rows + PANEL - rows % PANEL
+    return rows
 
 
 def project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,10 +58,10 @@ def project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if hidden.device.type != "cpu" or hidden.dtype != torch.float32 or not 0 < rows <= SKINNY_ROWS:
         return nn.functional.linear(hidden, weight, bias)
     flat = hidden.reshape(rows, -1)
-    if rows == 1 and weight.numel() >= GEMV_PAD_NUMEL:
-        out = (weight @ flat.expand(2, -1).contiguous().T)[:, :1].T.contiguous()
-    else:
-        out = (weight @ flat.T).T.contiguous()
+    padded = padded_rows(rows, weight)
+    if padded > rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
+    out = (weight @ flat.T)[:, :rows].T.contiguous()
     if bias is not None:
         out = out + bias
     return out.reshape(*hidden.shape[:-1], weight.shape[0])

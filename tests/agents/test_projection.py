@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from agents.projection import SKINNY_ROWS, SkinnyLinear, project, project_mixture, use_skinny_linears
+from agents.projection import (
+    SKINNY_ROWS,
+    SkinnyLinear,
+    padded_rows,
+    project,
+    project_mixture,
+    use_skinny_linears,
+)
 
 
 def test_few_rows_are_contiguous_and_equal_linear_and_other_cases_are_linear_exactly():
@@ -62,7 +69,7 @@ def test_one_row_against_a_large_weight_goes_as_two_and_keeps_the_result(monkeyp
     gen = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(300, 24, generator=gen), torch.randn(300, generator=gen)
     row = torch.randn(1, 1, 24, generator=gen)
-    as_two = (weight @ row.reshape(1, 24).repeat(2, 1).T)[:, 0] + bias
+    as_two = (weight @ torch.cat([row.reshape(1, 24), torch.zeros(1, 24)]).T)[:, 0] + bias
     alone = (weight @ row.reshape(1, 24).T)[:, 0] + bias
     monkeypatch.setattr(projection, "GEMV_PAD_NUMEL", weight.numel())  # this weight now counts as large
     out = project(row, weight, bias)
@@ -88,3 +95,17 @@ def test_a_mixture_of_projections_accumulates_each_row_s_own_mix_with_or_without
     coefficients.requires_grad_(True)  # a router learning its weights: gradients reach the coefficients
     project_mixture(hidden, weights, coefficients).sum().backward()
     torch.testing.assert_close(coefficients.grad, torch.stack([(hidden @ w.T).sum(1) for w in weights], 1))
+
+
+def test_rows_beyond_a_panel_of_eight_are_padded_to_whole_panels_and_the_padding_dropped():
+    small, large = torch.zeros(4, 4), torch.zeros(1, 1).expand(4 * 2**20, 1)
+    assert [padded_rows(n, small) for n in (1, 2, 8, 9, 11, 12, 15, 16, 17, 63, 64)] == \
+        [1, 2, 8, 9, 11, 16, 16, 16, 24, 64, 64]
+    assert padded_rows(1, large) == 2  # MKL's matrix-vector path is the slow one for a large weight
+    gen = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(70, 16, generator=gen), torch.randn(70, generator=gen)
+    rows = torch.randn(13, 16, generator=gen)
+    out = project(rows, weight, bias)
+    assert out.shape == (13, 70) and out.is_contiguous()
+    assert torch.equal(out, (weight @ torch.cat([rows, torch.zeros(3, 16)]).T)[:, :13].T + bias)
+    torch.testing.assert_close(out, nn.functional.linear(rows, weight, bias), rtol=1e-5, atol=1e-5)
