@@ -5,8 +5,11 @@
     python -m algorithms.export runs/opsd/<run> --out exported/blend                     # the equal blend
 
 The folder holds the backbone with the chosen output layer as its ``lm_head`` (untied from the
-embeddings) and the tokenizer: ``transformers``, ``transformers serve`` and vLLM load it with no
-project code. A logit-space mixture ``sum_d w_d W_d h`` is the single output layer ``(sum_d w_d W_d)``,
+embeddings) and the tokenizer, saved by ``save_pretrained`` in the model's own architecture:
+``transformers`` loads it with no project code (tested: the same logits). ``transformers serve``
+serves such folders (tests/test_real_server.py serves one saved the same way). vLLM reads the format
+too, but it has not been run on an export here, because it needs a GPU. A logit-space mixture
+``sum_d w_d W_d h`` is the single output layer ``(sum_d w_d W_d)``,
 so a fixed mixture exports exactly too.
 """
 
