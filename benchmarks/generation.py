@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
+from timing import interleaved, paired_ratio
 
 from agents import DraftJudge, MultiHeadPolicy, generate, load_backbone
 from agents.models import DTYPES
@@ -43,29 +43,6 @@ def timed(policy, tokenizer, batch: int, selection: dict, new_tokens: int, seed:
     elapsed = time.perf_counter() - start
     assert out.num_tokens == batch * new_tokens, "every sequence must have the same length"
     return out.num_tokens / elapsed
-
-
-def interleaved(configs: list, repeats: int, measure) -> list[list[float]]:
-    """Every config's ``measure(config, repeat)`` over ``repeats`` rounds that alternate direction.
-
-    Round r runs every config once, forwards when r is even and backwards when odd (A B C, C B A,
-    ...). A slow drift of the machine's speed then reaches every config alike, where timing one
-    config after another would put it into the ratios between them.
-
-    Returns:
-        One list per config, its measurements in round order.
-    """
-    rounds: list[list[float]] = [[0.0] * repeats for _ in configs]
-    for r in range(repeats):
-        order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
-        for i in order:
-            rounds[i][r] = measure(configs[i], r)
-    return rounds
-
-
-def paired_ratio(base: list[float], other: list[float]) -> float:
-    """The median over rounds of ``base[r] / other[r]``: how much slower ``other`` is, round by round."""
-    return statistics.median(b / o for b, o in zip(base, other))
 
 
 @torch.no_grad()  # and restores gradients after: tests call main() in-process

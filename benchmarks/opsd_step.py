@@ -5,7 +5,10 @@ Usage:
     python benchmarks/opsd_step.py --model tiny-random  # smoke run
 
 Part 1: every K runs in its own process (so peak memory is its own) on the same batch of sampled
-turns: B tutoring prompts with fixed completions, rows assigned to heads round-robin. A step is
+turns: B tutoring prompts with fixed completions, rows assigned to heads round-robin. With
+``--rounds R`` the processes run R times in rounds of alternating order (K=1, 2, 5, then 5, 2, 1,
+...); a step time is the median over rounds, and each ratio to K=1 the median over rounds of the
+ratio within a round, so a drift of the machine's speed stays out of the ratios. A step is
 the full update of ``algorithms.opsd.distill_step``: frozen-teacher forward, student forward and
 backward through each row's own head only, clipping and AdamW.
 
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import interleaved, paired_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -187,6 +191,7 @@ def main() -> None:
     parser.add_argument("--last-n-layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every K, in rounds of alternating order")
     parser.add_argument("--peer", action="store_true", help="also time TRL's SDPO step at K=1 (the peer ratio)")
     parser.add_argument("--heads", type=int, default=None, help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--out", default=None, help="write the report as JSON here")
@@ -196,19 +201,30 @@ def main() -> None:
         print(json.dumps(step_worker(args)))
         return
 
-    rows = []
-    for k in args.heads_list:
+    def run(k: int, r: int) -> dict:
         cmd = [sys.executable, __file__, "--heads", str(k)] + [
             a for a in sys.argv[1:] if not a.startswith("--out") and not a.endswith(".json")]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"K={k}: step {row['step_s']:.2f} s, peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"round {r}, K={k}: step {row['step_s']:.2f} s, peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
         if "peer_ratio" in row:
-            print(f"K={k}: TRL SDPO step {row['trl_sdpo_step_s']:.2f} s; ours / TRL = {row['peer_ratio']}", flush=True)
-    base = rows[0]["step_s"]
-    ratios = {f"K={r['heads']}": round(r["step_s"] / base, 3) for r in rows}
-    print("step time relative to K=1:", ratios)
+            print(f"round {r}, K={k}: TRL SDPO step {row['trl_sdpo_step_s']:.2f} s; ours / TRL = {row['peer_ratio']}",
+                  flush=True)
+        return row
+
+    measured = interleaved(args.heads_list, args.rounds, run)  # per K, one row per round
+    rows = []
+    for k, runs in zip(args.heads_list, measured):
+        row = {"heads": k, "step_s": round(statistics.median(r["step_s"] for r in runs), 3),
+               "peak_memory_mb": max(r["peak_memory_mb"] for r in runs), "device": runs[0]["device"],
+               "rounds_step_s": [r["step_s"] for r in runs]}
+        if "peer_ratio" in runs[0]:
+            row["trl_sdpo_step_s"] = round(statistics.median(r["trl_sdpo_step_s"] for r in runs), 3)
+            row["peer_ratio"] = round(statistics.median(r["peer_ratio"] for r in runs), 3)
+        rows.append(row)
+    base = rows[0]["rounds_step_s"]
+    ratios = {f"K={r['heads']}": round(paired_ratio(r["rounds_step_s"], base), 3) for r in rows}
+    print("step time relative to K=1 (median over rounds):", ratios)
     comparison = loss_comparison(vocab=49152, rows=args.rows, tokens=args.tokens, k=256)
     print(f"top-k reverse KL on {comparison['shape']}: ours {comparison['ours_s'] * 1000:.1f} ms, "
           f"TRL {comparison['trl_s'] * 1000:.1f} ms, max |diff| {comparison['max_abs_diff']:.2e}")

@@ -35,7 +35,7 @@ def test_generation_benchmark_refuses_an_unknown_dtype_by_name(tmp_path):
 
 def test_configurations_are_timed_in_rounds_of_alternating_order():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import generation
+    import timing
 
     calls = []
 
@@ -43,9 +43,9 @@ def test_configurations_are_timed_in_rounds_of_alternating_order():
         calls.append(config)
         return {"a": [1.0, 3.0, 2.0], "b": [5.0, 4.0, 0.5], "c": [1.0, 1.0, 9.0]}[config][repeat]
 
-    rounds = generation.interleaved(["a", "b", "c"], 3, measure)
+    rounds = timing.interleaved(["a", "b", "c"], 3, measure)
     assert rounds == [[1.0, 3.0, 2.0], [5.0, 4.0, 0.5], [1.0, 1.0, 9.0]]  # every round of every config
     assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     # cost ratios pair the rounds: a's rounds over b's are 0.2, 0.75, 4, whose median is 0.75, where the
     # ratio of the best rounds (3 / 5) would mix a fast round of one with a slow round of the other
-    assert generation.paired_ratio(rounds[0], rounds[1]) == 0.75
+    assert timing.paired_ratio(rounds[0], rounds[1]) == 0.75

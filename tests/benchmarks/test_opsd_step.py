@@ -28,3 +28,17 @@ def test_trls_sdpo_step_updates_the_head_from_the_same_batch():
     moved = (policy.heads.weights[0].detach() - before).abs()
     assert moved.max() > 0, "TRL's step left the head unchanged"
     assert torch.isfinite(moved).all()
+
+
+def test_rounds_run_every_k_again_and_pair_the_ratios(tmp_path):
+    import json
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "opsd_step.json"
+    subprocess.run([sys.executable, "benchmarks/opsd_step.py", "--model", "tiny-random", "--rows", "4", "--tokens", "8",
+                    "--repeats", "1", "--rounds", "2", "--heads-list", "1", "2", "--out", str(out)],
+                   cwd=root, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert [len(row["rounds_step_s"]) for row in report["steps"]] == [2, 2]
+    assert report["relative"]["K=1"] == 1.0 and report["relative"]["K=2"] > 0
