@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 
-def interleaved(configs: list, repeats: int, measure) -> list[list[float]]:
+def interleaved(configs: list, repeats: int, measure) -> list[list]:
     """Every config's ``measure(config, repeat)`` over ``repeats`` rounds that alternate direction.
 
     Round r runs every config once, forwards when r is even and backwards when odd (A B C, C B A,
@@ -20,7 +20,7 @@ def interleaved(configs: list, repeats: int, measure) -> list[list[float]]:
     Returns:
         One list per config, its measurements in round order.
     """
-    rounds: list[list[float]] = [[0.0] * repeats for _ in configs]
+    rounds: list[list] = [[None] * repeats for _ in configs]
     for r in range(repeats):
         order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
         for i in order:

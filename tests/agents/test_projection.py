@@ -89,6 +89,13 @@ def test_a_mixture_of_projections_accumulates_each_row_s_own_mix_with_or_without
         out = project_mixture(hidden, weights, coefficients)
     assert out.shape == (6, 50) and out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    thirteen = torch.randn(13, 12, generator=gen)  # padded to 16 rows, the padding dropped
+    mixed = torch.rand(13, 3, generator=gen)
+    with torch.no_grad():
+        out = project_mixture(thirteen, weights, mixed)
+    assert out.shape == (13, 50) and out.is_contiguous()
+    torch.testing.assert_close(out, sum(mixed[:, d:d + 1] * (thirteen @ w.T) for d, w in enumerate(weights)),
+                               rtol=1e-5, atol=1e-5)
     many = torch.randn(SKINNY_ROWS + 1, 12, generator=gen)
     torch.testing.assert_close(project_mixture(many, weights, torch.full((SKINNY_ROWS + 1, 3), 0.5)),
                                0.5 * sum(many @ w.T for w in weights), rtol=1e-5, atol=1e-5)
