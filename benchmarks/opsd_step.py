@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import interleaved, paired_ratio
+from timing import interleaved, paired_ratio, rounds_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -191,7 +191,8 @@ def main() -> None:
     parser.add_argument("--last-n-layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--rounds", type=int, default=1, help="runs of every K, in rounds of alternating order")
+    parser.add_argument("--rounds", type=rounds_count, default=1,
+                        help="runs of every K, in rounds of alternating order")
     parser.add_argument("--peer", action="store_true", help="also time TRL's SDPO step at K=1 (the peer ratio)")
     parser.add_argument("--heads", type=int, default=None, help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--out", default=None, help="write the report as JSON here")

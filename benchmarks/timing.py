@@ -7,6 +7,7 @@ median over rounds of the ratio within a round, keeps it out.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
 
@@ -31,3 +32,14 @@ def interleaved(configs: list, repeats: int, measure) -> list[list]:
 def paired_ratio(base: list[float], other: list[float]) -> float:
     """The median over rounds of ``base[r] / other[r]``: how much slower ``other`` is, round by round."""
     return statistics.median(b / o for b, o in zip(base, other))
+
+
+def rounds_count(text: str) -> int:
+    """An argparse type for a number of timing rounds: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of rounds, at least 1; got {text!r}")
+    return value

@@ -49,3 +49,10 @@ def test_configurations_are_timed_in_rounds_of_alternating_order():
     # cost ratios pair the rounds: a's rounds over b's are 0.2, 0.75, 4, whose median is 0.75, where the
     # ratio of the best rounds (3 / 5) would mix a fast round of one with a slow round of the other
     assert timing.paired_ratio(rounds[0], rounds[1]) == 0.75
+
+
+@pytest.mark.parametrize("script, flag", [("generation.py", "--repeats"), ("opsd_step.py", "--rounds")])
+def test_a_round_count_below_one_is_refused_by_name(script, flag):
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--model", "tiny-random", flag, "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and flag in done.stderr and "at least 1" in done.stderr
