@@ -51,6 +51,7 @@ from algorithms.components import (
     trainable_state,
 )
 from algorithms.evaluation import evaluate_policy, play_rows
+from algorithms.host_memory import keep_freed_memory
 from algorithms.ray_pool import ray_config
 from algorithms.rollout import (
     LocalRolloutPool,
@@ -277,6 +278,7 @@ class Trainer:
         self.settings = structured(self.config_cls, cfg.algorithm, "algorithm")
         self.ray = ray_config(cfg)
         self.device = resolve_device(cfg.device)
+        keep_freed_memory(self.device)  # each step's gradients reuse the last step's pages
         set_seed(int(cfg.seed))
         self.agent = agent_config(cfg)
         self.task = build_task(cfg)

@@ -10,7 +10,9 @@ turns: B tutoring prompts with fixed completions, rows assigned to heads round-r
 ...); a step time is the median over rounds, and each ratio to K=1 the median over rounds of the
 ratio within a round, so a drift of the machine's speed stays out of the ratios. A step is
 the full update of ``algorithms.opsd.distill_step``: frozen-teacher forward, student forward and
-backward through each row's own head only, clipping and AdamW.
+backward through each row's own head only, clipping and AdamW. Each child makes ``malloc`` keep
+freed memory, as the trainer does (``algorithms.host_memory``; ``--system-malloc`` leaves it as it
+is), and reports the minor page faults of a step: memory the step wrote that was not mapped yet.
 
 With ``--peer`` (K=1 only), the same child also times TRL's own self-distillation step on the
 identical batch: ``trl.experimental.sdpo.SDPOTrainer.compute_loss`` (its student and teacher
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,10 +109,13 @@ def step_worker(args) -> dict:
     from agents import MultiHeadPolicy, load_backbone
     from agents.models import resolve_device
     from algorithms.components import make_optimizer
+    from algorithms.host_memory import keep_freed_memory
     from algorithms.opsd import distill_step
     from algorithms.runs import peak_memory_mb
 
     device = resolve_device(args.device)
+    if not args.system_malloc:
+        keep_freed_memory(device)  # as the trainer does
     backbone = load_backbone(args.model, device=device)
     teacher = load_backbone(args.model, device=device).model.requires_grad_(False)
     policy = MultiHeadPolicy(backbone.model, num_heads=args.heads)
@@ -123,17 +129,21 @@ def step_worker(args) -> dict:
     def ours() -> None:
         distill_step(policy, teacher, optimizer, batch, topk=256, micro_batch=args.micro_batch, max_grad_norm=1.0)
 
+    faults: list[int] = []  # minor page faults of each counted step: fresh memory the step wrote
+
     def timed(step) -> float:
         times = []
-        for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted
-            start = time.perf_counter()
+        for repeat in range(args.repeats + 1):  # the first step warms up allocations and is not counted
+            start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
+            if repeat:
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
         return statistics.median(times[1:])
 
-    row = {"heads": args.heads, "step_s": round(timed(ours), 3),
+    row = {"heads": args.heads, "step_s": round(timed(ours), 3), "page_faults": int(statistics.median(faults)),
            "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device)}
     if args.peer and args.heads == 1:
         theirs = trl_peer_step(policy, teacher, backbone.tokenizer, optimizer, batch, topk=256,
@@ -193,6 +203,8 @@ def main() -> None:
     parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
     parser.add_argument("--rounds", type=rounds_count, default=1,
                         help="runs of every K, in rounds of alternating order")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave malloc as it is (the trainer makes it keep freed memory on a CPU)")
     parser.add_argument("--peer", action="store_true", help="also time TRL's SDPO step at K=1 (the peer ratio)")
     parser.add_argument("--heads", type=int, default=None, help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--out", default=None, help="write the report as JSON here")
@@ -207,7 +219,8 @@ def main() -> None:
             a for a in sys.argv[1:] if not a.startswith("--out") and not a.endswith(".json")]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"round {r}, K={k}: step {row['step_s']:.2f} s, peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
+        print(f"round {r}, K={k}: step {row['step_s']:.2f} s, {row['page_faults']} page faults, "
+              f"peak memory {row['peak_memory_mb']:.0f} MiB", flush=True)
         if "peer_ratio" in row:
             print(f"round {r}, K={k}: TRL SDPO step {row['trl_sdpo_step_s']:.2f} s; ours / TRL = {row['peer_ratio']}",
                   flush=True)
@@ -218,7 +231,7 @@ def main() -> None:
     for k, runs in zip(args.heads_list, measured):
         row = {"heads": k, "step_s": round(statistics.median(r["step_s"] for r in runs), 3),
                "peak_memory_mb": max(r["peak_memory_mb"] for r in runs), "device": runs[0]["device"],
-               "rounds_step_s": [r["step_s"] for r in runs]}
+               "rounds_step_s": [r["step_s"] for r in runs], "page_faults": [r["page_faults"] for r in runs]}
         if "peer_ratio" in runs[0]:
             row["trl_sdpo_step_s"] = round(statistics.median(r["trl_sdpo_step_s"] for r in runs), 3)
             row["peer_ratio"] = round(statistics.median(r["peer_ratio"] for r in runs), 3)
