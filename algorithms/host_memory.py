@@ -10,10 +10,10 @@ longer than the arithmetic done on the block: allocating and filling a 113 MB te
 with a fresh mapping and 1.9 ms with memory already mapped (20 rounds each, 2026-12-05).
 
 :func:`keep_freed_memory` turns ``mmap`` off for ``malloc`` and raises its trim threshold, so a
-freed block stays mapped in the heap and a later block of that size reuses it (after a few
-steps: an aligned block fits a freed one once that has merged with its free neighbours). The cost is that
-the process keeps its peak memory mapped instead of handing it back between steps, which a
-training process reaches again on the next step anyway. It is set once per process, only for CPU
+freed block stays mapped in the heap and a later block of that size reuses it. That starts after a
+few allocations: an aligned block fits a freed one only once it has merged with its free
+neighbours. The cost is that the process keeps its peak memory mapped instead of handing it back
+between steps, which a training process reaches again on the next step anyway. It is set once per process, only for CPU
 work and only under glibc (elsewhere it does nothing).
 """
 
@@ -46,6 +46,7 @@ def _mallopt():
 
 @functools.cache
 def _keep() -> bool:
+    """Sets glibc's options once per process; whether both took."""
     mallopt = _mallopt()
     if mallopt is None:
         return False
