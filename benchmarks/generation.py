@@ -22,7 +22,7 @@ import platform
 import time
 
 import torch
-from timing import interleaved, paired_ratio, rounds_count
+from timing import count_of_at_least_one, interleaved, paired_ratio
 
 from agents import DraftJudge, MultiHeadPolicy, generate, load_backbone
 from agents.models import DTYPES
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=rounds_count, default=2,
+    parser.add_argument("--repeats", type=count_of_at_least_one, default=2,
                         help="timing rounds over all configs (alternating order)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype of the backbone and heads")

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import interleaved, paired_ratio, rounds_count
+from timing import count_of_at_least_one, interleaved, paired_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -129,29 +129,28 @@ def step_worker(args) -> dict:
     def ours() -> None:
         distill_step(policy, teacher, optimizer, batch, topk=256, micro_batch=args.micro_batch, max_grad_norm=1.0)
 
-    faults: list[int] = []  # minor page faults of each counted step: fresh memory the step wrote
-
-    def timed(step) -> float:
-        times = []
-        for repeat in range(args.repeats + 1):  # the first step warms up allocations and is not counted
+    def timed(step) -> tuple[float, int]:
+        """Median seconds and minor page faults (memory written that was not mapped yet) of a step."""
+        times, faults = [], []
+        for _ in range(args.repeats + 1):  # the first step warms up allocations and is not counted
             start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-            if repeat:
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
-        return statistics.median(times[1:])
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
+        return statistics.median(times[1:]), int(statistics.median(faults[1:]))
 
-    row = {"heads": args.heads, "step_s": round(timed(ours), 3), "page_faults": int(statistics.median(faults)),
+    step_s, page_faults = timed(ours)
+    row = {"heads": args.heads, "step_s": round(step_s, 3), "page_faults": page_faults,
            "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device)}
     if args.peer and args.heads == 1:
         theirs = trl_peer_step(policy, teacher, backbone.tokenizer, optimizer, batch, topk=256,
                                micro_batch=args.micro_batch, max_grad_norm=1.0)
         ours_again, trl_s = [], []
         for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits both alike
-            trl_s.append(timed(theirs))
-            ours_again.append(timed(ours))
+            trl_s.append(timed(theirs)[0])
+            ours_again.append(timed(ours)[0])
         row["trl_sdpo_step_s"] = round(statistics.median(trl_s), 3)
         row["peer_ratio"] = round(statistics.median(ours_again) / statistics.median(trl_s), 3)
     return row
@@ -199,9 +198,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48, help="completion length")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--last-n-layers", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=count_of_at_least_one, default=2,
+                        help="steps timed in each process, after one warm-up step")
     parser.add_argument("--heads-list", type=int, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--rounds", type=rounds_count, default=1,
+    parser.add_argument("--rounds", type=count_of_at_least_one, default=1,
                         help="runs of every K, in rounds of alternating order")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave malloc as it is (the trainer makes it keep freed memory on a CPU)")

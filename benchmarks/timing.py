@@ -29,17 +29,21 @@ def interleaved(configs: list, repeats: int, measure) -> list[list]:
     return rounds
 
 
-def paired_ratio(base: list[float], other: list[float]) -> float:
-    """The median over rounds of ``base[r] / other[r]``: how much slower ``other`` is, round by round."""
-    return statistics.median(b / o for b, o in zip(base, other))
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of ``numerators[r] / denominators[r]``.
+
+    Pass one head's tokens/s over K heads' tokens/s, or K heads' step times over one head's: either
+    way the result is how much slower K heads are, paired round by round.
+    """
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
-def rounds_count(text: str) -> int:
-    """An argparse type for a number of timing rounds: a whole number of at least 1."""
+def count_of_at_least_one(text: str) -> int:
+    """An argparse type for a number of rounds or timed repeats: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"needs a whole number of rounds, at least 1; got {text!r}")
+        raise argparse.ArgumentTypeError(f"needs a whole number, at least 1; got {text!r}")
     return value

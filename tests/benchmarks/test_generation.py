@@ -51,7 +51,8 @@ def test_configurations_are_timed_in_rounds_of_alternating_order():
     assert timing.paired_ratio(rounds[0], rounds[1]) == 0.75
 
 
-@pytest.mark.parametrize("script, flag", [("generation.py", "--repeats"), ("opsd_step.py", "--rounds")])
+@pytest.mark.parametrize("script, flag", [("generation.py", "--repeats"), ("opsd_step.py", "--rounds"),
+                                          ("opsd_step.py", "--repeats")])
 def test_a_round_count_below_one_is_refused_by_name(script, flag):
     done = subprocess.run([sys.executable, f"benchmarks/{script}", "--model", "tiny-random", flag, "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
