@@ -210,8 +210,9 @@ class DraftJudge:
             rows = (drafts | judges).nonzero(as_tuple=True)[0]
             logits = project(hidden if len(rows) == len(hidden) else hidden[rows], weight[d],
                              None if bias is None else bias[d])
-            q[rows[drafts[rows]]] = logits[drafts[rows]]
-            p[rows[judges[rows]]] = logits[judges[rows]]
+            as_draft, as_judge = drafts[rows], judges[rows]  # which of the projected rows play each role
+            q[rows[as_draft]] = logits[as_draft]
+            p[rows[as_judge]] = logits[as_judge]
         return q.float(), p.float()
 
     @staticmethod
